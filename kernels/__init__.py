@@ -1,0 +1,1 @@
+"""Triton kernels as plain functions; never imports rcm_registry."""

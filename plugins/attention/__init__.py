@@ -1,0 +1,10 @@
+"""Attention backends: math (reference), sdpa, triton_jvp (fused FlashAttention-2 JVP)."""
+
+from __future__ import annotations
+
+import rcm_registry as rr
+
+
+@rr.hookimpl
+def rcm_components() -> list[rr.Component]:
+    return []

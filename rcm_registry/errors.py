@@ -1,0 +1,40 @@
+"""Exceptions that mean "the user asked for something wrong" (CLI exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input: a recipe, a file, a command-line argument.
+
+    The CLI prints the message and exits with code 2, without a traceback.
+    """
+
+
+class RecipeError(UserError):
+    """One or more problems in a recipe, each on its own line with its YAML path."""
+
+    def __init__(self, problems: Iterable[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        count = len(self.problems)
+        lines = [f"{head}{count} problem{'s' if count != 1 else ''} in recipe:"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class UnknownComponentError(UserError, KeyError):
+    """A component name that no loaded plugin registers."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PluginConflictError(UserError):
+    """Two plugins register a component of the same kind and name."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, incomplete or does not fit the recipe."""

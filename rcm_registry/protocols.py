@@ -1,0 +1,189 @@
+"""What the object built by each kind of component must do.
+
+A component's factory is called with its validated config and returns an object satisfying the
+protocol of its kind below. The engine only talks to components through these methods, so a plugin
+can replace any one of them.
+
+Conventions used throughout:
+
+* TrigFlow time ``t`` in [0, π/2] (float64 tensors of shape (B,)), ``x_t = cos t·x0 + sin t·ε``.
+* A *condition* is a dict of keyword arguments for the network (``{"text": emb}`` for Wan,
+  ``{"label": y}`` for the quickstart MLP); the empty dict means unconditional.
+* Networks take time in their own units (``timestep``, e.g. 0–1000); schedules and teacher wrappers
+  do the conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+Condition = dict[str, Tensor]
+
+
+@attrs.define
+class Batch:
+    """One training batch: clean data and the network condition that goes with it."""
+
+    x0: Tensor
+    condition: Condition = attrs.field(factory=dict)
+    #: The condition for the unconditional / negative branch of classifier-free guidance.
+    null_condition: Condition | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        def move(c: Condition | None) -> Condition | None:
+            if c is None:
+                return None
+            return {k: v.to(device) for k, v in c.items()}
+
+        x0 = self.x0.to(device, dtype) if dtype is not None else self.x0.to(device)
+        return Batch(x0=x0, condition=move(self.condition) or {}, null_condition=move(self.null_condition))
+
+
+@attrs.frozen
+class LossOutput:
+    """A scalar loss to minimise and float metrics to log (e.g. ``{"nan_masked": 0.0}``)."""
+
+    loss: Tensor
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Network(Protocol):
+    """kind ``network``: an ``nn.Module`` mapping noisy data to its prediction.
+
+    ``forward(x, timestep, **condition) -> Tensor`` shaped like ``x``. ``timestep`` has shape (B,)
+    in the network's own units. A network whose component ``provides={"jvp"}`` promises that its
+    forward works under ``torch.autograd.forward_ad`` dual tensors.
+    """
+
+    def __call__(self, x: Tensor, timestep: Tensor, **condition: Tensor) -> Tensor: ...
+
+
+class Schedule(Protocol):
+    """kind ``schedule``: a forward process ``x_u = alpha(u)·x0 + sigma(u)·ε`` in its own time u.
+
+    All arithmetic in float64. ``network_time(u)`` is what the network receives as ``timestep``.
+    """
+
+    def alpha_sigma(self, u: Tensor) -> tuple[Tensor, Tensor]: ...
+    def velocity_coefficients(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(dα/du, dσ/du): the flow-matching target is dα·x0 + dσ·ε."""
+        ...
+
+    def from_trigflow(self, t: Tensor) -> Tensor: ...
+    def to_trigflow(self, u: Tensor) -> Tensor: ...
+    def network_time(self, u: Tensor) -> Tensor: ...
+    def time_grid(self, steps: int) -> Tensor:
+        """``steps + 1`` decreasing times from pure noise to data, for ODE samplers."""
+        ...
+
+
+class TimeSampler(Protocol):
+    """kind ``time_sampler``: draws TrigFlow times, float64 of shape (n,), inside (0, π/2)."""
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class Teacher(Protocol):
+    """kind ``teacher``: maps a network's parameterisation into TrigFlow, with CFG folded in.
+
+    ``denoise`` returns ``(x0, F)`` at TrigFlow time ``t``: ``x0 = cos t·x_t − sin t·F``. When
+    ``guidance`` is given (not None) and ``null_condition`` is not None, ``F = F_u + w·(F_c − F_u)``.
+    """
+
+    def denoise(
+        self,
+        net: nn.Module,
+        x_t: Tensor,
+        t: Tensor,
+        condition: Condition,
+        *,
+        guidance: float | None = None,
+        null_condition: Condition | None = None,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+class Loss(Protocol):
+    """kind ``loss``: one term of a phase's objective."""
+
+    def __call__(self, ctx: Any) -> LossOutput:
+        """``ctx`` is the engine's :class:`rcm_registry.engine.context.StepContext`."""
+        ...
+
+
+class Rollout(Protocol):
+    """kind ``rollout``: generates ``x̂0`` with the student from noise (gradient through the last call)."""
+
+    def __call__(self, ctx: Any, *, grad: bool) -> Tensor: ...
+
+
+class Optimizer(Protocol):
+    """kind ``optimizer``: makes a ``torch.optim.Optimizer`` for the given parameters."""
+
+    def __call__(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer: ...
+
+
+class EmaAverager(Protocol):
+    """The state an ``ema`` component creates for one module (a shadow copy of its parameters)."""
+
+    def update(self, module: nn.Module, step: int) -> None:
+        """Blend ``module``'s parameters in; ``step`` counts updates from 0."""
+        ...
+
+    def copy_to(self, module: nn.Module) -> None: ...
+    def state_dict(self) -> dict[str, Tensor]: ...
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None: ...
+
+
+class Ema(Protocol):
+    """kind ``ema``: creates an averager for a module."""
+
+    def __call__(self, module: nn.Module) -> EmaAverager: ...
+
+
+class Dataset(Protocol):
+    """kind ``dataset``: batches of clean data (latents) with their conditions.
+
+    ``state_dict`` / ``load_state_dict`` carry the read position so that a resumed run continues
+    with exactly the batches an uninterrupted one would have seen.
+    """
+
+    #: Shape of one sample, e.g. (2,) for 2-D points, (C, T, H, W) for video latents.
+    sample_shape: tuple[int, ...]
+
+    def next_batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+    def conditions(self, n: int, generator: torch.Generator) -> tuple[Condition, Condition | None]:
+        """Conditions (and the null condition) for ``n`` samples to generate at evaluation."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class Sampler(Protocol):
+    """kind ``sampler``: draws samples from a trained network (teacher ODE or few-step student)."""
+
+    def __call__(self, ctx: Any) -> Tensor:
+        """``ctx`` is :class:`rcm_registry.engine.context.SampleContext`; returns x0 samples."""
+        ...
+
+
+class Metric(Protocol):
+    """kind ``metric``: scores samples (and their conditions) against the dataset's truth."""
+
+    def __call__(self, samples: Tensor, condition: Condition, dataset: Dataset) -> dict[str, float]: ...
+
+
+class Attention(Protocol):
+    """kind ``attention``: ``attn(q, k, v, scale=None) -> o`` in the (B, H, S, D) layout of SDPA.
+
+    Inputs may be strided views of (B, S, H, D) tensors. A backend that supports forward-mode AD
+    (``provides={"jvp"}``) must accept dual tensors and return a dual output.
+    """
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor: ...

@@ -1,0 +1,268 @@
+"""Turn plain YAML data into validated config instances, collecting every problem with its path.
+
+This is the recipe validator's engine: :func:`structure` walks an attrs class's fields, converts and
+checks each value against its type annotation and validators, recurses into nested attrs classes and
+components (``{use: NAME, ...}``), and appends one readable line per problem to ``problems``. Nothing
+is raised for user mistakes, so a single pass reports all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Union
+
+import attrs
+
+from rcm_registry.component import Component
+from rcm_registry.schema import MISSING, ComponentSpec, Kind, component_kind
+
+if typing.TYPE_CHECKING:
+    from rcm_registry.registry import Registry
+
+_INVALID = object()  # marks a value that produced a problem
+
+
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or a list of the choices."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if choices and len(choices) <= 12:
+        return "; choose from " + ", ".join(repr(c) for c in sorted(choices))
+    return ""
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def structure(cls: type, data: Any, path: str, problems: list[str], registry: Registry) -> Any:
+    """Build an instance of the attrs class ``cls`` from ``data``; problems go to ``problems``.
+
+    Returns the instance, or an invalid marker when there were problems (check ``problems``).
+    """
+    if not isinstance(data, Mapping):
+        problems.append(f"{path or '<recipe>'}: expected a mapping, got {_describe(data)}")
+        return _INVALID
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    values: dict[str, Any] = {}
+    ok = True
+    for key in data:
+        if key not in fields:
+            problems.append(f"{_join(path, str(key))}: unknown key{suggest(str(key), list(fields))}")
+            ok = False
+    for name, field in fields.items():
+        here = _join(path, name)
+        if name not in data:
+            if field.default is attrs.NOTHING:
+                problems.append(f"{here}: required key missing")
+                ok = False
+                continue
+            default = field.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()  # type: ignore[union-attr]
+            if component_kind(field) is None or default is None:
+                values[name] = default
+                continue
+            raw = default  # a component default is YAML-shaped: validate it like user input
+        else:
+            raw = data[name]
+        value = _convert(raw, hints.get(name, Any), field, here, problems, registry)
+        if value is _INVALID:
+            ok = False
+            continue
+        if field.validator is not None:
+            try:
+                field.validator(None, field, value)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{here}: {_clean(exc, name)}")
+                ok = False
+                continue
+        values[name] = value
+    if not ok:
+        return _INVALID
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{path or '<recipe>'}: {_clean(exc, None)}")
+        return _INVALID
+
+
+def _clean(exc: Exception, name: str | None) -> str:
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if name and text.startswith(f"'{name}' "):  # attrs' own validators repeat the field name
+        text = text[len(name) + 3 :]
+    return text
+
+
+def is_invalid(value: Any) -> bool:
+    return value is _INVALID
+
+
+def _convert(
+    raw: Any,
+    hint: Any,
+    field: attrs.Attribute | None,
+    path: str,
+    problems: list[str],
+    registry: Registry,
+) -> Any:
+    if isinstance(raw, str) and raw == MISSING:
+        problems.append(f"{path}: value required (write it in the recipe or pass --set {path}=VALUE)")
+        return _INVALID
+    kind = component_kind(field) if field is not None else None
+    if kind is not None:
+        if raw is None and _optional(hint):
+            return None
+        return structure_component(kind, raw, path, problems, registry)
+    return _convert_type(raw, hint, path, problems, registry)
+
+
+def _optional(hint: Any) -> bool:
+    return _is_union(hint) and type(None) in typing.get_args(hint)
+
+
+def _is_union(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    return origin is Union or origin is types.UnionType
+
+
+def structure_component(kind: str, raw: Any, path: str, problems: list[str], registry: Registry) -> ComponentSpec | Any:
+    """Validate ``{use: NAME, ...config}`` (or just ``NAME``) against the registered component."""
+    if isinstance(raw, str):
+        raw = {"use": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: expected a {kind} component ({{use: NAME, ...}}), got {_describe(raw)}")
+        return _INVALID
+    name = raw.get("use")
+    if not isinstance(name, str):
+        problems.append(f"{path}.use: required: the name of a registered {kind}{suggest('', registry.names(kind))}")
+        return _INVALID
+    found: Component | None = registry.find(kind, name)
+    if found is None:
+        problems.append(f"{path}.use: unknown {kind} {name!r}{suggest(name, registry.names(kind))}")
+        return _INVALID
+    rest = {k: v for k, v in raw.items() if k != "use"}
+    config = structure(found.config, rest, path, problems, registry)
+    if config is _INVALID:
+        return _INVALID
+    return ComponentSpec(component=found, config=config)
+
+
+def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry: Registry) -> Any:
+    if hint is Any or hint is object:
+        return raw
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Annotated:
+        kinds = [m.name for m in hint.__metadata__ if isinstance(m, Kind)]
+        if kinds:
+            return structure_component(kinds[0], raw, path, problems, registry)
+        return _convert_type(raw, args[0], path, problems, registry)
+    if _is_union(hint):
+        if raw is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert_type(raw, options[0], path, problems, registry)
+        for option in options:  # first option that converts without a problem wins
+            trial: list[str] = []
+            value = _convert_type(raw, option, path, trial, registry)
+            if not trial:
+                return value
+        problems.append(f"{path}: expected {_name(hint)}, got {_describe(raw)}")
+        return _INVALID
+    if origin is Literal:
+        if raw in args:
+            return raw
+        problems.append(
+            f"{path}: expected one of {', '.join(repr(a) for a in args)}, got {_describe(raw)}"
+            + (suggest(raw, [str(a) for a in args]) if isinstance(raw, str) else "")
+        )
+        return _INVALID
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        return _bad(path, "a boolean (true/false)", raw, problems)
+    if hint is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        return _bad(path, "int", raw, problems)
+    if hint is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        return _bad(path, "float", raw, problems)
+    if hint is str:
+        if isinstance(raw, str):
+            return raw
+        return _bad(path, "string", raw, problems)
+    if origin in (list, Sequence) or hint is list:
+        if not isinstance(raw, list):
+            return _bad(path, "a list", raw, problems)
+        item = args[0] if args else Any
+        out = [_convert_type(v, item, _join(path, i), problems, registry) for i, v in enumerate(raw)]
+        return _INVALID if any(v is _INVALID for v in out) else out
+    if origin is tuple:
+        if not isinstance(raw, (list, tuple)):
+            return _bad(path, f"a list of {len(args)}", raw, problems)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [args[0]] * len(raw)
+        else:
+            items = list(args)
+            if len(raw) != len(items):
+                problems.append(f"{path}: expected a list of {len(items)} values, got {len(raw)}")
+                return _INVALID
+        out = [
+            _convert_type(v, t, _join(path, i), problems, registry)
+            for i, (v, t) in enumerate(zip(raw, items, strict=True))
+        ]
+        return _INVALID if any(v is _INVALID for v in out) else tuple(out)
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(raw, Mapping):
+            return _bad(path, "a mapping", raw, problems)
+        value_type = args[1] if len(args) == 2 else Any
+        out_map = {}
+        for k, v in raw.items():
+            out_map[str(k)] = _convert_type(v, value_type, _join(path, str(k)), problems, registry)
+        return _INVALID if any(v is _INVALID for v in out_map.values()) else out_map
+    if isinstance(hint, type) and attrs.has(hint):
+        return structure(hint, raw, path, problems, registry)
+    if hint is ComponentSpec:
+        raise TypeError(
+            f"{path}: a ComponentSpec field needs a kind: use schema.component(KIND) or schema.LossSpec etc."
+        )
+    if isinstance(hint, type):
+        if isinstance(raw, hint):
+            return raw
+        return _bad(path, hint.__name__, raw, problems)
+    return raw
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _bad(path: str, expected: str, raw: Any, problems: list[str]) -> Any:
+    problems.append(f"{path}: expected {expected}, got {_describe(raw)}")
+    return _INVALID
