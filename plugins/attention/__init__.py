@@ -7,4 +7,6 @@ import rcm_registry as rr
 
 @rr.hookimpl
 def rcm_components() -> list[rr.Component]:
-    return []
+    from rcm_plugins.attention import math_attention, sdpa_attention
+
+    return [math_attention.COMPONENT, sdpa_attention.COMPONENT]
