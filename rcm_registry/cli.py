@@ -1,0 +1,223 @@
+"""The ``rcm`` command line. User errors print one readable message and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rcm_registry.component import KINDS
+from rcm_registry.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _load(recipe: str, overrides: Sequence[str]):
+    from rcm_registry.plugin_loading import registry
+    from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.validate import validate_recipe
+
+    data = load_recipe(recipe, overrides)
+    return validate_recipe(data, registry(), source=recipe)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rcm_registry.plugin_loading import registry
+    from rcm_registry.structure import suggest
+
+    reg = registry()
+    kinds = [args.kind] if args.kind else list(KINDS)
+    if args.kind and args.kind not in KINDS:
+        raise UserError(f"unknown kind {args.kind!r}{suggest(args.kind, KINDS)}")
+    for kind in kinds:
+        comps = list(reg.components(kind))
+        if not comps and not args.kind:
+            continue
+        print(f"{kind}:")
+        for comp in comps:
+            origin = reg.origin(kind, comp.name)
+            src = "" if origin.distribution == "rcm-registry" else f"  [{origin.distribution}]"
+            print(f"  {comp.name:<24} {comp.summary}{src}")
+        if not comps:
+            print("  (none)")
+    _report_failures(reg)
+    return 0
+
+
+def _report_failures(reg) -> None:
+    for failure in reg.failures:
+        print(
+            f"warning: plugin {failure.name!r} from {failure.distribution} failed to load: {failure.error}",
+            file=sys.stderr,
+        )
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rcm_registry.plugin_loading import DISABLE_AUTOLOAD_ENV, registry
+
+    reg = registry()
+    print(f"{'plugin':<16} {'distribution':<28} {'version':<10} components")
+    for info in sorted(reg.plugins, key=lambda p: (p.distribution, p.name)):
+        print(f"{info.name:<16} {info.distribution:<28} {info.version:<10} {len(info.components)}")
+    for failure in reg.failures:
+        print(f"{failure.name:<16} {failure.distribution:<28} {'-':<10} FAILED: {failure.error}")
+    if os.environ.get(DISABLE_AUTOLOAD_ENV):
+        print(f"({DISABLE_AUTOLOAD_ENV} is set: third-party plugins are not loaded)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe = _load(args.recipe, args.set)
+    roles = ", ".join(f"{role}={net.spec.name}" for role, net in recipe.networks.items())
+    phases = ", ".join(
+        f"{name}({'+'.join(loss.name for loss in phase.losses)})" for name, phase in recipe.body.phases.items()
+    )
+    print(f"{args.recipe}: OK — networks: {roles}; phases: {phases}; {recipe.body.run.iterations} iterations")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rcm_registry.engine.logs import configure_console
+    from rcm_registry.engine.trainer import Trainer, prepare_run_dir
+
+    recipe = _load(args.recipe, args.set)  # validation first: a broken recipe creates no run directory
+    configure_console(args.verbose)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    resume_from = prepare_run_dir(run_dir, recipe, resume=args.resume)
+    trainer = Trainer(recipe, run_dir, progress=not args.no_progress)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+    final = trainer.run()
+    print(f"done: {run_dir} (checkpoint {final})" if final else f"done: {run_dir} (nothing left to train)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from rcm_registry.engine.pictures import save_png_atomic, scatter_png
+    from rcm_registry.engine.sampling import draw, open_run
+
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".png"):
+        raise UserError(f"--out {out}: the file must end in .safetensors or .png")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    run = open_run(Path(args.run_dir), role=args.network, ema=not args.no_ema, device=args.device)
+    overrides = {"guidance": args.guidance} if args.guidance is not None else {}
+    result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)
+    if out.suffix == ".png":
+        labels = next(iter(result.condition.values()), None) if result.condition else None
+        if result.samples.ndim == 2 and result.samples.shape[1] == 2:
+            img = scatter_png(
+                result.samples,
+                labels if labels is not None and labels.ndim == 1 else None,
+                centers=getattr(run.dataset, "centers", None),
+                title=f"{run.role} ({'EMA' if run.used_ema else 'raw'}), steps={args.steps}",
+            )
+        else:
+            from rcm_registry.engine.pictures import image_grid_png
+
+            img = image_grid_png(result.samples)
+        save_png_atomic(img, out)
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {"samples": result.samples.contiguous()}
+        tensors.update({f"condition.{k}": v.contiguous() for k, v in result.condition.items()})
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"run": str(run.checkpoint.path), "network": run.role})
+        os.replace(tmp, out)
+    print(f"wrote {out}: {args.num} samples from {run.role} ({'EMA' if run.used_ema else 'raw'} weights)")
+    print(f"sampling time: {result.seconds:.3f} s")
+    for name, value in result.metrics.items():
+        print(f"{name}: {value:.4f}")
+    return 0
+
+
+HELP = {
+    "list": ("List registered components, optionally of one kind.", "rcm list loss"),
+    "plugins": ("List loaded plugins with their distribution and version.", "rcm plugins"),
+    "validate": (
+        "Check a recipe (and --set overrides) without allocating anything; lists every problem.",
+        "rcm validate recipes/quickstart/teacher.yaml --set run.iterations=100",
+    ),
+    "run": (
+        "Train a recipe into a run directory (checkpoints, metrics.jsonl).",
+        "rcm run recipes/quickstart/teacher.yaml --out runs/quickstart/teacher",
+    ),
+    "sample": (
+        "Sample a run's output network (EMA weights) and print the recipe's metrics.",
+        "rcm sample runs/quickstart/teacher --steps 50 --num 2000 --out teacher.png",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcm",
+        description="Distil diffusion models into few-step students with rCM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        summary, example = HELP[name]
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=textwrap.dedent(f"example:\n  {example}"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("list", cmd_list)
+    p.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}")
+    add("plugins", cmd_plugins)
+    for name, func in (("validate", cmd_validate), ("run", cmd_run)):
+        p = add(name, func)
+        p.add_argument("recipe", help="path to a YAML recipe")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe value, e.g. --set phases.student.optimizer.lr=1e-5 (repeatable)",
+        )
+        if name == "run":
+            p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+            p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+            p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    p = add("sample", cmd_sample)
+    p.add_argument("run_dir", help="a run directory written by `rcm run`")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
+    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="FILE.safetensors (tensor `samples`) or FILE.png (a picture)")
+    p.add_argument("--network", default=None, help="network role to sample (default: the run's output network)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--sampler", default=None, help="a sampler other than the recipe's `sample:`")
+    p.add_argument("--guidance", type=float, default=None, help="override the sampler's guidance scale")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

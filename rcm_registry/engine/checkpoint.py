@@ -1,0 +1,192 @@
+"""Checkpoints: written to a temporary folder, fsynced, then renamed, so a kill never leaves a
+half-written one where a resume would look.
+
+Layout of ``RUN/checkpoints/iter_00000100/``::
+
+    model.safetensors   trained networks, keys "ROLE.param"
+    ema.safetensors     EMA shadows of trained networks that have one, keys "ROLE.param"
+    optim.pt            optimiser states by phase (torch.save; read with weights_only=True)
+    state.pt            iteration, phase step counts, RNG states, dataset position
+    recipe.yaml         the resolved recipe the run was started with
+    meta.json           written last: its presence marks the checkpoint complete
+
+``RUN/checkpoints/latest`` names the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from rcm_registry.errors import CheckpointError
+
+LATEST = "latest"
+_PREFIX = "iter_"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _flat(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    *,
+    models: dict[str, dict[str, torch.Tensor]],
+    emas: dict[str, dict[str, torch.Tensor]],
+    optimizers: dict[str, Any],
+    state: dict[str, Any],
+    recipe: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write checkpoint ``iteration`` atomically and prune to the newest ``keep``; returns its folder."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{_PREFIX}{iteration:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model_flat: dict[str, torch.Tensor] = {}
+    for role, sd in models.items():
+        model_flat.update(_flat(role, sd))
+    save_file(model_flat, str(tmp / "model.safetensors"))
+    ema_flat: dict[str, torch.Tensor] = {}
+    for role, sd in emas.items():
+        ema_flat.update(_flat(role, sd))
+    save_file(ema_flat, str(tmp / "ema.safetensors"))
+    torch.save(optimizers, tmp / "optim.pt")
+    torch.save(state, tmp / "state.pt")
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    meta = {"iteration": iteration, "written_at": time.time(), "format": 1}
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    if final.exists():  # re-writing the same iteration (e.g. a resumed run ending where it stopped)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_text_atomic(root / LATEST, name + "\n")
+    _prune(root, keep)
+    return final
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").is_file() and path.name.startswith(_PREFIX)
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.iterdir() if _complete(p))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove temporary folders left by a checkpoint write that was killed."""
+    root = checkpoint_root(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when there is none."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return None
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if _complete(candidate):
+            return candidate
+    done = sorted(p for p in root.iterdir() if _complete(p))
+    return done[-1] if done else None
+
+
+def _split(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        role, _, name = key.partition(".")
+        out.setdefault(role, {})[name] = value
+    return out
+
+
+class Checkpoint:
+    """A complete checkpoint folder, read lazily."""
+
+    def __init__(self, path: Path) -> None:
+        if not _complete(path):
+            raise CheckpointError(f"{path}: not a complete checkpoint (meta.json missing)")
+        self.path = path
+
+    @property
+    def iteration(self) -> int:
+        return int(json.loads((self.path / "meta.json").read_text(encoding="utf-8"))["iteration"])
+
+    def recipe(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "recipe.yaml").read_text(encoding="utf-8"))
+
+    def models(self) -> dict[str, dict[str, torch.Tensor]]:
+        return _split(self._load("model.safetensors"))
+
+    def emas(self) -> dict[str, dict[str, torch.Tensor]]:
+        return _split(self._load("ema.safetensors"))
+
+    def optimizers(self) -> dict[str, Any]:
+        return self._torch("optim.pt")
+
+    def state(self) -> dict[str, Any]:
+        return self._torch("state.pt")
+
+    def _load(self, name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(self.path / name))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{self.path / name}: cannot read ({exc})") from None
+
+    def _torch(self, name: str) -> Any:
+        try:
+            return torch.load(self.path / name, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path / name}: cannot read ({exc})") from None

@@ -1,0 +1,84 @@
+"""PNG pictures of samples without plotting libraries: 2-D scatter plots and image grids."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+_PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def scatter_png(
+    points: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    size: int = 512,
+    extent: float | None = None,
+    centers: torch.Tensor | None = None,
+    title: str = "",
+) -> Image.Image:
+    """A scatter plot of (N, 2) points, coloured by label, with optional mode centres as crosses."""
+    pts = points.detach().float().cpu().numpy()
+    finite = np.isfinite(pts).all(axis=1)
+    pts = pts[finite]
+    if extent is None:
+        extent = float(np.percentile(np.abs(pts), 99.5)) * 1.1 if len(pts) else 1.0
+        extent = max(extent, 1e-6)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    half = size / 2
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return half + x / extent * half * 0.95, half - y / extent * half * 0.95
+
+    draw.line([(0, half), (size, half)], fill=(230, 230, 230))
+    draw.line([(half, 0), (half, size)], fill=(230, 230, 230))
+    labs = labels.detach().cpu().numpy()[finite] if labels is not None else None
+    for i, (x, y) in enumerate(pts):
+        px, py = to_px(float(x), float(y))
+        color = _PALETTE[int(labs[i]) % len(_PALETTE)] if labs is not None else (31, 119, 180)
+        draw.ellipse([px - 1.2, py - 1.2, px + 1.2, py + 1.2], fill=color)
+    if centers is not None:
+        for cx, cy in centers.detach().cpu().numpy():
+            px, py = to_px(float(cx), float(cy))
+            draw.line([(px - 5, py), (px + 5, py)], fill=(0, 0, 0), width=1)
+            draw.line([(px, py - 5), (px, py + 5)], fill=(0, 0, 0), width=1)
+    if title:
+        draw.text((6, 4), title, fill=(0, 0, 0))
+    return img
+
+
+def image_grid_png(images: torch.Tensor, *, columns: int | None = None, scale: int = 4) -> Image.Image:
+    """A grid of (N, C, H, W) or (N, C, T, H, W) (first frame) images in [-1, 1]."""
+    x = images.detach().float().cpu()
+    if x.ndim == 5:
+        x = x[:, :, 0]
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) or (N, C, T, H, W) images, got shape {tuple(images.shape)}")
+    n, c, h, w = x.shape
+    if c not in (1, 3):
+        x = x[:, :1]
+        c = 1
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.ones(c, rows * (h + 1), cols * (w + 1))
+    for i in range(n):
+        r, col = divmod(i, cols)
+        grid[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = x[i]
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def save_png_atomic(img: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -1,0 +1,255 @@
+"""The training loop: phase selection, losses, optimiser and EMA steps, logs and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from rcm_registry.engine.checkpoint import Checkpoint, clean_partial, latest_checkpoint, save_checkpoint
+from rcm_registry.engine.context import StepContext
+from rcm_registry.engine.graph import Graph, build_graph, load_strict, pick_device
+from rcm_registry.engine.logs import MetricsFile, get_logger
+from rcm_registry.engine.progress import Progress
+from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.recipe.schema import Recipe
+
+#: Recipe keys that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """Runs a validated recipe into ``run_dir``."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, progress: bool = True) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.log = get_logger("rcm.run")
+        self.show_progress = progress
+        run = recipe.body.run
+        self.device = pick_device(run.device)
+        self._seed(run.seed)
+        self.graph: Graph = build_graph(recipe, self.device)
+        self.data_generator = torch.Generator().manual_seed(run.seed)
+        self.step_generator = torch.Generator(device=self.device).manual_seed(run.seed + 1)
+        self.iteration = 0
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "iteration": self.iteration,
+            "phase_steps": {name: p.steps for name, p in self.graph.phases.items()},
+            "rng_torch": torch.get_rng_state(),
+            "rng_data": self.data_generator.get_state(),
+            "rng_step": self.step_generator.get_state(),
+            "dataset": self.graph.dataset.state_dict(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self) -> Path:
+        trained = self.recipe.trained_roles()
+        models = {role: net.state_dict() for role, net in self.graph.nets.items() if role in trained}
+        emas = {p.trains: p.ema.state_dict() for p in self.graph.phases.values() if p.ema is not None}
+        optimizers = {name: p.optimizer.state_dict() for name, p in self.graph.phases.items()}
+        path = save_checkpoint(
+            self.run_dir,
+            self.iteration,
+            models=models,
+            emas=emas,
+            optimizers=optimizers,
+            state=self._state(),
+            recipe=self.recipe.data,
+            keep=self.recipe.body.run.keep_checkpoints,
+        )
+        self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
+        return path
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        _check_same_recipe(ckpt.recipe(), self.recipe.data, ckpt.path)
+        models = ckpt.models()
+        for role, sd in models.items():
+            load_strict(self.graph.nets[role], sd, f"{ckpt.path}/model.safetensors [{role}]")
+        emas = ckpt.emas()
+        optimizers = ckpt.optimizers()
+        state = ckpt.state()
+        for name, phase in self.graph.phases.items():
+            phase.optimizer.load_state_dict(optimizers[name])
+            phase.steps = int(state["phase_steps"][name])
+            if phase.ema is not None:
+                phase.ema.load_state_dict(emas[phase.trains])
+        torch.set_rng_state(state["rng_torch"])
+        self.data_generator.set_state(state["rng_data"])
+        self.step_generator.set_state(state["rng_step"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.graph.dataset.load_state_dict(state["dataset"])
+        self.iteration = int(state["iteration"])
+        self.log.info("resumed", checkpoint=str(ckpt.path), iteration=self.iteration)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        graph = self.graph
+        it = self.iteration
+        phase = graph.select_phase(it)
+        run = self.recipe.body.run
+        batch = graph.dataset.next_batch(run.batch_size, self.data_generator).to(self.device)
+        ctx = StepContext(
+            batch=batch,
+            nets=graph.nets,
+            trained=phase.trains,
+            iteration=it,
+            generator=self.step_generator,
+            phase=phase.name,
+            schedule=graph.schedule,
+            teacher=graph.teacher,
+            time=graph.time,
+            rollout=graph.rollout,
+        )
+        values: dict[str, float] = {}
+        total: torch.Tensor | None = None
+        with autocast(self.device, run.precision):
+            for name, loss, start in phase.losses:
+                if it < start:
+                    continue
+                out = loss(ctx)
+                value = out.loss.float()
+                if not torch.isfinite(value):
+                    raise TrainingDiverged(f"loss {name!r} of phase {phase.name!r} is {value.item()} at iteration {it}")
+                values[f"loss/{name}"] = value.item()
+                for key, metric in out.metrics.items():
+                    values[f"{name}/{key}"] = float(metric)
+                total = value if total is None else total + value
+        if total is None:  # every loss of this phase starts later: nothing to optimise yet
+            self.iteration += 1
+            return values
+        phase.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if phase.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(graph.nets[phase.trains].parameters(), phase.grad_clip)
+            values[f"{phase.name}/grad_norm"] = float(norm)
+        phase.optimizer.step()
+        if phase.ema is not None:
+            phase.ema.update(graph.nets[phase.trains], phase.steps)
+        phase.steps += 1
+        values["loss"] = total.item()
+        self.iteration += 1
+        return values
+
+    def run(self) -> Path | None:
+        """Train until ``run.iterations``; returns the final checkpoint folder."""
+        run = self.recipe.body.run
+        metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        progress = Progress(run.iterations, self.iteration, every=run.log_every) if self.show_progress else None
+        last: Path | None = None
+        self.log.info(
+            "training",
+            recipe=self.recipe.source,
+            run_dir=str(self.run_dir),
+            device=str(self.device),
+            start=self.iteration,
+            iterations=run.iterations,
+        )
+        t0 = time.perf_counter()
+        try:
+            while self.iteration < run.iterations:
+                phase_name = self.graph.select_phase(self.iteration).name
+                values = self.step()
+                done = self.iteration
+                if done % run.log_every == 0 or done == run.iterations:
+                    rate = (done - (progress.start if progress else 0)) / max(time.perf_counter() - t0, 1e-9)
+                    metrics.write(iteration=done, phase=phase_name, it_per_s=rate, **values)
+                if progress is not None:
+                    progress.update(done, {k: v for k, v in values.items() if k.startswith("loss")})
+                if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == run.iterations:
+                    if progress is not None:
+                        progress.close()
+                    last = self.save()
+        finally:
+            if progress is not None:
+                progress.close()
+            metrics.close()
+        return last
+
+
+def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    a = json.loads(json.dumps(saved))
+    b = json.loads(json.dumps(current))
+    for d in (a, b):
+        run = d.get("run")
+        if isinstance(run, dict):
+            for key in RESUMABLE_CHANGES:
+                run.pop(key, None)
+    if a != b:
+        diff = _first_difference(a, b, "")
+        raise CheckpointError(
+            f"{where}: the recipe differs from the one this run was started with ({diff}); only "
+            f"run.{', run.'.join(sorted(RESUMABLE_CHANGES))} may change on --resume"
+        )
+
+
+def _first_difference(a: Any, b: Any, path: str) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key, object) != b.get(key, object):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path or '<top>'}: {a!r} then, {b!r} now"
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
+    """Create ``run_dir`` (after validation), or find the checkpoint to resume from."""
+    existing = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if resume:
+        if existing is None:
+            raise UserError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
+        clean_partial(run_dir)
+        _trim_metrics(run_dir / "metrics.jsonl", Checkpoint(existing).iteration)
+        return Checkpoint(existing)
+    if existing is not None or (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.data, sort_keys=False), encoding="utf-8")
+    return None
+
+
+def _trim_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines past the checkpoint a run resumes from (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("iteration", 0) <= iteration:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+    path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)

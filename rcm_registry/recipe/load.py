@@ -1,0 +1,154 @@
+"""Read a recipe: YAML (safe_load only), ``base:`` inheritance and ``--set`` overrides.
+
+The result is plain data (dicts, lists, scalars); :mod:`rcm_registry.recipe.validate` turns it into
+validated component specs. Relative ``base:`` paths are resolved against the including file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rcm_registry.errors import RecipeError
+
+_INDEX = re.compile(r"^(?P<key>[^\[\]]*)(?P<indices>(\[\d+\])*)$")
+
+
+def _read_yaml(path: Path, chain: list[Path]) -> dict[str, Any]:
+    via = f" (base of {chain[-1]})" if chain else ""
+    if not path.exists():
+        raise RecipeError([f"recipe file not found: {path}{via}"])
+    if path.is_dir():
+        raise RecipeError([f"recipe path is a directory, expected a YAML file: {path}{via}"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([f"cannot read recipe {path}: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve(path: Path, chain: list[Path]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in [*chain[chain.index(path) :], path])
+        raise RecipeError([f"base: inheritance cycle: {cycle}"])
+    data = _read_yaml(path, chain)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RecipeError([f"{path}: base: expected a path or a list of paths, got {bases!r}"])
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases override earlier ones; the file itself overrides all
+        merged = merge(merged, _resolve(path.parent / base, [*chain, path]))
+    return merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``a.b[1].c=value`` → (["a", "b", 1, "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text}: expected KEY=VALUE (e.g. --set run.iterations=100)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {text}: the key before '=' is empty")
+    parts: list[str | int] = []
+    for piece in key.split("."):
+        m = _INDEX.match(piece)
+        if m is None or (not m.group("key") and not m.group("indices")):
+            raise ValueError(f"--set {text}: cannot read key {key!r}")
+        if m.group("key"):
+            parts.append(m.group("key"))
+        parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group("indices"))]
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ValueError(f"--set {text}: the value is not valid YAML") from None
+    return parts, value
+
+
+def _format(parts: list[str | int]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
+def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> str | None:
+    """Set ``value`` at ``parts`` inside ``data``; returns a problem line instead of raising."""
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return f"--set {_format(parts)}: {_format(parts[: i + 1])} does not exist"
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            return f"--set {_format(parts)}: {_format(parts[:i])} is not a mapping"
+        if part not in node or node[part] is None:
+            if isinstance(nxt, int):
+                return f"--set {_format(parts)}: {_format(parts[: i + 1])} does not exist"
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            return f"--set {_format(parts)}: index {last} is out of range"
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        return f"--set {_format(parts)}: {_format(parts[:-1])} is not a mapping"
+    return None
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The recipe at ``path`` with its bases merged in and ``overrides`` applied (plain data).
+
+    Raises :class:`RecipeError` listing every problem (unreadable files, YAML errors, base cycles,
+    malformed overrides).
+    """
+    data = _resolve(Path(path), [])
+    problems: list[str] = []
+    for text in overrides:
+        try:
+            parts, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        problem = apply_override(data, parts, value)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise RecipeError(problems, source=str(path))
+    return data

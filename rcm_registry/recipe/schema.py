@@ -1,0 +1,116 @@
+"""The top-level shape of a recipe. Component sections are validated against their own configs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from rcm_registry import schema as s
+from rcm_registry.schema import ComponentSpec
+
+
+@attrs.define
+class RunConfig:
+    """``run:`` how long, how big, how precise, where results go."""
+
+    iterations: int = attrs.field(validator=s.positive)
+    batch_size: int = attrs.field(default=256, validator=s.positive)
+    #: Write a checkpoint every N iterations (0: only at the end). The last iteration always writes one.
+    checkpoint_every: int = attrs.field(default=0, validator=s.non_negative)
+    keep_checkpoints: int = attrs.field(default=2, validator=s.positive)
+    log_every: int = attrs.field(default=10, validator=s.positive)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = attrs.field(default=0, validator=s.non_negative)
+    #: ``auto`` picks CUDA when available, else CPU.
+    device: str = "auto"
+
+
+@attrs.define
+class PhaseConfig:
+    """``phases.NAME:`` one optimisation step kind: which network it trains, with which losses.
+
+    Alternation: at iteration i, of the phases whose ``start`` <= i, a lone phase runs every
+    iteration; with several, the first in recipe order whose ``every`` divides the iterations since
+    the latest of their starts runs (so ``student: {every: 5}`` then ``critic: {}`` gives one student
+    step, then four critic steps).
+    """
+
+    losses: list[s.LossSpec] = attrs.field(validator=attrs.validators.min_len(1))
+    optimizer: s.OptimizerSpec
+    #: The network role this phase optimises (default: the role named like the phase).
+    trains: str | None = None
+    every: int = attrs.field(default=1, validator=s.positive)
+    start: int = attrs.field(default=0, validator=s.non_negative)
+    ema: s.EmaSpec | None = None
+    #: Clip the global gradient norm to this value (none: no clipping).
+    grad_clip: float | None = attrs.field(default=None, validator=s.positive)
+    #: Per-loss first iteration (filled from each loss entry's ``start:``; 0 when absent).
+    loss_starts: list[int] = attrs.field(factory=list)
+
+
+@attrs.define
+class WeightsRef:
+    """``networks.ROLE.weights`` for networks whose own config has no weights field.
+
+    ``path`` is a safetensors file, or a run directory (its latest checkpoint; EMA weights when
+    ``ema`` and the run kept an EMA). Relative paths are read from the working directory.
+    """
+
+    path: str
+    ema: bool = True
+    #: Which role's weights to take from a run directory (default: the run's output network).
+    role: str | None = None
+
+
+@attrs.define
+class NetworkRole:
+    """A validated ``networks.ROLE`` entry."""
+
+    spec: ComponentSpec
+    init_from: str | None = None
+    weights: WeightsRef | None = None
+
+
+@attrs.define
+class RecipeBody:
+    """Every top-level key except ``networks`` (validated separately, for ``init_from``)."""
+
+    phases: dict[str, PhaseConfig] = attrs.field(validator=attrs.validators.min_len(1))
+    data: s.DatasetSpec
+    run: RunConfig
+    description: str = ""
+    schedule: s.ScheduleSpec | None = None
+    teacher_wrapper: s.TeacherSpec | None = None
+    time: dict[str, s.TimeSamplerSpec] = attrs.field(factory=dict)
+    rollout: s.RolloutSpec | None = None
+    parallel: s.ParallelSpec | None = None
+    sample: s.SamplerSpec | None = None
+    metrics: list[s.MetricSpec] = attrs.field(factory=list)
+    #: The network role that ``rcm sample`` and ``rcm export`` use (default: the first phase's).
+    output_network: str | None = None
+
+
+@attrs.define
+class Recipe:
+    """A fully validated recipe; ``data`` keeps the resolved YAML (saved with every checkpoint)."""
+
+    networks: dict[str, NetworkRole]
+    body: RecipeBody
+    data: dict[str, Any]
+    source: str = ""
+
+    def __getattr__(self, name: str) -> Any:  # recipe.run, recipe.phases, ... read through to the body
+        if name in ("body", "networks", "data", "source"):
+            raise AttributeError(name)
+        return getattr(self.body, name)
+
+    @property
+    def output_role(self) -> str:
+        if self.body.output_network:
+            return self.body.output_network
+        first = next(iter(self.body.phases.values()))
+        return first.trains or next(iter(self.body.phases))
+
+    def trained_roles(self) -> set[str]:
+        return {p.trains or name for name, p in self.body.phases.items()}
