@@ -1,0 +1,529 @@
+"""FlashAttention-2 backward in Triton: (dq, dk, dv) from q, k, v, o, the log-sum-exp and do.
+
+With P = exp(scale·QKᵀ − lse) recomputed tile by tile from the saved log-sum-exp:
+
+    dV = Pᵀ·dO,   dP = dO·Vᵀ,   dS = P∘(dP − δ) with δ = rowsum(dO∘O),
+    dQ = scale·dS·K,   dK = scale·dSᵀ·Q.
+
+Two kernels after a small one for δ: one program per key block streams over query blocks for dK and
+dV, one per query block streams over key blocks for dQ. Recomputing P in both costs two extra
+matmuls a tile pair compared with accumulating dQ by atomics, but it is deterministic and needs no
+float32 dQ buffer. Same (B, H, S, D) strided layout as the forward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from rcm_kernels.triton_common import device_context, dot, dot_flags, load_rows
+from torch import Tensor
+
+
+class BackwardConfig(NamedTuple):
+    """Tile sizes: keys per program and queries per step (dK/dV), queries per program and keys per step (dQ)."""
+
+    block_n_kv: int
+    block_m_kv: int
+    block_m_q: int
+    block_n_q: int
+    num_warps: int
+    num_stages: int
+
+
+def default_backward_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
+    if device.type != "cuda":
+        return BackwardConfig(64, 64, 64, 64, 4, 1)
+    if dtype == torch.float32 or head_dim > 128:
+        return BackwardConfig(64, 32, 64, 32, 4, 2)
+    return BackwardConfig(128, 64, 128, 64, 8, 2)
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    Out,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    n_heads,
+    n_q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(
+        Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        mask=mask,
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+        mask=mask,
+        other=0.0,
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * n_q + offs_m, delta, mask=offs_m < n_q)
+
+
+@triton.jit
+def _dkdv_step(
+    dk,
+    dv,
+    k,
+    v,
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    stride_qm,
+    stride_qd,
+    stride_dom,
+    stride_dod,
+    start_m,
+    n_q,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_rows(
+        Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m, n_q, offs_d, HEAD_DIM, MASK_M, MASK_D
+    )
+    do = load_rows(
+        DO + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, offs_m, n_q, offs_d, HEAD_DIM, MASK_M, MASK_D
+    )
+    if MASK_M:
+        # Padded query rows: lse = +inf makes their probabilities exactly 0.
+        lse2 = tl.load(LSE + offs_m, mask=offs_m < n_q, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + offs_m, mask=offs_m < n_q, other=0.0)
+    else:
+        lse2 = tl.load(LSE + offs_m) * 1.4426950408889634
+        delta = tl.load(DELTA + offs_m)
+    # Transposed tiles (keys × queries) so that dK and dV accumulate without transposing P.
+    st = dot(k, tl.trans(q), None, PRECISION, DOT_UPCAST)
+    pt = tl.math.exp2(st * qk_scale - lse2[None, :])
+    dv = dot(pt.to(do.dtype), do, dv, PRECISION, DOT_UPCAST)
+    dpt = dot(v, tl.trans(do), None, PRECISION, DOT_UPCAST)
+    dst = pt * (dpt - delta[None, :])
+    dk = dot(dst.to(q.dtype), q, dk, PRECISION, DOT_UPCAST)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dkd,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    stride_dvd,
+    n_heads,
+    n_q,
+    n_k,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # Padded key rows load as zeros; their dK/dV rows are never stored.
+    k = load_rows(
+        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        offs_n,
+        n_k,
+        offs_d,
+        HEAD_DIM,
+        True,
+        MASK_D,
+    )
+    v = load_rows(
+        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        offs_n,
+        n_k,
+        offs_d,
+        HEAD_DIM,
+        True,
+        MASK_D,
+    )
+    Q += b * stride_qb + h * stride_qh
+    DO += b * stride_dob + h * stride_doh
+    LSE += pid_bh.to(tl.int64) * n_q
+    DELTA += pid_bh.to(tl.int64) * n_q
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    m_full = (n_q // BLOCK_M) * BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dv = _dkdv_step(
+            dk,
+            dv,
+            k,
+            v,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            stride_qm,
+            stride_qd,
+            stride_dom,
+            stride_dod,
+            start_m,
+            n_q,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_M,
+            BLOCK_D,
+            False,
+            PRECISION,
+            DOT_UPCAST,
+        )
+    if m_full < n_q:
+        dk, dv = _dkdv_step(
+            dk,
+            dv,
+            k,
+            v,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            stride_qm,
+            stride_qd,
+            stride_dom,
+            stride_dod,
+            m_full,
+            n_q,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_M,
+            BLOCK_D,
+            True,
+            PRECISION,
+            DOT_UPCAST,
+        )
+    mask = offs_n[:, None] < n_k
+    if MASK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dq_step(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    K,
+    V,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    start_n,
+    n_k,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = load_rows(
+        K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+    )
+    v = load_rows(
+        V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+    )
+    s = dot(q, tl.trans(k), None, PRECISION, DOT_UPCAST)
+    p = tl.math.exp2(s * qk_scale - lse2[:, None])
+    dp = dot(do, tl.trans(v), None, PRECISION, DOT_UPCAST)
+    # Padded key columns have k = 0, so their (finite) dS multiplies zeros below: no mask needed.
+    ds = p * (dp - delta[:, None])
+    dq = dot(ds.to(k.dtype), k, dq, PRECISION, DOT_UPCAST)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    stride_dqd,
+    n_heads,
+    n_q,
+    n_k,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        offs_m,
+        n_q,
+        offs_d,
+        HEAD_DIM,
+        True,
+        MASK_D,
+    )
+    do = load_rows(
+        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+        offs_m,
+        n_q,
+        offs_d,
+        HEAD_DIM,
+        True,
+        MASK_D,
+    )
+    row = pid_bh.to(tl.int64) * n_q + offs_m
+    lse2 = tl.load(LSE + row, mask=offs_m < n_q, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row, mask=offs_m < n_q, other=0.0)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    n_full = (n_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        dq = _dq_step(
+            dq,
+            q,
+            do,
+            lse2,
+            delta,
+            K,
+            V,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            start_n,
+            n_k,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            False,
+            PRECISION,
+            DOT_UPCAST,
+        )
+    if n_full < n_k:
+        dq = _dq_step(
+            dq,
+            q,
+            do,
+            lse2,
+            delta,
+            K,
+            V,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            n_full,
+            n_k,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            True,
+            PRECISION,
+            DOT_UPCAST,
+        )
+    mask = offs_m[:, None] < n_q
+    if MASK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=mask)
+
+
+def _empty_like_bhsd(t: Tensor) -> Tensor:
+    b, h, s, d = t.shape
+    return torch.empty((b, s, h, d), dtype=t.dtype, device=t.device).transpose(1, 2)
+
+
+def attention_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    do: Tensor,
+    *,
+    scale: float | None = None,
+    config: BackwardConfig | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of ``o = softmax(scale·q·kᵀ)·v`` given ``do`` and the forward's ``lse``.
+
+    ``lse`` is float32 (B, H, Nq) in natural log, as :func:`rcm_kernels.attention_jvp.attention_jvp_forward`
+    returns it. Gradients come back in the dtype of their inputs, as (B, S, H, D) buffers viewed as
+    (B, H, S, D).
+    """
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    do = do.to(q.dtype)
+    lse = lse.contiguous()
+    cfg = config or default_backward_config(d, q.dtype, q.device)
+    block_d = max(16, triton.next_power_of_2(d))
+    flags = dot_flags(q.dtype)
+    dq, dk, dv = _empty_like_bhsd(q), _empty_like_bhsd(k), _empty_like_bhsd(v)
+    delta = torch.empty((b, h, n_q), dtype=torch.float32, device=q.device)
+    if b * h == 0 or n_q == 0 or n_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    with device_context(q):
+        _bwd_delta_kernel[(triton.cdiv(n_q, 64), b * h)](
+            o, do, delta, *o.stride(), *do.stride(), h, n_q, HEAD_DIM=d, BLOCK_M=64, BLOCK_D=block_d
+        )
+        _bwd_dkdv_kernel[(triton.cdiv(n_k, cfg.block_n_kv), b * h)](
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dk,
+            dv,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *do.stride(),
+            *dk.stride(),
+            *dv.stride(),
+            h,
+            n_q,
+            n_k,
+            float(scale),
+            HEAD_DIM=d,
+            BLOCK_M=cfg.block_m_kv,
+            BLOCK_N=cfg.block_n_kv,
+            BLOCK_D=block_d,
+            **flags,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        _bwd_dq_kernel[(triton.cdiv(n_q, cfg.block_m_q), b * h)](
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dq,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *do.stride(),
+            *dq.stride(),
+            h,
+            n_q,
+            n_k,
+            float(scale),
+            HEAD_DIM=d,
+            BLOCK_M=cfg.block_m_q,
+            BLOCK_N=cfg.block_n_q,
+            BLOCK_D=block_d,
+            **flags,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return dq, dk, dv

@@ -1,0 +1,554 @@
+"""Fused FlashAttention-2 forward with its Jacobian-vector product, in one streaming pass.
+
+For S = scale·QKᵀ, P = softmax(S) and O = PV, the JVP along (tQ, tK, tV) is
+
+    tS = scale·(tQ·Kᵀ + Q·tKᵀ)
+    tO = P·tV + (P∘tS)·V − rowsum(P∘tS)∘O
+
+(differentiate P = exp(S − lse): tP = P∘(tS − rowsum(P∘tS))). Every term is a product of P with
+something, so the online-softmax trick of FlashAttention applies unchanged: per query block we stream
+over key blocks and keep, next to the running max m and denominator l,
+
+    acc_o = Σ p·V,   acc_t = Σ p·tV + (p∘tS)·V,   r = Σ rowsum(p∘tS)
+
+all rescaled by exp(m_old − m_new) when the max moves, and finish with O = acc_o/l,
+tO = acc_t/l − (r/l)∘O. P·tV and (P∘tS)·V are only ever used as a sum, so they share one
+accumulator. No (Nq, Nk) tensor is materialised: memory is O(N).
+
+Matmuls per tile: S, tQ·Kᵀ, Q·tKᵀ, P·V, P·tV, (P∘tS)·V — 6, three times a plain forward. Keys and
+values without tangent (cross-attention to text) skip Q·tKᵀ and P·tV and their loads: 4 a tile.
+
+Layout is (B, H, S, D) like ``scaled_dot_product_attention``; every tensor is addressed through its
+own strides, so (B, S, H, D) tensors transposed to (B, H, S, D) work without copies. Outputs are
+allocated as (B, S, H, D) and returned transposed, the layout networks reshape back to (B, S, H·D)
+for free.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from rcm_kernels import attention_backward
+from rcm_kernels.triton_common import device_context, dot, dot_flags, interpreter_active, load_rows
+from torch import Tensor
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class LaunchConfig(NamedTuple):
+    """Tile sizes and launch parameters of the forward kernel."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None, ...] = ()) -> None:
+    """Raise a ValueError/TypeError naming the problem if the kernels cannot take these tensors."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    b, h, _, d = q.shape
+    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[2] != v.shape[2]:
+        raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    if k.shape[3] != d or v.shape[3] != d:
+        raise ValueError(f"q, k and v need one head dim, got {d}, {k.shape[3]}, {v.shape[3]}")
+    if not 16 <= d <= 256:
+        raise ValueError(f"head dim must be in [16, 256], got {d}")
+    if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, t, ref in zip(("tq", "tk", "tv"), tangents, (q, k, v), strict=False):
+        if t is not None and t.shape != ref.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, its primal {tuple(ref.shape)}")
+    devices = {t.device for t in (q, k, v, *tangents) if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+    device = q.device
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and interpreter_active():
+        return
+    raise RuntimeError(
+        f"the Triton attention kernels need CUDA tensors, got a tensor on {device}; on CPU they run only in "
+        "Triton's interpreter (set TRITON_INTERPRET=1 before importing rcm_kernels)"
+    )
+
+
+def default_config(head_dim: int, dtype: torch.dtype, has_tkv: bool, device: torch.device) -> LaunchConfig:
+    """Tile sizes measured on an H100 (see benchmarks/RESULTS.md); the interpreter prefers few, large tiles."""
+    if device.type != "cuda":
+        return LaunchConfig(64, 64, 4, 1)
+    block_d = triton.next_power_of_2(head_dim)
+    if dtype == torch.float32 or block_d > 128:
+        # Twice the accumulator registers of a plain forward: keep tiles small where D or the dtype is large.
+        return LaunchConfig(64, 32, 4, 2)
+    if has_tkv:
+        return LaunchConfig(128, 64, 8, 2)
+    return LaunchConfig(128, 64, 8, 2)
+
+
+@triton.jit
+def _jvp_tile(
+    acc_o,
+    acc_t,
+    m_i,
+    l_i,
+    r_i,
+    q,
+    tq,
+    K,
+    V,
+    TK,
+    TV,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_tkn,
+    stride_tkd,
+    stride_tvn,
+    stride_tvd,
+    start_n,
+    n_k,
+    qk_scale,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK_N: tl.constexpr,
+    HAS_TQ: tl.constexpr,
+    HAS_TK: tl.constexpr,
+    HAS_TV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = load_rows(
+        K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+    )
+    kt = tl.trans(k)
+    s = dot(q, kt, None, PRECISION, DOT_UPCAST)
+    if MASK_N:
+        s = tl.where(offs_n[None, :] < n_k, s, float("-inf"))
+    # Softmax in base 2: exp2 is one instruction; qk_scale = scale·log2(e).
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = load_rows(
+        V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+    )
+    p_in = p.to(v.dtype)
+    acc_o = dot(p_in, v, acc_o * alpha[:, None], PRECISION, DOT_UPCAST)
+    HAS_TS: tl.constexpr = HAS_TQ or HAS_TK
+    if HAS_TS or HAS_TV:
+        acc_t = acc_t * alpha[:, None]
+    if HAS_TS:
+        if HAS_TK:
+            tk = load_rows(
+                TK + offs_n[:, None] * stride_tkn + offs_d[None, :] * stride_tkd,
+                offs_n,
+                n_k,
+                offs_d,
+                HEAD_DIM,
+                MASK_N,
+                MASK_D,
+            )
+            ts = dot(q, tl.trans(tk), None, PRECISION, DOT_UPCAST)
+            if HAS_TQ:
+                ts = dot(tq, kt, ts, PRECISION, DOT_UPCAST)
+        else:
+            ts = dot(tq, kt, None, PRECISION, DOT_UPCAST)
+        # Masked columns have p = 0 exactly, so they add nothing here either.
+        pts = p * (ts * scale)
+        r_i = r_i * alpha + tl.sum(pts, 1)
+        acc_t = dot(pts.to(v.dtype), v, acc_t, PRECISION, DOT_UPCAST)
+    if HAS_TV:
+        tv = load_rows(
+            TV + offs_n[:, None] * stride_tvn + offs_d[None, :] * stride_tvd,
+            offs_n,
+            n_k,
+            offs_d,
+            HEAD_DIM,
+            MASK_N,
+            MASK_D,
+        )
+        acc_t = dot(p_in, tv, acc_t, PRECISION, DOT_UPCAST)
+    return acc_o, acc_t, m_new, l_i, r_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    TQ,
+    TK,
+    TV,
+    Out,
+    TOut,
+    LSE,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_tqb,
+    stride_tqh,
+    stride_tqm,
+    stride_tqd,
+    stride_tkb,
+    stride_tkh,
+    stride_tkn,
+    stride_tkd,
+    stride_tvb,
+    stride_tvh,
+    stride_tvn,
+    stride_tvd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_tob,
+    stride_toh,
+    stride_tom,
+    stride_tod,
+    n_heads,
+    n_q,
+    n_k,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_TQ: tl.constexpr,
+    HAS_TK: tl.constexpr,
+    HAS_TV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    HAS_T: tl.constexpr = HAS_TQ or HAS_TK or HAS_TV
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    # 64-bit offsets: B·H·S·D exceeds 2³¹ elements at video sizes.
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+
+    q = load_rows(
+        Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        offs_m,
+        n_q,
+        offs_d,
+        HEAD_DIM,
+        True,
+        MASK_D,
+    )
+    if HAS_TQ:
+        tq = load_rows(
+            TQ + b64 * stride_tqb + h64 * stride_tqh + offs_m[:, None] * stride_tqm + offs_d[None, :] * stride_tqd,
+            offs_m,
+            n_q,
+            offs_d,
+            HEAD_DIM,
+            True,
+            MASK_D,
+        )
+    else:
+        tq = q  # never read: the HAS_TQ branches are compiled out
+    K += b64 * stride_kb + h64 * stride_kh
+    V += b64 * stride_vb + h64 * stride_vh
+    TK += b64 * stride_tkb + h64 * stride_tkh
+    TV += b64 * stride_tvb + h64 * stride_tvh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    r_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_o = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc_t = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+
+    # Full key blocks need no bounds checks; only the tail block is masked.
+    n_full = (n_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc_o, acc_t, m_i, l_i, r_i = _jvp_tile(
+            acc_o,
+            acc_t,
+            m_i,
+            l_i,
+            r_i,
+            q,
+            tq,
+            K,
+            V,
+            TK,
+            TV,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_tkn,
+            stride_tkd,
+            stride_tvn,
+            stride_tvd,
+            start_n,
+            n_k,
+            qk_scale,
+            scale,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            False,
+            HAS_TQ,
+            HAS_TK,
+            HAS_TV,
+            PRECISION,
+            DOT_UPCAST,
+        )
+    if n_full < n_k:
+        acc_o, acc_t, m_i, l_i, r_i = _jvp_tile(
+            acc_o,
+            acc_t,
+            m_i,
+            l_i,
+            r_i,
+            q,
+            tq,
+            K,
+            V,
+            TK,
+            TV,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_tkn,
+            stride_tkd,
+            stride_tvn,
+            stride_tvd,
+            n_full,
+            n_k,
+            qk_scale,
+            scale,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            True,
+            HAS_TQ,
+            HAS_TK,
+            HAS_TV,
+            PRECISION,
+            DOT_UPCAST,
+        )
+
+    l_inv = 1.0 / l_i
+    o = acc_o * l_inv[:, None]
+    store_mask = offs_m[:, None] < n_q
+    if MASK_D:
+        store_mask = store_mask & (offs_d[None, :] < HEAD_DIM)
+    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=store_mask)
+    if HAS_T:
+        to = acc_t * l_inv[:, None] - (r_i * l_inv)[:, None] * o
+        to_ptrs = (
+            TOut + b64 * stride_tob + h64 * stride_toh + offs_m[:, None] * stride_tom + offs_d[None, :] * stride_tod
+        )
+        tl.store(to_ptrs, to.to(TOut.dtype.element_ty), mask=store_mask)
+    # Natural-log LSE: m_i and log2(l_i) are in base-2 units of the scaled scores.
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + pid_bh.to(tl.int64) * n_q + offs_m, lse, mask=offs_m < n_q)
+
+
+def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
+    return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
+
+
+def _strides(t: Tensor | None, fallback: Tensor) -> tuple[int, ...]:
+    return tuple((t if t is not None else fallback).stride())
+
+
+def attention_jvp_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tq: Tensor | None = None,
+    tk: Tensor | None = None,
+    tv: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    config: LaunchConfig | None = None,
+    out: tuple[Tensor, Tensor | None, Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """One streaming pass: ``(o, to, lse)`` for (B, H, S, D) inputs, without autograd.
+
+    ``to`` is None when all three tangents are None (then this is a plain FlashAttention-2 forward).
+    ``lse`` is the natural-log log-sum-exp of the scaled scores, float32 of shape (B, H, Nq). Tangents
+    are cast to the primal dtype; accumulation is float32. ``out`` holds preallocated ``(o, to, lse)``
+    to write into (any strides; ``to`` None when there is no tangent).
+    """
+    check_inputs(q, k, v, (tq, tk, tv))
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    tq, tk, tv = (None if t is None else t.to(q.dtype) for t in (tq, tk, tv))
+    has_t = any(t is not None for t in (tq, tk, tv))
+    cfg = config or default_config(d, q.dtype, tk is not None or tv is not None, q.device)
+    if out is None:
+        o = empty_bhsd(b, h, n_q, d, dtype=q.dtype, device=q.device)
+        to = empty_bhsd(b, h, n_q, d, dtype=q.dtype, device=q.device) if has_t else None
+        lse = torch.empty((b, h, n_q), dtype=torch.float32, device=q.device)
+    else:
+        o, to, lse = out
+        if o.shape != q.shape or o.dtype != q.dtype or lse.shape != (b, h, n_q) or lse.dtype != torch.float32:
+            raise ValueError("out must hold o shaped and typed like q and a float32 (B, H, Nq) lse")
+        if has_t != (to is not None) or (to is not None and (to.shape != q.shape or to.dtype != q.dtype)):
+            raise ValueError("out's to must be shaped and typed like q when a tangent is given, else None")
+        if not lse.is_contiguous():
+            raise ValueError("out's lse must be contiguous")
+    if n_q == 0 or b * h == 0:
+        return o, to, lse
+    if n_k == 0:
+        raise ValueError("attention over zero keys is undefined")
+    grid = (triton.cdiv(n_q, cfg.block_m), b * h)
+    with device_context(q):
+        _attn_fwd_kernel[grid](
+            q,
+            k,
+            v,
+            tq if tq is not None else q,
+            tk if tk is not None else k,
+            tv if tv is not None else v,
+            o,
+            to if to is not None else o,
+            lse,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *_strides(tq, q),
+            *_strides(tk, k),
+            *_strides(tv, v),
+            *o.stride(),
+            *_strides(to, o),
+            h,
+            n_q,
+            n_k,
+            float(scale),
+            HEAD_DIM=d,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_D=max(16, triton.next_power_of_2(d)),
+            HAS_TQ=tq is not None,
+            HAS_TK=tk is not None,
+            HAS_TV=tv is not None,
+            # fp32 inputs get true fp32 products; TF32 would cost three decimal digits.
+            **dot_flags(q.dtype),
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return o, to, lse
+
+
+class _AttentionJvp(torch.autograd.Function):
+    """Primal output with gradient, tangent output without: one fused forward, a Triton backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        tq: Tensor | None,
+        tk: Tensor | None,
+        tv: Tensor | None,
+        scale: float,
+        config: LaunchConfig | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        o, to, lse = attention_jvp_forward(q, k, v, tq, tk, tv, scale=scale, config=config)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        if to is not None:
+            # sCM/rCM use the tangent as a stop-gradient target; no gradient flows through it.
+            ctx.mark_non_differentiable(to)
+        return o, to
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, do: Tensor, _dto: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward.attention_backward(q, k, v, o, lse, do, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def attention_jvp(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tq: Tensor | None,
+    tk: Tensor | None,
+    tv: Tensor | None,
+    scale: float | None = None,
+    *,
+    config: LaunchConfig | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Attention and its JVP: ``(o, to)`` with ``o = softmax(scale·q·kᵀ)·v`` and ``to`` its tangent.
+
+    (B, H, S, D) tensors (strided views fine), Nq may differ from Nk. ``tk = tv = None`` takes the
+    fast path for keys and values without tangent; ``tq = None`` means a zero query tangent. ``o``
+    is differentiable (Triton backward); ``to`` carries no gradient.
+    """
+    if tq is None and tk is None and tv is None:
+        o = attention(q, k, v, scale, config=config)
+        return o, torch.zeros_like(o)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    o, to = _AttentionJvp.apply(q, k, v, tq, tk, tv, scale, config)
+    return o, to
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        scale: float,
+        config: LaunchConfig | None,
+    ) -> Tensor:
+        o, _, lse = attention_jvp_forward(q, k, v, scale=scale, config=config)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, do: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward.attention_backward(q, k, v, o, lse, do, scale=ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, *, config: LaunchConfig | None = None
+) -> Tensor:
+    """Plain FlashAttention-2 forward (the JVP kernel with its tangent compiled out), Triton backward."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return _Attention.apply(q, k, v, scale, config)

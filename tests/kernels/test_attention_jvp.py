@@ -1,0 +1,236 @@
+"""The fused FlashAttention-2 JVP kernel and its backward against float64 references.
+
+On a CPU-only machine these run in Triton's interpreter at small shapes (conftest.py); with CUDA
+the same tests run compiled, plus the ``gpu`` tests at the Wan2.1 shapes. The reference is always
+float64 ``torch.func.jvp`` / autograd of the plain-torch math attention, evaluated on the inputs
+after rounding to the kernel's dtype, so the tolerance measures the kernel, not input rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from rcm_kernels import attention_jvp as K
+from rcm_kernels.attention_backward import attention_backward
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Relative (Frobenius) error bounds vs float64. bf16 on CPU is looser than on the GPU because the
+# interpreter converts fp32 to bf16 by truncation, not round-to-nearest.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def randn(shape: tuple[int, ...], gen: torch.Generator, std: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * std).to(DEVICE)
+
+
+def inputs(
+    b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, seed: int, std: float = 1.0
+) -> list[torch.Tensor]:
+    """q, k, v, tq, tk, tv of a fresh generator, already rounded to ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(b, h, nq, d), (b, h, nk, d), (b, h, nk, d)] * 2
+    stds = [std, std, 1.0, 1.0, 1.0, 1.0]
+    return [randn(s, gen, sd).to(dtype) for s, sd in zip(shapes, stds, strict=True)]
+
+
+def reference_jvp(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tq: torch.Tensor,
+    tk: torch.Tensor | None,
+    tv: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    primals = tuple(t.double() for t in (q, k, v))
+    tangents = tuple(
+        torch.zeros_like(p) if t is None else t.double() for t, p in zip((tq, tk, tv), primals, strict=True)
+    )
+    return torch.func.jvp(math_attention, primals, tangents)
+
+
+def poisoned(q: torch.Tensor, with_tangent: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Output buffers full of NaN in the (B, S, H, D) layout, so any element left unwritten shows."""
+    b, h, n, d = q.shape
+    o = torch.full((b, n, h, d), float("nan"), dtype=q.dtype, device=q.device).transpose(1, 2)
+    to = torch.full_like(o, float("nan")) if with_tangent else None
+    lse = torch.full((b, h, n), float("nan"), dtype=torch.float32, device=q.device)
+    return o, to, lse
+
+
+CASES = [
+    # (B, H, Nq, Nk, D): odd lengths, cross-attention both ways, padded and unpadded head dims.
+    (1, 2, 1000, 15, 64),
+    (1, 1, 515, 999, 32),
+    (2, 1, 77, 130, 16),
+    (1, 1, 129, 65, 128),
+    (1, 2, 33, 47, 40),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", CASES, ids=lambda s: "x".join(map(str, s)))
+def test_jvp_matches_float64(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    q, k, v, tq, tk, tv = inputs(*shape, dtype, seed=hash(shape) % 1000)
+    out = poisoned(q)
+    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, out=out)
+    assert o is out[0] and to is out[1]
+    assert torch.isfinite(o).all() and torch.isfinite(to).all() and torch.isfinite(lse).all()
+    o_ref, to_ref = reference_jvp(q, k, v, tq, tk, tv)
+    assert rel_err(o, o_ref) <= TOL[dtype]
+    assert rel_err(to, to_ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 2, 1000, 15, 64), (1, 1, 300, 77, 128)], ids=lambda s: "x".join(map(str, s)))
+def test_fast_path_matches_float64(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    q, k, v, tq, _, _ = inputs(*shape, dtype, seed=7)
+    out = poisoned(q)
+    o, to, _ = K.attention_jvp_forward(q, k, v, tq, None, None, out=out)
+    o_ref, to_ref = reference_jvp(q, k, v, tq, None, None)
+    assert rel_err(o, o_ref) <= TOL[dtype]
+    assert rel_err(to, to_ref) <= TOL[dtype]
+
+
+def test_fast_path_equals_general_path_with_zero_tangents() -> None:
+    q, k, v, tq, tk, tv = inputs(1, 2, 200, 70, 64, torch.float32, seed=11)
+    _, fast, _ = K.attention_jvp_forward(q, k, v, tq, None, None)
+    _, general, _ = K.attention_jvp_forward(q, k, v, tq, torch.zeros_like(tk), torch.zeros_like(tv))
+    torch.testing.assert_close(fast, general, rtol=0, atol=0)
+    # And the two paths really differ when tk, tv are not zero.
+    _, full, _ = K.attention_jvp_forward(q, k, v, tq, tk, tv)
+    assert rel_err(full, fast.double()) > 1e-2
+
+
+def test_lse_equals_logsumexp() -> None:
+    q, k, v, *_ = inputs(2, 2, 100, 150, 32, torch.float32, seed=12)
+    scale = 0.3
+    _, _, lse = K.attention_jvp_forward(q, k, v, None, None, None, scale=scale, out=poisoned(q, with_tangent=False))
+    ref = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) * scale, dim=-1)
+    torch.testing.assert_close(lse.double(), ref, rtol=1e-6, atol=1e-5)
+
+
+def test_zero_tangent_gives_exactly_zero() -> None:
+    q, k, v, *_ = inputs(1, 2, 130, 65, 64, torch.bfloat16, seed=13)
+    zeros = [torch.zeros_like(t) for t in (q, k, v)]
+    _, to, _ = K.attention_jvp_forward(q, k, v, *zeros, out=poisoned(q))
+    assert to is not None and (to == 0).all()
+    _, to_fast, _ = K.attention_jvp_forward(q, k, v, zeros[0], None, None, out=poisoned(q))
+    assert to_fast is not None and (to_fast == 0).all()
+
+
+def test_tangent_is_linear() -> None:
+    q, k, v, t1q, t1k, t1v = inputs(1, 2, 90, 50, 32, torch.float32, seed=14)
+    _, _, _, t2q, t2k, t2v = inputs(1, 2, 90, 50, 32, torch.float32, seed=15)
+    a, b = 0.75, -2.5
+    _, to1, _ = K.attention_jvp_forward(q, k, v, t1q, t1k, t1v)
+    _, to2, _ = K.attention_jvp_forward(q, k, v, t2q, t2k, t2v)
+    _, to12, _ = K.attention_jvp_forward(q, k, v, a * t1q + b * t2q, a * t1k + b * t2k, a * t1v + b * t2v)
+    combo = a * to1.double() + b * to2.double()
+    assert rel_err(to12, combo) <= 1e-5
+
+
+def test_tangent_matches_float64_central_difference() -> None:
+    q, k, v, tq, tk, tv = inputs(1, 2, 70, 45, 32, torch.float32, seed=16)
+    _, to, _ = K.attention_jvp_forward(q, k, v, tq, tk, tv)
+    h = 1e-5
+    qd, kd, vd, tqd, tkd, tvd = (t.double() for t in (q, k, v, tq, tk, tv))
+    plus = math_attention(qd + h * tqd, kd + h * tkd, vd + h * tvd)
+    minus = math_attention(qd - h * tqd, kd - h * tkd, vd - h * tvd)
+    assert rel_err(to, (plus - minus) / (2 * h)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_large_logits_stay_finite(dtype: torch.dtype) -> None:
+    # q, k with std 4 give scores with std 16·√D/√D·... far beyond exp's fp32 range without the max shift.
+    q, k, v, tq, tk, tv = inputs(1, 2, 150, 97, 64, dtype, seed=17, std=4.0)
+    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, out=poisoned(q))
+    assert torch.isfinite(o).all() and torch.isfinite(to).all() and torch.isfinite(lse).all()
+    o_ref, to_ref = reference_jvp(q, k, v, tq, tk, tv)
+    assert rel_err(o, o_ref) <= TOL[dtype]
+    # Sharp softmax: the tangent is dominated by a few large score tangents; allow fp32 rounding of those.
+    assert rel_err(to, to_ref) <= 10 * TOL[dtype]
+
+
+def test_strided_bshd_views_and_fused_qkv() -> None:
+    gen = torch.Generator().manual_seed(18)
+    b, nq, nk, h, d = 2, 57, 41, 3, 32
+    qkv = randn((b, nq, 3, h, d), gen).float()  # a fused projection, sliced: non-dense views
+    kv = randn((b, nk, 2, h, d), gen).float()
+    q = qkv[:, :, 0].transpose(1, 2)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    tq = randn((b, nq, h, d), gen).float().transpose(1, 2)
+    tk = randn((b, h, nk, d), gen).float()  # (B, H, S, D) contiguous mixed with views
+    tv = randn((b, nk, h, d), gen).float().transpose(1, 2)
+    assert not q.is_contiguous()
+    o, to = K.attention_jvp(q, k, v, tq, tk, tv)
+    o_ref, to_ref = reference_jvp(q, k, v, tq, tk, tv)
+    assert rel_err(o, o_ref) <= 1e-5 and rel_err(to, to_ref) <= 1e-5
+    assert o.transpose(1, 2).is_contiguous()  # (B, S, H, D) memory: reshapes to (B, S, H·D) for free
+
+
+def test_custom_scale() -> None:
+    q, k, v, tq, tk, tv = inputs(1, 1, 40, 60, 16, torch.float32, seed=19)
+    o, to = K.attention_jvp(q, k, v, tq, tk, tv, scale=0.05)
+    o_ref, to_ref = torch.func.jvp(
+        lambda a, b, c: math_attention(a, b, c, scale=0.05),
+        tuple(t.double() for t in (q, k, v)),
+        tuple(t.double() for t in (tq, tk, tv)),
+    )
+    assert rel_err(o, o_ref) <= 1e-5 and rel_err(to, to_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tangent", ["general", "fast", "none"])
+def test_gradients_match_float64_autograd(dtype: torch.dtype, tangent: str) -> None:
+    b, h, nq, nk, d = 2, 2, 83, 130, 32
+    q, k, v, tq, tk, tv = inputs(b, h, nq, nk, d, dtype, seed=20)
+    do = randn((b, h, nq, d), torch.Generator().manual_seed(21)).to(dtype)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    if tangent == "general":
+        o, to = K.attention_jvp(*leaves, tq, tk, tv)
+        assert not to.requires_grad
+    elif tangent == "fast":
+        o, to = K.attention_jvp(*leaves, tq, None, None)
+        assert not to.requires_grad
+    else:
+        o = K.attention(*leaves)
+    grads = torch.autograd.grad(o, leaves, do)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(math_attention(*ref_leaves), ref_leaves, do.double())
+    for g, r in zip(grads, ref, strict=True):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g, r) <= TOL[dtype]
+
+
+def test_backward_writes_every_element_and_d_not_power_of_two() -> None:
+    q, k, v, *_ = inputs(2, 1, 61, 33, 40, torch.float32, seed=22)
+    o, _, lse = K.attention_jvp_forward(q, k, v)
+    do = torch.ones_like(o)
+    dq, dk, dv = attention_backward(q, k, v, o, lse, do)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(math_attention(*leaves), leaves, do.double())
+    for g, r in zip((dq, dk, dv), ref, strict=True):
+        assert torch.isfinite(g).all() and rel_err(g, r) <= 1e-5
+
+
+def test_input_checks() -> None:
+    q = torch.zeros(1, 1, 4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="head dim"):
+        K.attention_jvp_forward(q, q, q)
+    q = torch.zeros(1, 1, 4, 16, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32"):
+        K.attention_jvp_forward(q, q, q)
+    q = torch.zeros(1, 1, 4, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="tq has shape"):
+        K.attention_jvp_forward(q, q, q, torch.zeros(1, 1, 5, 16, device=DEVICE))
