@@ -7,4 +7,6 @@ import rcm_registry as rr
 
 @rr.hookimpl
 def rcm_components() -> list[rr.Component]:
-    return []
+    from rcm_plugins.wan import i2v, t2v
+
+    return [t2v.COMPONENT, i2v.COMPONENT]

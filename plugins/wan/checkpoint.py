@@ -1,0 +1,375 @@
+"""Wan2.1 checkpoints: native ↔ diffusers key layouts, config.json translation, strict loading, export.
+
+Our parameter names are the native Wan2.1 ones (``Wan-AI/Wan2.1-T2V-1.3B`` and friends ship them), so the
+only mapping needed is native ↔ diffusers (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``,
+``diffusers.WanTransformer3DModel``). Key correspondences were checked against diffusers'
+``convert_wan_transformer_to_diffusers`` (diffusers/loaders/single_file_utils.py) and the module structure
+of ``WanTransformer3DModel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from rcm_plugins.wan.model import WanArch, WanNetwork
+from rcm_registry import weights
+from rcm_registry.errors import CheckpointError
+
+Format = Literal["native", "diffusers"]
+
+DIFFUSERS_CLASS = "WanTransformer3DModel"
+NATIVE_CLASS = "WanModel"
+#: The oldest diffusers release with WanTransformer3DModel; written into exported configs.
+DIFFUSERS_VERSION = "0.33.0"
+#: Prefix some single-file native checkpoints (ComfyUI) put in front of every key.
+_FOREIGN_PREFIX = "model.diffusion_model."
+
+# Native module path → diffusers module path; the leaf (weight/bias) is kept. Parameters that are not
+# inside a submodule (modulation) are listed with their full name.
+_TOP = {
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+    "head.modulation": "scale_shift_table",
+    "img_emb.proj.0": "condition_embedder.image_embedder.norm1",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+    "img_emb.proj.4": "condition_embedder.image_embedder.norm2",
+}
+_BLOCK = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "self_attn.norm_q": "attn1.norm_q",
+    "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "cross_attn.norm_q": "attn2.norm_q",
+    "cross_attn.norm_k": "attn2.norm_k",
+    "cross_attn.k_img": "attn2.add_k_proj",
+    "cross_attn.v_img": "attn2.add_v_proj",
+    "cross_attn.norm_k_img": "attn2.norm_added_k",
+    # The affine norm before cross-attention is norm3 natively and norm2 in diffusers.
+    "norm3": "norm2",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+    "modulation": "scale_shift_table",
+}
+_TOP_BACK = {v: k for k, v in _TOP.items()}
+_BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
+#: Keys some diffusers I2V checkpoints carry that WanTransformer3DModel itself ignores on load.
+DIFFUSERS_IGNORED = (r"\.norm_added_q\.",)
+
+
+def _rename(name: str, table: Mapping[str, str]) -> str | None:
+    """Rename by the longest table entry that is ``name`` itself or a dotted prefix of it."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in table:
+            return ".".join([table[prefix], *parts[cut:]])
+    return None
+
+
+def _convert_key(key: str, top: Mapping[str, str], block: Mapping[str, str]) -> str:
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        renamed = _rename(".".join(parts[2:]), block)
+        return key if renamed is None else f"blocks.{parts[1]}.{renamed}"
+    renamed = _rename(key, top)
+    return key if renamed is None else renamed
+
+
+def native_to_diffusers_key(key: str) -> str:
+    """A native (= our) parameter name in diffusers' layout; unknown names pass through unchanged."""
+    return _convert_key(key, _TOP, _BLOCK)
+
+
+def diffusers_to_native_key(key: str) -> str:
+    """A diffusers parameter name in the native (= our) layout; unknown names pass through unchanged."""
+    return _convert_key(key, _TOP_BACK, _BLOCK_BACK)
+
+
+def to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a native/our state dict into the diffusers layout."""
+    return {native_to_diffusers_key(k): v for k, v in state_dict.items()}
+
+
+def from_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a diffusers state dict into the native/our layout."""
+    return {diffusers_to_native_key(k): v for k, v in state_dict.items()}
+
+
+# -- config.json -----------------------------------------------------------------------------------------
+
+# WanTransformer3DModel's constructor defaults: a config.json may leave any of them out.
+_DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 40,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 13824,
+    "num_layers": 40,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "pos_embed_seq_len": None,
+}
+
+
+def diffusers_config(arch: WanArch) -> dict[str, Any]:
+    """The config.json that makes ``WanTransformer3DModel.from_pretrained`` build this architecture."""
+    return {
+        "_class_name": DIFFUSERS_CLASS,
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "patch_size": list(arch.patch_size),
+        "num_attention_heads": arch.num_heads,
+        "attention_head_dim": arch.head_dim,
+        "in_channels": arch.in_channels,
+        "out_channels": arch.out_channels,
+        "text_dim": arch.text_dim,
+        "freq_dim": arch.freq_dim,
+        "ffn_dim": arch.ffn_dim,
+        "num_layers": arch.num_layers,
+        "cross_attn_norm": arch.cross_attn_norm,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": arch.eps,
+        "image_dim": arch.image_dim,
+        # The image tokens are projected to the model width before their k/v projections.
+        "added_kv_proj_dim": arch.dim if arch.i2v else None,
+        "rope_max_seq_len": 1024,
+        "pos_embed_seq_len": None,
+    }
+
+
+def arch_from_diffusers_config(config: Mapping[str, Any], *, source: str = "config.json") -> WanArch:
+    """The architecture a diffusers ``WanTransformer3DModel`` config.json describes."""
+    c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    dim = int(c["num_attention_heads"]) * int(c["attention_head_dim"])
+    problems = []
+    if c["qk_norm"] != "rms_norm_across_heads":
+        problems.append(f"qk_norm {c['qk_norm']!r} (only 'rms_norm_across_heads', as in Wan2.1, is supported)")
+    if c["pos_embed_seq_len"] is not None:
+        problems.append("pos_embed_seq_len is set (first-last-frame models are not supported)")
+    if c["image_dim"] is not None and c["added_kv_proj_dim"] not in (None, dim):
+        problems.append(f"added_kv_proj_dim {c['added_kv_proj_dim']} differs from the model width {dim}")
+    if (c["image_dim"] is None) != (c["added_kv_proj_dim"] is None):
+        problems.append("image_dim and added_kv_proj_dim must be given together (I2V) or not at all (T2V)")
+    if problems:
+        raise CheckpointError(f"{source}: unsupported Wan configuration: " + "; ".join(problems))
+    return _arch(
+        source,
+        dim=dim,
+        ffn_dim=int(c["ffn_dim"]),
+        num_heads=int(c["num_attention_heads"]),
+        num_layers=int(c["num_layers"]),
+        in_channels=int(c["in_channels"]),
+        out_channels=int(c["out_channels"] or c["in_channels"]),
+        text_dim=int(c["text_dim"]),
+        freq_dim=int(c["freq_dim"]),
+        patch_size=tuple(int(p) for p in c["patch_size"]),
+        eps=float(c["eps"]),
+        cross_attn_norm=bool(c["cross_attn_norm"]),
+        image_dim=None if c["image_dim"] is None else int(c["image_dim"]),
+    )
+
+
+def native_config(arch: WanArch) -> dict[str, Any]:
+    """A config.json in the style of the native Wan2.1 releases (``WanModel``)."""
+    return {
+        "_class_name": NATIVE_CLASS,
+        "model_type": "i2v" if arch.i2v else "t2v",
+        "patch_size": list(arch.patch_size),
+        "text_len": 512,
+        "in_dim": arch.in_channels,
+        "dim": arch.dim,
+        "ffn_dim": arch.ffn_dim,
+        "freq_dim": arch.freq_dim,
+        "text_dim": arch.text_dim,
+        "out_dim": arch.out_channels,
+        "num_heads": arch.num_heads,
+        "num_layers": arch.num_layers,
+        "window_size": [-1, -1],
+        "qk_norm": True,
+        "cross_attn_norm": arch.cross_attn_norm,
+        "eps": arch.eps,
+        # Not a WanModel argument (native I2V hard-codes CLIP ViT-H's 1280); kept so the file round-trips.
+        "image_dim": arch.image_dim,
+    }
+
+
+def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.json") -> WanArch:
+    """The architecture a native ``WanModel`` config.json describes (WanModel's defaults fill gaps)."""
+    model_type = config.get("model_type", "t2v")
+    if model_type not in ("t2v", "i2v"):
+        raise CheckpointError(f"{source}: unsupported Wan model_type {model_type!r} (t2v and i2v are supported)")
+    if not config.get("qk_norm", True):
+        raise CheckpointError(f"{source}: qk_norm false is not supported")
+    image_dim = config.get("image_dim") or (1280 if model_type == "i2v" else None)
+    return _arch(
+        source,
+        dim=int(config.get("dim", 2048)),
+        ffn_dim=int(config.get("ffn_dim", 8192)),
+        num_heads=int(config.get("num_heads", 16)),
+        num_layers=int(config.get("num_layers", 32)),
+        in_channels=int(config.get("in_dim", 16)),
+        out_channels=int(config.get("out_dim", 16)),
+        text_dim=int(config.get("text_dim", 4096)),
+        freq_dim=int(config.get("freq_dim", 256)),
+        patch_size=tuple(int(p) for p in config.get("patch_size", (1, 2, 2))),
+        eps=float(config.get("eps", 1e-6)),
+        cross_attn_norm=bool(config.get("cross_attn_norm", True)),
+        image_dim=None if image_dim is None else int(image_dim),
+    )
+
+
+def _arch(source: str, **fields: Any) -> WanArch:
+    try:
+        return WanArch(**fields)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+
+
+def _config_class(path: Path) -> str | None:
+    config = weights.read_config(path)
+    return config.get("_class_name") if config else None
+
+
+def detect_format(path: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> Format:
+    """``diffusers`` or ``native``, from config.json's ``_class_name`` or else from the key names."""
+    name = _config_class(Path(path))
+    if name == DIFFUSERS_CLASS:
+        return "diffusers"
+    if name == NATIVE_CLASS:
+        return "native"
+    if state_dict is not None and any(k.startswith("condition_embedder.") for k in state_dict):
+        return "diffusers"
+    return "native"
+
+
+def arch_from_checkpoint(path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto") -> WanArch:
+    """The architecture described by the config.json of a checkpoint directory (or next to a file)."""
+    p = Path(path)
+    config = weights.read_config(p)
+    if config is None:
+        raise CheckpointError(
+            f"{p}: no config.json to take the architecture from: give `size` (1.3B, 14B, tiny) or the "
+            "architecture fields in the network config"
+        )
+    source = str(p / weights.CONFIG_NAME if p.is_dir() else p.parent / weights.CONFIG_NAME)
+    kind = format if format != "auto" else detect_format(p)
+    if config.get("_class_name") == DIFFUSERS_CLASS or (kind == "diffusers" and "_class_name" not in config):
+        return arch_from_diffusers_config(config, source=source)
+    return arch_from_native_config(config, source=source)
+
+
+def read_checkpoint(
+    path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto"
+) -> tuple[dict[str, Tensor], Format]:
+    """Read a Wan checkpoint as it is stored, and say which key layout it is in."""
+    state = weights.read_state_dict(path)
+    if state and all(k.startswith(_FOREIGN_PREFIX) for k in state):
+        state = {k[len(_FOREIGN_PREFIX) :]: v for k, v in state.items()}
+    kind: Format = detect_format(path, state) if format == "auto" else format
+    return state, kind
+
+
+def load_weights(
+    net: WanNetwork,
+    path: str | Path,
+    format: Literal["auto", "native", "diffusers"] = "auto",
+    *,
+    assign: bool = False,
+) -> Format:
+    """Load a native or diffusers checkpoint into ``net`` strictly; returns the layout it was in.
+
+    Every missing, unexpected or mis-shaped key is reported in one :class:`CheckpointError`, with the
+    keys named as they are in the file.
+    """
+    state, kind = read_checkpoint(path, format)
+    source = weights.describe(path)
+    own = net.state_dict()
+    if kind == "diffusers":
+        expected = {native_to_diffusers_key(k): v.shape for k, v in own.items()}
+        weights.check_state_dict(expected, state, source=source, ignore_unexpected=DIFFUSERS_IGNORED)
+        state = from_diffusers({k: v for k, v in state.items() if k in expected})
+    weights.load_strict(net, state, source=source, assign=assign)
+    return kind
+
+
+# -- export ------------------------------------------------------------------------------------------------
+
+
+def export(
+    source: nn.Module | Mapping[str, Tensor],
+    out: str | Path,
+    *,
+    format: Format = "diffusers",
+    arch: WanArch | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = weights.DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write a Wan network (or its state dict) as a checkpoint directory.
+
+    ``format="diffusers"`` writes config.json and ``diffusion_pytorch_model*.safetensors`` loadable by
+    ``diffusers.WanTransformer3DModel.from_pretrained(out)``; ``format="native"`` writes the native Wan2.1
+    key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code). The
+    directory appears complete or not at all (written under a temporary name, then renamed).
+
+    Args:
+        source: a :class:`WanNetwork` (its ``arch`` is used) or a state dict in our/native layout.
+        out: the directory to create.
+        format: ``diffusers`` or ``native``.
+        arch: required when ``source`` is a state dict.
+        dtype: cast floating tensors (e.g. ``torch.bfloat16``); default keeps their dtype.
+        overwrite: replace an existing ``out``.
+        max_shard_bytes: split into shards with an index above this size.
+    """
+    if format not in ("diffusers", "native"):
+        raise ValueError(f"format must be 'diffusers' or 'native', got {format!r}")
+    if isinstance(source, nn.Module):
+        if not isinstance(source, WanNetwork):
+            raise TypeError(f"expected a WanNetwork or a state dict, got {type(source).__name__}")
+        arch = arch or source.arch
+        state: Mapping[str, Tensor] = source.state_dict()
+    else:
+        if arch is None:
+            raise ValueError("exporting a state dict needs arch= (the WanArch it was trained with)")
+        state = source
+    _check_complete(state, arch)
+    if format == "diffusers":
+        state, config = to_diffusers(state), diffusers_config(arch)
+    else:
+        config = native_config(arch)
+    with weights.atomic_directory(out, overwrite=overwrite) as tmp:
+        weights.write_safetensors(state, tmp, max_shard_bytes=max_shard_bytes, dtype=dtype)
+        weights.write_config(config, tmp)
+    return Path(out)
+
+
+def _check_complete(state: Mapping[str, Tensor], arch: WanArch) -> None:
+    """Refuse to write a checkpoint that would not load back (wrong or partial state dict)."""
+    with torch.device("meta"):
+        reference = WanNetwork(arch, attention=None)
+    expected = {k: v.shape for k, v in reference.state_dict().items()}
+    weights.check_state_dict(expected, state, source="state dict to export")

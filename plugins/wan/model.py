@@ -1,0 +1,401 @@
+"""The Wan2.1 diffusion transformer (T2V and I2V), written for forward-mode AD.
+
+Architecture (Wan team, "Wan: Open and Advanced Large-Scale Video Generative Models", 2025): a 3-D patch
+embedding, a sinusoidal time embedding turned by an MLP into six per-block modulation vectors, blocks of
+self-attention (RMSNorm on q and k across all heads, 3-D rotary position embedding), cross-attention to the
+text tokens (I2V: also to CLIP image tokens through their own k/v projections), a GELU-tanh feed-forward
+network, and a modulated linear head followed by unpatchify.
+
+Parameter names equal the native Wan2.1 checkpoint layout (``blocks.0.self_attn.q.weight`` ...), so native
+files load without renaming; :mod:`rcm_plugins.wan.checkpoint` maps to and from the diffusers layout.
+
+Numerics follow the reference implementations: the time path (sinusoid, MLP, modulation), the layer norms
+and the gated residual additions run in at least float32 even when the network runs in bf16; the RoPE
+tables are built in float64. Everything is plain differentiable torch ops (RoPE uses real arithmetic, no
+complex tensors), so ``torch.autograd.forward_ad`` dual tensors and ``torch.func.jvp`` both work, provided
+the attention backend does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+#: Wan's pipelines pad T5 text embeddings to this many tokens (the network itself takes any length).
+TEXT_TOKENS = 512
+
+
+@attrs.frozen
+class WanArch:
+    """Architecture hyper-parameters of a Wan2.1 transformer (native names where they exist)."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = attrs.field(default=(1, 2, 2), converter=tuple)
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+    #: Width of the CLIP image tokens for I2V; None for text-to-video.
+    image_dim: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if self.dim % self.num_heads:
+            problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        elif (self.dim // self.num_heads) % 2 or self.dim // self.num_heads < 6:
+            problems.append(f"head dim {self.dim // self.num_heads} must be even and >= 6 (3-D RoPE)")
+        if self.freq_dim % 2:
+            problems.append(f"freq_dim {self.freq_dim} must be even")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            problems.append(f"patch_size {self.patch_size} must be three positive ints")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def i2v(self) -> bool:
+        return self.image_dim is not None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, the dtype itself for float32/float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _linear(x: Tensor, layer: nn.Linear, dtype: torch.dtype) -> Tensor:
+    """``layer(x)`` computed in ``dtype`` whatever the parameters are stored in (for the float32 time path)."""
+    bias = layer.bias.to(dtype) if layer.bias is not None else None
+    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+
+
+class UpcastLayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in at least float32; bf16 statistics over thousands of channels are too coarse."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        cd = _compute_dtype(x.dtype)
+        weight = self.weight.to(cd) if self.weight is not None else None
+        bias = self.bias.to(cd) if self.bias is not None else None
+        return F.layer_norm(x.to(cd), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension (for q/k: all heads together), statistics in at least float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        cd = _compute_dtype(x.dtype)
+        y = x.to(cd)
+        y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(cd)).to(x.dtype)
+
+
+def rope_tables(
+    grid: tuple[int, int, int], head_dim: int, *, device: torch.device, dtype: torch.dtype, theta: float = 10000.0
+) -> tuple[Tensor, Tensor]:
+    """cos and sin of the 3-D rotary angles, each (S, 1, head_dim // 2) for S = T·H·W tokens in (t, h, w) order.
+
+    The head dimension is split into rotation pairs: ``head_dim // 6`` pairs each for height and width, the
+    rest for time, each axis with its own frequency ladder ``theta^(-2j / axis_dim)``. Angles are formed in
+    float64 (positions reach the hundreds, where float32 angles lose digits) and only then cast.
+    """
+    pairs = head_dim // 2
+    hw_pairs = pairs // 3
+    axis_pairs = (pairs - 2 * hw_pairs, hw_pairs, hw_pairs)
+    angles = []
+    for axis, (n, p) in enumerate(zip(grid, axis_pairs, strict=True)):
+        exponents = torch.arange(0, 2 * p, 2, dtype=torch.float64, device=device) / (2 * p)
+        inv_freq = 1.0 / (theta**exponents)
+        a = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv_freq)
+        shape = [1, 1, 1, p]
+        shape[axis] = n
+        angles.append(a.view(shape).expand(*grid, p))
+    full = torch.cat(angles, dim=-1).reshape(-1, 1, pairs)
+    return full.cos().to(dtype), full.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs (2i, 2i+1) of x (B, S, H, D) by the tabled angles, in real arithmetic."""
+    cd = cos.dtype
+    pairs = x.to(cd).unflatten(-1, (-1, 2))
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+Attn = Any  # an attention backend object: attn(q, k, v, *, scale=None) with (B, H, S, D) inputs
+
+
+def _heads_first(t: Tensor) -> Tensor:
+    """(B, S, H, D) → a (B, H, S, D) strided view, the layout attention backends take."""
+    return t.transpose(1, 2)
+
+
+def _merge_heads(o: Tensor) -> Tensor:
+    """(B, H, S, D) attention output → (B, S, H·D)."""
+    return o.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: Attn) -> Tensor:
+        heads = (self.num_heads, -1)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), *rope)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), *rope)
+        v = self.v(x).unflatten(-1, heads)
+        return self.o(_merge_heads(attn(_heads_first(q), _heads_first(k), _heads_first(v))))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to text tokens; with ``image=True`` also to CLIP image tokens.
+
+    The two attentions share the queries and are summed before the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float, *, image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        if image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None, attn: Attn) -> Tensor:
+        heads = (self.num_heads, -1)
+        q = _heads_first(self.norm_q(self.q(x)).unflatten(-1, heads))
+        k = _heads_first(self.norm_k(self.k(context)).unflatten(-1, heads))
+        v = _heads_first(self.v(context).unflatten(-1, heads))
+        out = attn(q, k, v)
+        if context_img is not None:
+            k_img = _heads_first(self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads))
+            v_img = _heads_first(self.v_img(context_img).unflatten(-1, heads))
+            out = out + attn(q, k_img, v_img)
+        return self.o(_merge_heads(out))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, arch: WanArch) -> None:
+        super().__init__()
+        dim = arch.dim
+        self.norm1 = UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, arch.num_heads, arch.eps)
+        # Native numbering: norm3 is the (optional, affine) norm before cross-attention, norm2 the FFN one.
+        self.norm3: nn.Module = (
+            UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=True) if arch.cross_attn_norm else nn.Identity()
+        )
+        self.cross_attn = CrossAttention(dim, arch.num_heads, arch.eps, image=arch.i2v)
+        self.norm2 = UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(arch.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self, x: Tensor, e: Tensor, rope: tuple[Tensor, Tensor], context: Tensor, context_img: Tensor | None, attn: Attn
+    ) -> Tensor:
+        # e: (B, 6, dim) in the time dtype (>= float32): shift, scale, gate for attention, then for the FFN.
+        td = e.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unsqueeze(2).unbind(1)
+        h = (self.norm1(x.to(td)) * (1 + scale1) + shift1).to(x.dtype)
+        x = (x.to(td) + self.self_attn(h, rope, attn).to(td) * gate1).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x), context, context_img, attn)
+        h = (self.norm2(x.to(td)) * (1 + scale2) + shift2).to(x.dtype)
+        return (x.to(td) + self.ffn(h).to(td) * gate2).to(x.dtype)
+
+
+class Head(nn.Module):
+    def __init__(self, arch: WanArch) -> None:
+        super().__init__()
+        self.norm = UpcastLayerNorm(arch.dim, eps=arch.eps, elementwise_affine=False)
+        self.head = nn.Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim) / arch.dim**0.5)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        td = temb.dtype
+        shift, scale = (self.modulation.to(td) + temb.unsqueeze(1)).unsqueeze(2).unbind(1)
+        return self.head((self.norm(x.to(td)) * (1 + scale) + shift).to(x.dtype))
+
+
+class ImageProjection(nn.Module):
+    """CLIP image tokens → model width: LayerNorm, Linear, GELU, Linear, LayerNorm (native ``img_emb.proj``)."""
+
+    def __init__(self, image_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            UpcastLayerNorm(image_dim),
+            nn.Linear(image_dim, image_dim),
+            nn.GELU(),
+            nn.Linear(image_dim, dim),
+            UpcastLayerNorm(dim),
+        )
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.proj(image)
+
+
+class WanNetwork(nn.Module):
+    """Wan2.1 transformer: ``net(x, timestep, text, image=None, image_latent=None)``.
+
+    Args:
+        arch: the architecture.
+        attention: the attention backend object (from the config's ``attention`` component); every
+            attention of the network calls it with (B, H, S, D) views.
+        activation_checkpointing: recompute each block in the backward pass (training with grad only).
+    """
+
+    def __init__(self, arch: WanArch, attention: Attn, *, activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.arch = arch
+        self.attention = attention
+        self.activation_checkpointing = activation_checkpointing
+        dim = arch.dim
+        self.patch_embedding = nn.Conv3d(arch.in_channels, dim, kernel_size=arch.patch_size, stride=arch.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(arch.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(arch.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(arch) for _ in range(arch.num_layers))
+        self.head = Head(arch)
+        if arch.image_dim is not None:
+            self.img_emb = ImageProjection(arch.image_dim, dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def time_embedding_of(self, timestep: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(temb (B, dim), six-way modulation (B, 6, dim)) in ``dtype`` (at least float32)."""
+        half = self.arch.freq_dim // 2
+        # The frequency ladder is rounded to float32 exactly as diffusers builds it, so that float64 runs
+        # reproduce diffusers' float64 output to rounding; angles and cos/sin are then taken in ``dtype``.
+        exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half
+        angle = timestep.to(dtype)[:, None] * torch.exp(exponent).to(dtype)[None, :]
+        sinusoid = torch.cat((angle.cos(), angle.sin()), dim=1)
+        h = F.silu(_linear(sinusoid, self.time_embedding[0], dtype))
+        temb = _linear(h, self.time_embedding[2], dtype)
+        e = _linear(F.silu(temb), self.time_projection[1], dtype)
+        return temb, e.unflatten(1, (6, self.arch.dim))
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """(B, C, T, H, W) → tokens (B, S, dim): the strided Conv3d, as a matmul over flattened patches."""
+        b, c, t, h, w = x.shape
+        pt, ph, pw = self.arch.patch_size
+        patches = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        patches = patches.reshape(b, -1, c * pt * ph * pw)
+        weight = self.patch_embedding.weight
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.patch_embedding.bias)
+
+    def unpatchify(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """(B, S, pt·ph·pw·C) → (B, C, T, H, W); the head's features are patch-major, channel-minor."""
+        b = tokens.shape[0]
+        pt, ph, pw = self.arch.patch_size
+        f, h, w = grid
+        out = tokens.reshape(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, -1, f * pt, h * ph, w * pw)
+
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        text: Tensor,
+        image: Tensor | None = None,
+        image_latent: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the flow velocity for video latents.
+
+        Args:
+            x: (B, C, T, H, W) latents; H and W divisible by the patch size.
+            timestep: (B,) in the network's units (0–1000).
+            text: (B, L, text_dim) text-encoder tokens (Wan's pipelines zero-pad them to 512).
+            image: I2V only: (B, N, image_dim) CLIP image tokens.
+            image_latent: I2V only: (B, in_channels − C, T, H, W) conditioning latents (mask and
+                encoded first frame), concatenated to x along channels. Omit it to pass them
+                already concatenated in x.
+
+        Returns:
+            (B, out_channels, T, H, W), in x's dtype; shaped like x when the conditioning latents are
+            passed separately.
+        """
+        arch = self.arch
+        if image_latent is not None:
+            inputs = torch.cat((x, image_latent.to(x.dtype)), dim=1)
+        else:
+            inputs = x
+        self._check_inputs(inputs, timestep, text, image)
+        dtype = self.dtype
+        td = _compute_dtype(dtype)
+        grid = tuple(n // p for n, p in zip(inputs.shape[2:], arch.patch_size, strict=True))
+
+        tokens = self.patchify(inputs.to(dtype))
+        temb, e = self.time_embedding_of(timestep, td)
+        context = self.text_embedding(text.to(dtype))
+        context_img = self.img_emb(image.to(dtype)) if image is not None else None
+        rope = rope_tables(grid, arch.head_dim, device=tokens.device, dtype=td)  # type: ignore[arg-type]
+
+        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if use_checkpoint:
+                tokens = checkpoint(block, tokens, e, rope, context, context_img, self.attention, use_reentrant=False)
+            else:
+                tokens = block(tokens, e, rope, context, context_img, self.attention)
+        return self.unpatchify(self.head(tokens, temb), grid).to(x.dtype)  # type: ignore[arg-type]
+
+    def _check_inputs(self, x: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> None:
+        arch = self.arch
+        if x.ndim != 5:
+            raise ValueError(f"x must be (B, C, T, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != arch.in_channels:
+            hint = " (pass the conditioning latents as image_latent=...)" if arch.i2v else ""
+            raise ValueError(f"x has {x.shape[1]} channels, the network takes {arch.in_channels}{hint}")
+        for n, p, axis in zip(x.shape[2:], arch.patch_size, "THW", strict=True):
+            if n % p:
+                raise ValueError(f"x size {n} along {axis} is not divisible by the patch size {p}")
+        if timestep.shape != (x.shape[0],):
+            raise ValueError(f"timestep must have shape ({x.shape[0]},), got {tuple(timestep.shape)}")
+        if text.ndim != 3 or text.shape[0] != x.shape[0] or text.shape[2] != arch.text_dim:
+            raise ValueError(f"text must be (B={x.shape[0]}, L, {arch.text_dim}), got {tuple(text.shape)}")
+        if arch.i2v:
+            if image is None:
+                raise ValueError("the I2V network needs image= (CLIP image tokens)")
+            if image.ndim != 3 or image.shape[0] != x.shape[0] or image.shape[2] != arch.image_dim:
+                raise ValueError(f"image must be (B={x.shape[0]}, N, {arch.image_dim}), got {tuple(image.shape)}")
+        elif image is not None:
+            raise ValueError("this is a text-to-video network: it takes no image= (use wan2.1-i2v)")
+
+    def extra_repr(self) -> str:
+        a = self.arch
+        return (
+            f"dim={a.dim}, heads={a.num_heads}, layers={a.num_layers}, ffn={a.ffn_dim}, "
+            f"in={a.in_channels}, out={a.out_channels}, i2v={a.i2v}, attention={self.attention!r}"
+        )
