@@ -7,6 +7,6 @@ import rcm_registry as rr
 
 @rr.hookimpl
 def rcm_components() -> list[rr.Component]:
-    from rcm_plugins.attention import math_attention, sdpa_attention
+    from rcm_plugins.attention import math_attention, sdpa_attention, triton_jvp_attention
 
-    return [math_attention.COMPONENT, sdpa_attention.COMPONENT]
+    return [math_attention.COMPONENT, sdpa_attention.COMPONENT, triton_jvp_attention.COMPONENT]
