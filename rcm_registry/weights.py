@@ -52,7 +52,8 @@ def weight_files(path: PathLike) -> list[Path]:
             return _index_shards(p)
         if p.suffix == ".safetensors" or p.suffix in TORCH_SUFFIXES:
             return [p]
-        raise CheckpointError(f"{p}: not a weights file (expected .safetensors, {', '.join(TORCH_SUFFIXES)} or *{INDEX_SUFFIX})")
+        kinds = f".safetensors, {', '.join(TORCH_SUFFIXES)} or *{INDEX_SUFFIX}"
+        raise CheckpointError(f"{p}: not a weights file (expected {kinds})")
     indexes = sorted(p.glob("*" + INDEX_SUFFIX))
     if len(indexes) > 1:
         raise CheckpointError(f"{p}: several shard indexes, name one: {', '.join(i.name for i in indexes)}")
@@ -183,8 +184,8 @@ def check_state_dict(
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}):")
         lines += [f"    {k}: checkpoint {_shape(got)}, network {_shape(want)}" for k, got, want in mismatched]
-    if missing and len(missing) == len(expected):
-        lines.append("  (no key matches: is the checkpoint in another key layout, or for another network?)")
+    if len(missing) > len(expected) // 2:
+        lines.append("  (most keys are missing: is the checkpoint in another key layout, or for another network?)")
     raise CheckpointError("\n".join(lines))
 
 

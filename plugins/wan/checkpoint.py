@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from rcm_plugins.wan.model import WanArch, WanNetwork
 from torch import Tensor, nn
 
-from rcm_plugins.wan.model import WanArch, WanNetwork
 from rcm_registry import weights
 from rcm_registry.errors import CheckpointError
 

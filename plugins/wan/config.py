@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 import attrs
 import torch
-
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.model import WanArch, WanNetwork
+
 from rcm_registry import schema
 from rcm_registry.errors import CheckpointError
 from rcm_registry.schema import ComponentSpec
@@ -70,7 +70,9 @@ class WanT2VConfig:
     eps: float | None = _optional_positive()
     cross_attn_norm: bool | None = None
     #: The attention backend every attention of the network calls.
-    attention: ComponentSpec = schema.component("attention", default={"use": "sdpa"})
+    attention: ComponentSpec = schema.component(  # noqa: RUF009 (returns an attrs.field)
+        "attention", default={"use": "sdpa"}
+    )
     weights: WanWeights | None = None
     #: Recompute each block in the backward pass (saves activation memory when training).
     activation_checkpointing: bool = False

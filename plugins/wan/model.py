@@ -217,7 +217,9 @@ class WanBlock(nn.Module):
         )
         self.cross_attn = CrossAttention(dim, arch.num_heads, arch.eps, image=arch.i2v)
         self.norm2 = UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(arch.ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(arch.ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(

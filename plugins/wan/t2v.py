@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import rcm_registry as rr
 from rcm_plugins.wan.config import WanT2VConfig, build
 from rcm_plugins.wan.model import WanNetwork
+
+import rcm_registry as rr
 
 
 def wan_t2v(config: WanT2VConfig) -> WanNetwork:

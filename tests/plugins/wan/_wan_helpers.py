@@ -14,8 +14,8 @@ from torch import Tensor
 import rcm_registry as rr
 
 pytest.importorskip("diffusers")
-from diffusers import WanTransformer3DModel  # noqa: E402
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed  # noqa: E402
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 #: Text length the diffusers I2V model requires (it splits image from text tokens at len − 512).
 DIFFUSERS_I2V_TEXT = 512
@@ -114,3 +114,25 @@ def build(name: str, **config: Any) -> Any:
 def save_reference(model: WanTransformer3DModel, directory: Path) -> Path:
     model.save_pretrained(directory)
     return directory
+
+
+def from_pretrained(directory: Path) -> WanTransformer3DModel:
+    """``WanTransformer3DModel.from_pretrained(directory)``, asserting that every key was used.
+
+    Without ``accelerate`` installed diffusers refuses to load any model with ``_keep_in_fp32_modules``
+    (it needs low_cpu_mem_usage); those modules only matter for half-precision loads, so for this float32
+    load they are switched off when accelerate is absent.
+    """
+    try:
+        import accelerate  # noqa: F401
+
+        model, info = WanTransformer3DModel.from_pretrained(directory, output_loading_info=True)
+    except ImportError:
+        keep = WanTransformer3DModel._keep_in_fp32_modules
+        WanTransformer3DModel._keep_in_fp32_modules = None
+        try:
+            model, info = WanTransformer3DModel.from_pretrained(directory, output_loading_info=True)
+        finally:
+            WanTransformer3DModel._keep_in_fp32_modules = keep
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
+    return model.eval()

@@ -16,9 +16,8 @@ from _wan_helpers import (
     rel_err,
     run_reference,
 )
-from safetensors.torch import save_file
-
 from rcm_plugins.wan import checkpoint
+from safetensors.torch import save_file
 
 # (diffusers config, video shape (T, H, W), text length): head counts, widths, depths, odd frame counts
 # and odd patch grids, with and without the cross-attention norm, T2V and I2V.
@@ -49,7 +48,9 @@ def _inputs(kwargs: dict[str, Any], shape: tuple[int, int, int], text_len: int, 
 
 def _ours(net: Any, inp: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
     net = net.to(dtype)
-    extra = {"image": inp["image"].to(dtype), "image_latent": inp["latent"].to(dtype)} if inp["image"] is not None else {}
+    extra = {}
+    if inp["image"] is not None:
+        extra = {"image": inp["image"].to(dtype), "image_latent": inp["latent"].to(dtype)}
     with torch.no_grad():
         return net(inp["x"].to(dtype), inp["t"].to(dtype), inp["text"].to(dtype), **extra)
 
@@ -116,8 +117,19 @@ def test_native_key_names_are_wan21s() -> None:
     block |= {f"cross_attn.{n}.{p}" for n in [*linears, "k_img", "v_img"] for p in ("weight", "bias")}
     block |= {"cross_attn.norm_q.weight", "cross_attn.norm_k.weight", "cross_attn.norm_k_img.weight"}
     block |= {"norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias", "modulation"}
-    top = {f"{m}.{p}" for m in ["patch_embedding", "text_embedding.0", "text_embedding.2", "time_embedding.0",
-                                "time_embedding.2", "time_projection.1", "head.head"] for p in ("weight", "bias")}
+    top = {
+        f"{m}.{p}"
+        for m in [
+            "patch_embedding",
+            "text_embedding.0",
+            "text_embedding.2",
+            "time_embedding.0",
+            "time_embedding.2",
+            "time_projection.1",
+            "head.head",
+        ]
+        for p in ("weight", "bias")
+    }
     top |= {f"img_emb.proj.{i}.{p}" for i in (0, 1, 3, 4) for p in ("weight", "bias")}
     top |= {"head.modulation"} | {f"blocks.0.{k}" for k in block}
     assert set(net.state_dict()) == top

@@ -1,0 +1,169 @@
+"""Wan2.1 network behaviour: config resolution, inputs, attention dispatch, precision, strict loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _wan_helpers import build, diffusers_kwargs, make_reference, rel_err
+from rcm_plugins.wan.config import WanT2VConfig, preset
+from rcm_plugins.wan.model import WanArch, WanNetwork
+from safetensors.torch import load_file, save_file
+
+from rcm_registry.errors import CheckpointError, RecipeError
+
+
+def test_published_sizes() -> None:
+    """Parameter counts of the published architectures (1.3B and 14B), built on the meta device."""
+    counts = {}
+    for size in ("1.3B", "14B"):
+        with torch.device("meta"):
+            net = WanNetwork(WanArch(**preset(size, i2v=False)), attention=None)
+        counts[size] = sum(p.numel() for p in net.parameters())
+    assert 1.3e9 < counts["1.3B"] < 1.5e9
+    assert 14.0e9 < counts["14B"] < 14.5e9
+
+
+def test_config_validation_reports_problems() -> None:
+    with pytest.raises(RecipeError, match="give `size`"):
+        build("wan2.1-t2v")
+    with pytest.raises(RecipeError) as info:
+        build("wan2.1-t2v", size="2B", num_heads=0, weights={"format": "safetensors"})
+    text = str(info.value)
+    for problem in ("size: expected one of", "num_heads: must be > 0", "weights.path: required", "weights.format"):
+        assert problem in text
+    with pytest.raises(RecipeError, match="not divisible"):
+        build("wan2.1-t2v", dim=100, num_heads=3, ffn_dim=8, num_layers=1)
+    with pytest.raises(RecipeError, match="unknown attention"):
+        build("wan2.1-t2v", size="tiny", attention={"use": "flash9"})
+    assert WanT2VConfig(size="tiny").attention == {"use": "sdpa"}  # YAML-shaped until validated
+
+
+def test_explicit_fields_override_the_size() -> None:
+    net = build("wan2.1-t2v", size="tiny", num_layers=1, num_heads=2, attention={"use": "math"})
+    assert net.arch.num_layers == 1 and net.arch.num_heads == 2 and net.arch.dim == preset("tiny", i2v=False)["dim"]
+    assert len(net.blocks) == 1
+
+
+class Recording:
+    """An attention backend that records what the network hands it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...], float | None]] = []
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
+    ) -> torch.Tensor:
+        self.calls.append((tuple(q.shape), tuple(k.shape), scale))
+        # Views of (B, S, H, D) tensors: the sequence stride spans all heads.
+        assert q.stride(2) == q.shape[1] * q.shape[3]
+        p = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return p @ v
+
+
+def test_every_attention_goes_through_the_backend_in_bhsd_layout() -> None:
+    arch = WanArch(**preset("tiny", i2v=True))
+    backend = Recording()
+    net = WanNetwork(arch, backend)
+    b, t, h, w = 2, 3, 4, 6
+    out = net(
+        torch.randn(b, 16, t, h, w),
+        torch.rand(b) * 1000,
+        torch.randn(b, 7, arch.text_dim),
+        image=torch.randn(b, 5, arch.image_dim),
+        image_latent=torch.randn(b, 20, t, h, w),
+    )
+    assert out.shape == (b, 16, t, h, w)
+    s, heads, d = t * (h // 2) * (w // 2), arch.num_heads, arch.head_dim
+    per_block = [((b, heads, s, d), (b, heads, s, d), None), ((b, heads, s, d), (b, heads, 7, d), None)]
+    per_block.append(((b, heads, s, d), (b, heads, 5, d), None))
+    assert backend.calls == per_block * arch.num_layers
+
+
+def test_input_checks() -> None:
+    net = build("wan2.1-t2v", size="tiny", attention={"use": "math"})
+    x, t, text = torch.randn(1, 16, 2, 4, 4), torch.rand(1) * 1000, torch.randn(1, 3, 32)
+    with pytest.raises(ValueError, match="not divisible by the patch"):
+        net(torch.randn(1, 16, 2, 5, 4), t, text)
+    with pytest.raises(ValueError, match="channels"):
+        net(torch.randn(1, 8, 2, 4, 4), t, text)
+    with pytest.raises(ValueError, match="image"):
+        net(x, t, text, image=torch.randn(1, 2, 24))
+    i2v = build("wan2.1-i2v", size="tiny", attention={"use": "math"})
+    with pytest.raises(ValueError, match="image_latent"):
+        i2v(x, t, text, image=torch.randn(1, 2, 24))
+
+
+def test_bf16_network_keeps_the_time_path_in_float32() -> None:
+    net = build("wan2.1-t2v", size="tiny", attention={"use": "math"}).eval()
+    ref = build("wan2.1-t2v", size="tiny", attention={"use": "math"}).eval()
+    ref.load_state_dict(net.state_dict())
+    net = net.to(torch.bfloat16)
+    t = torch.tensor([999.0, 1.5])
+    temb, e = net.time_embedding_of(t, torch.float32)
+    assert temb.dtype == e.dtype == torch.float32
+    # Only the bf16 rounding of the stored weights separates it from the float32 network's time path.
+    _, e32 = ref.time_embedding_of(t, torch.float32)
+    assert rel_err(e, e32) < 2e-2
+    x = torch.randn(1, 16, 1, 4, 4)
+    out = net(x, t[:1], torch.randn(1, 3, 32))
+    assert out.dtype == torch.float32  # returned in x's dtype
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    plain = build("wan2.1-t2v", size="tiny", attention={"use": "math"})
+    ckpt = build("wan2.1-t2v", size="tiny", attention={"use": "math"}, activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, text = torch.randn(1, 16, 2, 4, 4), torch.rand(1) * 1000, torch.randn(1, 3, 32)
+    grads = []
+    for net in (plain, ckpt):
+        net.train()
+        net(x, t, text).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert rel_err(grads[1], grads[0]) < 1e-6
+
+
+def _diffusers_dir(tmp_path: Path, **overrides: Any) -> Path:
+    ref = make_reference(diffusers_kwargs(heads=2, head_dim=12, layers=2), seed=5)
+    ref.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_strict_loading_lists_every_bad_key_naming_the_file(tmp_path: Path) -> None:
+    directory = _diffusers_dir(tmp_path)
+    file = directory / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(file))
+    del state["blocks.1.attn1.to_q.weight"]
+    del state["scale_shift_table"]
+    state["blocks.0.attn1.extra.weight"] = torch.zeros(3)
+    state["blocks.0.ffn.net.2.bias"] = torch.zeros(7)
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError) as info:
+        build("wan2.1-t2v", weights={"path": str(directory)}, attention={"use": "math"})
+    text = str(info.value)
+    assert str(file) in text
+    assert "missing keys (2)" in text and "unexpected keys (1)" in text and "shape mismatches (1)" in text
+    # Keys are named as they are in the file (diffusers layout), with both shapes for a mismatch.
+    for key in ("blocks.1.attn1.to_q.weight", "scale_shift_table", "blocks.0.attn1.extra.weight"):
+        assert key in text
+    assert "blocks.0.ffn.net.2.bias: checkpoint (7), network (24)" in text
+
+
+def test_size_and_weights_must_agree(tmp_path: Path) -> None:
+    directory = _diffusers_dir(tmp_path)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        build("wan2.1-t2v", size="tiny", weights={"path": str(directory)})
+    with pytest.raises(CheckpointError, match=r"wan2\.1-t2v, not wan2\.1-i2v"):
+        build("wan2.1-i2v", weights={"path": str(directory)})
+
+
+def test_weights_load_into_meta_built_network_with_float32_params(tmp_path: Path) -> None:
+    directory = _diffusers_dir(tmp_path)
+    net = build("wan2.1-t2v", weights={"path": str(directory), "format": "diffusers"}, attention={"use": "math"})
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in net.parameters())
+    assert all(p.requires_grad for p in net.parameters())
+    with pytest.raises(CheckpointError, match="another key layout"):
+        build("wan2.1-t2v", weights={"path": str(directory), "format": "native"})
