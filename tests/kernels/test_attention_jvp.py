@@ -14,6 +14,7 @@ import pytest
 import torch
 from rcm_kernels import attention_jvp as K
 from rcm_kernels.attention_backward import attention_backward
+from torch import Tensor
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Relative (Frobenius) error bounds vs float64. bf16 on CPU is looser than on the GPU because the
@@ -234,3 +235,74 @@ def test_input_checks() -> None:
     q = torch.zeros(1, 1, 4, 16, device=DEVICE)
     with pytest.raises(ValueError, match="tq has shape"):
         K.attention_jvp_forward(q, q, q, torch.zeros(1, 1, 5, 16, device=DEVICE))
+
+
+WAN_SHAPES = [
+    # Wan2.1-1.3B at 480p: 12 heads of 128, 32760 video tokens; cross-attention to 512 text tokens.
+    pytest.param((1, 12, 32760, 32760, 128), id="self"),
+    pytest.param((1, 12, 32760, 512, 128), id="cross-fast-path"),
+]
+
+
+def _chunked_reference_error(
+    q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor | None, tv: Tensor | None, o: Tensor, to: Tensor
+) -> tuple[float, float]:
+    """Relative errors of (o, to) vs float64 torch.func.jvp, a head and a query chunk at a time.
+
+    Query rows are independent, so the chunked reference is exact while its (chunk, Nk) float64
+    scores stay within a few GiB.
+    """
+    sums = torch.zeros(4, dtype=torch.float64, device=q.device)
+    for h in range(q.shape[1]):
+        kh, vh = k[:, h].double(), v[:, h].double()
+        tkh = torch.zeros_like(kh) if tk is None else tk[:, h].double()
+        tvh = torch.zeros_like(vh) if tv is None else tv[:, h].double()
+        for start in range(0, q.shape[2], 4096):
+            rows = slice(start, start + 4096)
+            o_ref, to_ref = torch.func.jvp(
+                math_attention, (q[:, h, rows].double(), kh, vh), (tq[:, h, rows].double(), tkh, tvh)
+            )
+            sums += torch.stack(
+                [
+                    (o[:, h, rows].double() - o_ref).square().sum(),
+                    o_ref.square().sum(),
+                    (to[:, h, rows].double() - to_ref).square().sum(),
+                    to_ref.square().sum(),
+                ]
+            )
+    return (sums[0] / sums[1]).sqrt().item(), (sums[2] / sums[3]).sqrt().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape", WAN_SHAPES)
+def test_wan_shapes_bf16_on_gpu(shape: tuple[int, int, int, int, int]) -> None:
+    b, h, nq, nk, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(23)
+
+    def bshd(n: int) -> Tensor:  # (B, S, H, D) memory viewed as (B, H, S, D), as the network calls it
+        return torch.randn((b, n, h, d), generator=gen, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+
+    q, k, v, tq = bshd(nq), bshd(nk), bshd(nk), bshd(nq)
+    tk, tv = (None, None) if nk != nq else (bshd(nk), bshd(nk))
+    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, out=poisoned(q))
+    assert to is not None
+    assert torch.isfinite(o).all() and torch.isfinite(to).all() and torch.isfinite(lse).all()
+    err_o, err_to = _chunked_reference_error(q, k, v, tq, tk, tv, o, to)
+    assert err_o <= 5e-3, err_o
+    assert err_to <= 5e-3, err_to
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gradients_bf16_on_gpu_long_sequence() -> None:
+    b, h, nq, nk, d = 2, 2, 4099, 3001, 128
+    q, k, v, tq, tk, tv = inputs(b, h, nq, nk, d, torch.bfloat16, seed=24)
+    do = randn((b, h, nq, d), torch.Generator().manual_seed(25)).to(torch.bfloat16)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    o, _ = K.attention_jvp(*leaves, tq, tk, tv)
+    grads = torch.autograd.grad(o, leaves, do)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(math_attention(*ref_leaves), ref_leaves, do.double())
+    for g, r in zip(grads, ref, strict=True):
+        assert rel_err(g, r) <= 1e-2

@@ -1,0 +1,191 @@
+"""Fused FlashAttention-2 JVP kernel vs ``scaled_dot_product_attention`` on one GPU, in one run.
+
+For each shape: SDPA forward, the fused JVP (general path for self-attention, the tk = tv = None fast
+path for cross-attention), SDPA backward and the Triton backward; median milliseconds over CUDA-event
+timed repetitions, effective TFLOP/s (3 × 4·B·H·Nq·Nk·D / time for the JVP, 4·B·H·Nq·Nk·D for the
+forward, 10·B·H·Nq·Nk·D for a backward), ratios to SDPA, and peak memory (allocated during the call,
+above the inputs, and in total). Inputs are random normal bf16 in the (B, S, H, D) layout viewed as
+(B, H, S, D), as the Wan network produces them.
+
+    python benchmarks/attention_jvp.py                       # all shapes, default launch configs
+    python benchmarks/attention_jvp.py --sweep --shapes self # try several tile configurations
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _import_kernels() -> tuple[Any, Any]:
+    """rcm_kernels, installed or straight from the checkout's kernels/ folder."""
+    try:
+        import rcm_kernels  # noqa: F401
+    except ImportError:
+        folder = Path(__file__).resolve().parents[1] / "kernels"
+        spec = importlib.util.spec_from_file_location(
+            "rcm_kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["rcm_kernels"] = module
+        spec.loader.exec_module(module)
+    from rcm_kernels import attention_backward, attention_jvp
+
+    return attention_jvp, attention_backward
+
+
+K, KB = _import_kernels()
+
+SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
+    # name: (B, H, Nq, Nk, D, key/value tangents)
+    "self": (1, 12, 32760, 32760, 128, True),  # Wan2.1-1.3B 480p self-attention
+    "cross": (1, 12, 32760, 512, 128, False),  # its cross-attention to 512 text tokens (fast path)
+    "self14b": (1, 40, 32760, 32760, 128, True),  # Wan2.1-14B-like: 40 heads
+    "n8192": (1, 12, 8192, 8192, 128, True),
+}
+
+FWD_SWEEP = [
+    K.LaunchConfig(128, 64, 8, 2),
+    K.LaunchConfig(128, 64, 8, 3),
+    K.LaunchConfig(128, 128, 8, 2),
+    K.LaunchConfig(64, 64, 4, 3),
+    K.LaunchConfig(128, 32, 4, 3),
+    K.LaunchConfig(64, 128, 4, 2),
+]
+BWD_SWEEP = [
+    KB.BackwardConfig(128, 64, 128, 64, 8, 2),
+    KB.BackwardConfig(64, 64, 64, 64, 4, 3),
+    KB.BackwardConfig(128, 32, 128, 32, 8, 3),
+    KB.BackwardConfig(64, 128, 128, 64, 8, 2),
+    KB.BackwardConfig(128, 64, 64, 128, 8, 2),
+]
+
+
+def time_ms(fn: Callable[[], Any], reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_mib(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(peak allocated above what was live before the call, peak allocated in total), MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del out
+    return (peak - base) / 2**20, peak / 2**20
+
+
+def bench_shape(name: str, reps: int, sweep: bool) -> dict[str, Any]:
+    b, h, nq, nk, d, kv_tangent = SHAPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def bshd(n: int) -> torch.Tensor:
+        return torch.randn((b, n, h, d), generator=gen, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+
+    q, k, v, tq = bshd(nq), bshd(nk), bshd(nk), bshd(nq)
+    tk, tv = (bshd(nk), bshd(nk)) if kv_tangent else (None, None)
+    do = bshd(nq)
+    flop = 4.0 * b * h * nq * nk * d
+    row: dict[str, Any] = {"shape": name, "B": b, "H": h, "Nq": nq, "Nk": nk, "D": d, "kv_tangent": kv_tangent}
+
+    row["sdpa_fwd_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps)
+    row["sdpa_fwd_tflops"] = flop / row["sdpa_fwd_ms"] / 1e9
+    row["sdpa_fwd_mem_mib"], row["sdpa_fwd_total_mib"] = peak_mib(lambda: F.scaled_dot_product_attention(q, k, v))
+
+    configs = FWD_SWEEP if sweep else [None]
+    fwd_runs = []
+    for cfg in configs:
+        try:
+            ms = time_ms(lambda cfg=cfg: K.attention_jvp_forward(q, k, v, tq, tk, tv, config=cfg), reps)
+        except Exception as err:  # a tile config can exceed shared memory on some GPUs
+            print(f"  {name} fwd {cfg}: failed ({type(err).__name__}: {str(err)[:100]})", flush=True)
+            continue
+        fwd_runs.append((ms, cfg))
+        print(f"  {name} jvp {cfg}: {ms:.2f} ms ({ms / row['sdpa_fwd_ms']:.2f}x SDPA fwd)", flush=True)
+    ms, cfg = min(fwd_runs, key=lambda r: r[0])
+    row["jvp_ms"], row["jvp_config"] = ms, str(cfg or K.default_config(d, q.dtype, kv_tangent, q.device))
+    row["jvp_tflops_eff"] = 3 * flop / ms / 1e9
+    row["jvp_over_sdpa_fwd"] = ms / row["sdpa_fwd_ms"]
+    row["jvp_mem_mib"], row["jvp_total_mib"] = peak_mib(
+        lambda: K.attention_jvp_forward(q, k, v, tq, tk, tv, config=cfg)
+    )
+    row["jvp_mem_over_sdpa"] = row["jvp_total_mib"] / row["sdpa_fwd_total_mib"]
+
+    # Backward: SDPA's through autograd (its forward excluded from the timing), ours from saved o and lse.
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    o_sdpa = F.scaled_dot_product_attention(*leaves)
+    row["sdpa_bwd_ms"] = time_ms(lambda: torch.autograd.grad(o_sdpa, leaves, do, retain_graph=True), reps)
+    row["sdpa_bwd_tflops"] = 2.5 * flop / row["sdpa_bwd_ms"] / 1e9
+    o_sdpa = None
+    o, _, lse = K.attention_jvp_forward(q, k, v)
+    bwd_runs = []
+    for bcfg in BWD_SWEEP if sweep else [None]:
+        try:
+            ms = time_ms(lambda bcfg=bcfg: KB.attention_backward(q, k, v, o, lse, do, config=bcfg), reps)
+        except Exception as err:
+            print(f"  {name} bwd {bcfg}: failed ({type(err).__name__}: {str(err)[:100]})", flush=True)
+            continue
+        bwd_runs.append((ms, bcfg))
+        print(f"  {name} bwd {bcfg}: {ms:.2f} ms ({ms / row['sdpa_bwd_ms']:.2f}x SDPA bwd)", flush=True)
+    ms, bcfg = min(bwd_runs, key=lambda r: r[0])
+    row["bwd_ms"], row["bwd_config"] = ms, str(bcfg or KB.default_backward_config(d, q.dtype, q.device))
+    row["bwd_tflops"] = 2.5 * flop / ms / 1e9
+    row["bwd_over_sdpa_bwd"] = ms / row["sdpa_bwd_ms"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--sweep", action="store_true", help="time several launch configurations, report the best")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU")
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
+    rows = [bench_shape(name, args.reps, args.sweep) for name in args.shapes]
+    print(
+        "| shape | SDPA fwd ms (TFLOP/s) | JVP ms | JVP eff. TFLOP/s | JVP / SDPA fwd | SDPA bwd ms | "
+        "Triton bwd ms | bwd / SDPA bwd | peak MiB SDPA fwd / JVP (above inputs) | total peak ratio | configs |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['shape']} B{r['B']} H{r['H']} Nq{r['Nq']} Nk{r['Nk']} D{r['D']}"
+            f"{'' if r['kv_tangent'] else ' (fast path)'} "
+            f"| {r['sdpa_fwd_ms']:.2f} ({r['sdpa_fwd_tflops']:.0f}) | {r['jvp_ms']:.2f} | {r['jvp_tflops_eff']:.0f} "
+            f"| {r['jvp_over_sdpa_fwd']:.2f}x | {r['sdpa_bwd_ms']:.2f} | {r['bwd_ms']:.2f} "
+            f"| {r['bwd_over_sdpa_bwd']:.2f}x "
+            f"| {r['sdpa_fwd_mem_mib']:.0f} / {r['jvp_mem_mib']:.0f} | {r['jvp_mem_over_sdpa']:.2f}x "
+            f"| fwd {r['jvp_config']}; bwd {r['bwd_config']} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
