@@ -56,15 +56,15 @@ SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
 
 FWD_SWEEP = [
     K.LaunchConfig(128, 64, 8, 2),
-    K.LaunchConfig(128, 64, 8, 3),
-    K.LaunchConfig(128, 128, 8, 2),
     K.LaunchConfig(64, 64, 4, 3),
-    K.LaunchConfig(128, 32, 4, 3),
-    K.LaunchConfig(64, 128, 4, 2),
+    K.LaunchConfig(128, 32, 8, 2),
+    K.LaunchConfig(64, 32, 4, 2),
 ]
 BWD_SWEEP = [
     KB.BackwardConfig(128, 64, 128, 64, 8, 2),
     KB.BackwardConfig(64, 64, 64, 64, 4, 3),
+    KB.BackwardConfig(128, 32, 64, 64, 8, 3),
+    KB.BackwardConfig(128, 32, 128, 32, 4, 3),
     KB.BackwardConfig(128, 32, 128, 32, 8, 3),
     KB.BackwardConfig(64, 128, 128, 64, 8, 2),
     KB.BackwardConfig(128, 64, 64, 128, 8, 2),
@@ -151,7 +151,7 @@ def bench_shape(name: str, reps: int, sweep: bool) -> dict[str, Any]:
         bwd_runs.append((ms, bcfg))
         print(f"  {name} bwd {bcfg}: {ms:.2f} ms ({ms / row['sdpa_bwd_ms']:.2f}x SDPA bwd)", flush=True)
     ms, bcfg = min(bwd_runs, key=lambda r: r[0])
-    row["bwd_ms"], row["bwd_config"] = ms, str(bcfg or KB.default_backward_config(d, q.dtype, q.device))
+    row["bwd_ms"], row["bwd_config"] = ms, str(bcfg or KB.default_backward_config(d, q.dtype, q.device, nk))
     row["bwd_tflops"] = 2.5 * flop / ms / 1e9
     row["bwd_over_sdpa_bwd"] = ms / row["sdpa_bwd_ms"]
     return row

@@ -34,12 +34,16 @@ class BackwardConfig(NamedTuple):
     num_stages: int
 
 
-def default_backward_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
+def default_backward_config(head_dim: int, dtype: torch.dtype, device: torch.device, n_k: int = 0) -> BackwardConfig:
+    """Tile sizes measured on an H100 at D = 128 bf16 (benchmarks/RESULTS.md)."""
     if device.type != "cuda":
         return BackwardConfig(64, 64, 64, 64, 4, 1)
     if dtype == torch.float32 or head_dim > 128:
         return BackwardConfig(64, 32, 64, 32, 4, 2)
-    return BackwardConfig(128, 64, 128, 64, 8, 2)
+    if n_k <= 1024:
+        # Few keys (cross-attention to text): more, smaller programs keep the GPU busy.
+        return BackwardConfig(64, 64, 64, 64, 4, 3)
+    return BackwardConfig(128, 32, 128, 32, 8, 3)
 
 
 @triton.jit
@@ -463,7 +467,7 @@ def attention_backward(
         scale = 1.0 / math.sqrt(d)
     do = do.to(q.dtype)
     lse = lse.contiguous()
-    cfg = config or default_backward_config(d, q.dtype, q.device)
+    cfg = config or default_backward_config(d, q.dtype, q.device, n_k)
     block_d = max(16, triton.next_power_of_2(d))
     flags = dot_flags(q.dtype)
     dq, dk, dv = _empty_like_bhsd(q), _empty_like_bhsd(k), _empty_like_bhsd(v)

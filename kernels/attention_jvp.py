@@ -86,8 +86,7 @@ def default_config(head_dim: int, dtype: torch.dtype, has_tkv: bool, device: tor
     if dtype == torch.float32 or block_d > 128:
         # Twice the accumulator registers of a plain forward: keep tiles small where D or the dtype is large.
         return LaunchConfig(64, 32, 4, 2)
-    if has_tkv:
-        return LaunchConfig(128, 64, 8, 2)
+    # Best of the sweep in benchmarks/RESULTS.md for both paths; 128×128 tiles or 3 stages exceed shared memory.
     return LaunchConfig(128, 64, 8, 2)
 
 
