@@ -14,8 +14,12 @@ Per sample, with ``t ~ p_G`` (``time.student``), ``ε ~ N(0, I)`` and ``x_t = co
 * ``L = ‖F_θ − F_θ⁻ − g‖²`` summed over elements, whose gradient is ``−2·g·∂F_θ/∂θ``.
 
 Samples whose g or F_θ has a non-finite value are dropped (their term is 0) and counted in the
-``nan_masked`` metric. ``reduction`` over the batch: ``mean`` (divide by B, masked samples
-included) or ``sum``. The returned loss is multiplied by ``weight``.
+``nan_masked`` metric. This guards against non-finite targets (teacher, tangent); a non-finite value
+in the student's own forward output still reaches its parameters through the backward pass.
+``reduction`` over the batch: ``mean`` (divide by B, masked samples included) or ``sum``. The
+returned loss is multiplied by ``weight``. Metrics: ``nan_masked``, ``unweighted`` (the loss before
+``weight``), ``tangent_norm`` (mean ‖g‖₂ before normalisation), ``teacher_gap`` (mean squared
+F_θ − F_T per element), ``warmup_ratio`` (r).
 
 ``semi_continuous: true`` replaces the time part of the tangent by a finite difference with
 ``h = fd_step``: the JVP is taken along ``(dx_t/dt, 0)`` only and
@@ -142,10 +146,12 @@ class ScmLoss:
         per = per_sample_sum((F_theta64 - F_minus - g) ** 2)
         loss, masked = reduce_batch(per, ok, cfg.reduction)
         n_ok = max(int(ok.sum()), 1)
+        gap = ((F_minus - torch.where(keep, F_T, torch.zeros_like(F_T))) ** 2).reshape(g.shape[0], -1).mean(dim=1)
         metrics = {
             "nan_masked": float(masked),
             "unweighted": float(loss.detach()),
             "tangent_norm": float(g_norm[ok].sum() / n_ok),
+            "teacher_gap": float(gap[ok].sum() / n_ok),
             "warmup_ratio": r,
         }
         return LossOutput(loss=cfg.weight * loss, metrics=metrics)
