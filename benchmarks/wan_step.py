@@ -8,7 +8,7 @@ Times are medians of CUDA-event timed repetitions after warm-up; peak memory is
 ``torch.cuda.max_memory_allocated`` during each pass (weights included; the weights alone are listed too).
 
     python benchmarks/wan_step.py                                  # 1.3B, triton_jvp, 480p
-    python benchmarks/wan_step.py --attention sdpa --size 14B --checkpointing
+    python benchmarks/wan_step.py --attention sdpa --size 14B
     python benchmarks/wan_step.py --bf16-jvp-error --device cpu --num-layers 2 --frames 3 --height 16 --width 16
 
 ``--bf16-jvp-error`` instead measures how far the bf16 network's output and JVP are from the same
@@ -37,16 +37,15 @@ def _default_attention(registry: rr.Registry) -> str:
 def _build(args: argparse.Namespace, attention: str, *, device: str, dtype: torch.dtype) -> Any:
     registry = rr.registry()
     overrides = {"num_layers": args.num_layers} if args.num_layers else {}
-    with torch.device(device):
-        net = registry.build(
-            "network",
-            "wan2.1-t2v",
-            size=args.size,
-            attention={"use": attention},
-            activation_checkpointing=args.checkpointing,
-            **overrides,
-        )
-    return net.to(dtype)
+    # Parameters are created in their final dtype on the device: 14B in float32 first would not fit.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            net = registry.build("network", "wan2.1-t2v", size=args.size, attention={"use": attention}, **overrides)
+    finally:
+        torch.set_default_dtype(default)
+    return net
 
 
 def _inputs(net: Any, args: argparse.Namespace, device: str, dtype: torch.dtype, seed: int) -> dict[str, Any]:
@@ -102,13 +101,23 @@ def _step_table(args: argparse.Namespace) -> str:
         net.eval()
         jvp(lambda a, b: net(a, b, text), (x, t), (i["dx"], i["dt"]))
 
-    def forward_backward() -> None:
-        net.train()
-        net(x, t, text).float().square().mean().backward()
-        net.zero_grad(set_to_none=True)
+    def forward_backward(checkpointing: bool) -> Callable[[], None]:
+        def run() -> None:
+            net.train()
+            net.activation_checkpointing = checkpointing
+            net(x, t, text).float().square().mean().backward()
+            net.zero_grad(set_to_none=True)
 
+        return run
+
+    passes = [
+        ("forward", forward),
+        ("JVP (forward AD, tangents on x and t)", tangent),
+        ("forward + backward", forward_backward(False)),
+        ("forward + backward, activation checkpointing", forward_backward(True)),
+    ]
     rows = []
-    for name, fn in (("forward", forward), ("JVP (forward AD)", tangent), ("forward + backward", forward_backward)):
+    for name, fn in passes:
         try:
             ms, peak = _time_cuda(fn, args.warmup, args.repeats)
             rows.append(f"| {name} | {ms:.1f} | {peak:.2f} |")
@@ -122,8 +131,7 @@ def _step_table(args: argparse.Namespace) -> str:
     head = [
         f"Wan2.1-{args.size} (random weights, {net.arch.num_layers} blocks), bf16, B={args.batch}, latents "
         f"{args.frames}×{args.height}×{args.width} → {'×'.join(map(str, grid))} = {tokens} tokens, text "
-        f"{args.text_len}; attention `{attention}`; activation checkpointing "
-        f"{'on' if args.checkpointing else 'off'}; {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+        f"{args.text_len}; attention `{attention}`; {torch.cuda.get_device_name()}, torch {torch.__version__}; "
         f"median of {args.repeats} after {args.warmup} warm-up; weights {weights_gib:.2f} GiB.",
         "",
         "| pass | time (ms) | peak memory (GiB) |",
@@ -184,7 +192,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     p.add_argument("--bf16-jvp-error", action="store_true", help="measure bf16 vs float64 error instead")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)

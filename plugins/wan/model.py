@@ -19,7 +19,9 @@ the attention backend does.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -372,6 +374,22 @@ class WanNetwork(nn.Module):
             else:
                 tokens = block(tokens, e, rope, context, context_img, self.attention)
         return self.unpatchify(self.head(tokens, temb), grid).to(x.dtype)  # type: ignore[arg-type]
+
+    def export(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        format: Literal["diffusers", "native"] = "diffusers",
+        dtype: torch.dtype | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write this network as a diffusers or native Wan2.1 checkpoint directory.
+
+        See :func:`rcm_plugins.wan.checkpoint.export`; the directory appears complete or not at all.
+        """
+        from rcm_plugins.wan.checkpoint import export  # the checkpoint module imports this one
+
+        return export(self, out, format=format, dtype=dtype, overwrite=overwrite)
 
     def _check_inputs(self, x: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> None:
         arch = self.arch

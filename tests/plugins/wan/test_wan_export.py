@@ -102,6 +102,6 @@ def test_export_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     checkpoint.export(net, out)
     with pytest.raises(CheckpointError, match="already exists"):
         checkpoint.export(net, out)
-    checkpoint.export(net, out, format="native", overwrite=True)
+    net.export(out, format="native", overwrite=True)
     assert json.loads((out / "config.json").read_text())["_class_name"] == "WanModel"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]

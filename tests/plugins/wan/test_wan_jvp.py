@@ -102,3 +102,24 @@ def test_bf16_jvp_error_is_small() -> None:
     # bf16 has 8 mantissa bits (2^-9 ≈ 2e-3 relative rounding); a few layers compound it to ~1e-2.
     assert rel_err(out16, out64) < 3e-2
     assert rel_err(tan16, tan64) < 5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_jvp_backend_through_the_network_on_cuda() -> None:
+    """The fused JVP attention inside the network, bf16 on the GPU, against float64 ``math``."""
+    torch.manual_seed(0)
+    # Real head width (128) so the kernel runs its production tile shapes; few tokens keep float64 cheap.
+    ref = build("wan2.1-t2v", size="tiny", dim=256, num_heads=2, attention={"use": "math"}).cuda().double().eval()
+    net = build("wan2.1-t2v", size="tiny", dim=256, num_heads=2, attention={"use": "triton_jvp"}).cuda().eval()
+    net.load_state_dict(ref.state_dict())
+    net = net.to(torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(2, 16, 5, 16, 18, generator=g, device="cuda", dtype=torch.float64)
+    t = 1000 * torch.rand(2, generator=g, device="cuda", dtype=torch.float64)
+    text = torch.randn(2, 40, 32, generator=g, device="cuda", dtype=torch.float64)
+    dx, dt = torch.randn_like(x), torch.randn_like(t)
+    out64, tan64 = jvp(lambda a, b: ref(a, b, text), (x, t), (dx, dt))
+    out16, tan16 = jvp(lambda a, b: net(a, b, text.bfloat16()), (x.bfloat16(), t.float()), (dx, dt))
+    assert rel_err(out16, out64) < 3e-2
+    assert rel_err(tan16, tan64) < 5e-2
