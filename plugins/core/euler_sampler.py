@@ -21,7 +21,9 @@ class EulerSamplerConfig:
 
 
 class EulerSampler:
-    """Euler ODE sampler over ``ctx.schedule.time_grid(steps)`` (u_0 > u_1 > ... > u_steps).
+    """Teacher ODE sampler: Euler steps over the schedule's time grid, with classifier-free guidance.
+
+    The grid is ``ctx.schedule.time_grid(steps)``, u_0 > u_1 > ... > u_steps.
 
     x_0 = σ(u_0)·ε (exactly ε when the grid starts at pure noise), then
     x_{i+1} = x_i + (u_{i+1} − u_i)·v(x_i, u_i), where v is the network's velocity prediction in the

@@ -25,6 +25,12 @@ class FlowMatchingConfig:
     #: Multiplies the loss (the logged ``mse`` is unweighted).
     weight: float = attrs.field(default=1.0, validator=[schema.non_negative, schema.finite])
 
+    def check_recipe(self, recipe: Any, phase: str) -> list[str]:
+        """Problems with the rest of the recipe, reported by the recipe validator before anything is built."""
+        if getattr(recipe, "schedule", None) is None:
+            return ["needs a top-level `schedule:` to define x_u and the target (e.g. {use: rectified_flow})"]
+        return []
+
 
 class FlowMatchingLoss:
     """Flow matching in the recipe's schedule: L = weight · mean((v_θ(x_u, u, c) − (dα·x0 + dσ·ε))²).

@@ -33,7 +33,9 @@ class GaussianMixture2dConfig:
 
 
 class GaussianMixture2d:
-    """Equal-weight mixture Σ_k N(c_k, s²I)/K in 2-D.
+    """Equal-weight mixture of isotropic 2-D Gaussians on a ring or a grid, scaled to unit variance.
+
+    Density Σ_k N(c_k, s²I)/K.
 
     Centres: ring ``c_k = radius·(cos 2πk/K, sin 2πk/K)``; grid ``spacing·(i − (n−1)/2, j − (n−1)/2)``
     (row-major, k = i·n + j). With ``normalize`` both centres and std are divided by

@@ -20,7 +20,10 @@ class LognormalTimeConfig:
 
 
 class LognormalTime:
-    """TrigFlow times t = arctan(exp(mean + std·z)), z ~ N(0, 1), clamped to [1e-4, π/2 − 1e-4]."""
+    """Log-normal noise levels: t = arctan(exp(mean + std·z)), z ~ N(0, 1).
+
+    Clamped to [1e-4, π/2 − 1e-4].
+    """
 
     def __init__(self, config: LognormalTimeConfig) -> None:
         self.config = config

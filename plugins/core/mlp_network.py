@@ -52,7 +52,10 @@ def sinusoidal_embedding(timestep: Tensor, dim: int, min_frequency: float, max_f
 
 
 class Mlp(nn.Module):
-    """Residual MLP: c = MLP_t(emb(timestep)) [+ E(label)]; h = W_in x; h ← h + W_k SiLU(h + c); out = W_out SiLU(h).
+    """Residual MLP for low-dimensional data, conditioned on the timestep and optionally a class label.
+
+    c = MLP_t(emb(timestep)) [+ E(label)]; h = W_in·x; h ← h + W_k·SiLU(h + c) for each layer k;
+    output W_out·SiLU(h).
 
     ``forward(x, timestep, label=None)``: x (B, dim), timestep (B,) or a scalar, label (B,) long.
     A class-conditioned network given no label uses the null label. Built from plain ops, so it

@@ -18,7 +18,10 @@ class UniformShiftTimeConfig:
 
 
 class UniformShiftTime:
-    """u ~ U(0, 1), u' = shift·u / (1 + (shift − 1)·u), t = atan2(u', 1 − u'), clamped to [1e-4, π/2 − 1e-4]."""
+    """Shifted uniform times: u ~ U(0, 1), u' = shift·u / (1 + (shift − 1)·u), t = atan2(u', 1 − u').
+
+    Clamped to [1e-4, π/2 − 1e-4].
+    """
 
     def __init__(self, config: UniformShiftTimeConfig) -> None:
         self.config = config

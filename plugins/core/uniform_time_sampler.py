@@ -22,7 +22,10 @@ class UniformTimeConfig:
 
 
 class UniformTime:
-    """t = low + (high − low)·U(0, 1), clamped to [1e-4, π/2 − 1e-4]."""
+    """Uniform TrigFlow times: t = low + (high − low)·U(0, 1).
+
+    Clamped to [1e-4, π/2 − 1e-4].
+    """
 
     def __init__(self, config: UniformTimeConfig) -> None:
         self.config = config

@@ -11,6 +11,7 @@ from torch import nn
 import rcm_registry as rr
 from rcm_registry.engine.context import StepContext
 from rcm_registry.protocols import Batch
+from rcm_registry.recipe.validate import validate_recipe
 
 B, K = 64, 8
 
@@ -134,3 +135,19 @@ def test_bad_configs_are_reported(registry: rr.Registry, config: dict, fragment:
     with pytest.raises(rr.RecipeError) as info:
         registry.build("loss", "flow_matching", **config)
     assert fragment in str(info.value)
+
+
+def test_recipe_without_schedule_is_reported(registry: rr.Registry) -> None:
+    recipe = {
+        "networks": {"teacher": {"use": "mlp", "num_classes": 8}},
+        "phases": {"teacher": {"losses": [{"use": "flow_matching"}], "optimizer": {"use": "adamw", "lr": 1e-3}}},
+        "data": {"use": "gaussian_mixture_2d", "labels": True},
+        "run": {"iterations": 10},
+    }
+    with pytest.raises(rr.RecipeError) as info:
+        validate_recipe(recipe, registry)
+    assert info.value.problems == [
+        "phases.teacher.losses[0] (flow_matching): needs a top-level `schedule:` to define x_u and the target "
+        "(e.g. {use: rectified_flow})"
+    ]
+    validate_recipe({**recipe, "schedule": {"use": "rectified_flow"}}, registry)
