@@ -28,8 +28,17 @@ class GaussianMixture2dConfig:
     std: float = attrs.field(default=0.1, validator=[schema.positive, schema.finite])
     #: Rescale centres and std together so that each coordinate of the data has variance 1.
     normalize: bool = True
-    #: Condition on the mode index: ``{"label": LongTensor}``; the null label is the number of modes.
+    #: Condition on a class label: ``{"label": LongTensor}``; the null label is the number of classes.
     labels: bool = False
+    #: Number of classes (0: one class per mode). With C classes, mode k belongs to class k mod C, so
+    #: each class is itself multi-modal (on a grid with C = grid_size: one column per class) and a
+    #: one-step sampler must do more than predict the class mean.
+    classes: int = attrs.field(default=0, validator=schema.non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        modes = self.modes if self.layout == "ring" else self.grid_size**2
+        if self.classes > modes:
+            raise ValueError(f"classes ({self.classes}) cannot exceed the number of modes ({modes})")
 
 
 class GaussianMixture2d:
@@ -44,7 +53,8 @@ class GaussianMixture2d:
     same along x and y). ``centers`` (K, 2) float64 and ``std`` are the normalised values.
 
     Stateless: every batch is drawn from the engine's generator (mode index, then noise).
-    Evaluation conditions cycle through the labels (k = i mod K), so each mode gets ⌊n/K⌋ or ⌈n/K⌉.
+    Evaluation conditions cycle through the modes (k = i mod K) and carry each mode's class, so
+    each mode's class is asked for ⌊n/K⌋ or ⌈n/K⌉ times.
     """
 
     sample_shape: tuple[int, ...] = (2,)
@@ -60,6 +70,9 @@ class GaussianMixture2d:
         self.centers: Tensor = centers
         self.std: float = std
         self.labels = config.labels
+        self.num_classes = config.classes or centers.shape[0]
+        #: The class of each mode, (K,) long.
+        self.mode_class: Tensor = torch.arange(centers.shape[0]) % self.num_classes
 
     @staticmethod
     def _raw_centers(config: GaussianMixture2dConfig) -> Tensor:
@@ -89,7 +102,8 @@ class GaussianMixture2d:
     def _condition(self, k: Tensor) -> tuple[Condition, Condition | None]:
         if not self.labels:
             return {}, None
-        return {"label": k.long()}, {"label": torch.full_like(k, self.num_modes, dtype=torch.long)}
+        label = self.mode_class.to(k.device)[k].long()
+        return {"label": label}, {"label": torch.full_like(label, self.num_classes)}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -26,8 +26,8 @@ class ModeCoverage:
     Each sample is assigned to its nearest centre c_k if ‖x − c_k‖₂ ≤ within_std·std (else to no
     mode); with n_k samples assigned to mode k, ``mode_coverage = #{k : n_k ≥ threshold·n/K} / K``.
     When the condition carries ``label`` (class-conditioned sampling) the result also has
-    ``class_accuracy``: the share of samples with a real label k < K lying within
-    within_std·std of c_k.
+    ``class_accuracy``: the share of samples with a real label y lying within within_std·std of
+    some mode of class y (the dataset's ``mode_class``; without it, mode y itself).
     """
 
     def __init__(self, config: ModeCoverageConfig) -> None:
@@ -44,11 +44,15 @@ class ModeCoverage:
         label = condition.get("label")
         if label is not None:
             label = label.detach().to("cpu", torch.long).reshape(-1)
-            real = label < k
+            mode_class = getattr(dataset, "mode_class", None)
+            mode_class = torch.arange(k) if mode_class is None else mode_class.to("cpu", torch.long)
+            real = label <= int(mode_class.max())
             if bool(real.any()):
                 points = samples.detach().to("cpu", torch.float64).reshape(n, -1)[real]
-                own = (points - centers[label[real]]).norm(dim=1)
-                out["class_accuracy"] = float((own <= radius).double().mean())
+                # (n_real, K): is sample i within the radius of mode m, and is m of sample i's class?
+                near = torch.cdist(points, centers) <= radius
+                mine = mode_class.unsqueeze(0) == label[real].unsqueeze(1)
+                out["class_accuracy"] = float((near & mine).any(dim=1).double().mean())
         return out
 
     def __repr__(self) -> str:

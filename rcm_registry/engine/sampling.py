@@ -47,6 +47,8 @@ def open_run(run_dir: Path, *, role: str | None = None, ema: bool = True, device
     if role not in recipe.networks:
         raise UserError(f"--network: this run has no network {role!r} (has: {', '.join(recipe.networks)})")
     dev = pick_device(device)
+    if recipe.body.run.cpu_threads is not None:
+        torch.set_num_threads(recipe.body.run.cpu_threads)
     net = build_network(recipe.networks[role])
     emas = ckpt.emas() if ema else {}
     used_ema = role in emas

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -46,6 +45,8 @@ class Trainer:
         self.show_progress = progress
         run = recipe.body.run
         self.device = pick_device(run.device)
+        if run.cpu_threads is not None:
+            torch.set_num_threads(run.cpu_threads)
         self._seed(run.seed)
         self.graph: Graph = build_graph(recipe, self.device)
         self.data_generator = torch.Generator().manual_seed(run.seed)
@@ -250,6 +251,3 @@ def _trim_metrics(path: Path, iteration: int) -> None:
             continue  # a line cut by the kill
     path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
 
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -24,6 +24,9 @@ class RunConfig:
     seed: int = attrs.field(default=0, validator=s.non_negative)
     #: ``auto`` picks CUDA when available, else CPU.
     device: str = "auto"
+    #: Intra-op CPU threads for torch (none: torch's default). Small networks run fastest with 1:
+    #: thread hand-offs cost more than their matrix products.
+    cpu_threads: int | None = attrs.field(default=None, validator=s.positive)
 
 
 @attrs.define
