@@ -250,4 +250,3 @@ def _trim_metrics(path: Path, iteration: int) -> None:
         except json.JSONDecodeError:
             continue  # a line cut by the kill
     path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
-
