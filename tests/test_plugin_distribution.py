@@ -1,0 +1,93 @@
+"""A plugin installed as its own distribution (entry point group ``rcm_registry``) is discovered,
+listed with its distribution and version, and usable by name in a recipe.
+
+The example plugin is the one the README's plugin guide shows (tests/data/example_plugin). It is
+installed for real with pip into a private target folder that the child processes put on their path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rcm_registry.testing import run_cli_subprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "tests/data/example_plugin"
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    target = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+         "--target", str(target), str(PLUGIN)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(target.glob("rcm_logit_normal-*.dist-info")), "pip did not install the distribution"
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
+def test_listed_by_rcm_list_and_plugins(plugin_path: dict[str, str]) -> None:
+    listed = run_cli_subprocess("list", "time_sampler", env=plugin_path)
+    assert listed.code == 0, listed.err
+    assert "logit_normal" in listed.out and "[rcm-logit-normal]" in listed.out
+    plugins = run_cli_subprocess("plugins", env=plugin_path)
+    assert plugins.code == 0, plugins.err
+    line = next(x for x in plugins.out.splitlines() if x.startswith("logit_normal"))
+    assert "rcm-logit-normal" in line and "0.2.0" in line
+
+
+def test_usable_by_name_in_a_recipe(plugin_path: dict[str, str], tmp_path: Path) -> None:
+    recipe = str(ROOT / "recipes/quickstart/teacher.yaml")
+    use = [
+        "--set", "phases.teacher.losses[0].time={use: logit_normal, mean: 0.0, std: 1.0}",
+        "--set", "run.iterations=20", "--set", "networks.teacher.width=16",
+    ]  # fmt: skip
+    ok = run_cli_subprocess("validate", recipe, *use, env=plugin_path)
+    assert ok.code == 0, ok.err
+    run = run_cli_subprocess("run", recipe, *use, "--out", str(tmp_path / "run"), "--no-progress", env=plugin_path)
+    assert run.code == 0, run.err
+    bad = run_cli_subprocess("validate", recipe, *use, "--set", "phases.teacher.losses[0].time.std=-1", env=plugin_path)
+    assert bad.code == 2 and "phases.teacher.losses[0].time.std: must be > 0" in bad.err
+
+
+def test_without_the_plugin_the_name_is_unknown(tmp_path: Path) -> None:
+    recipe = str(ROOT / "recipes/quickstart/teacher.yaml")
+    result = run_cli_subprocess("validate", recipe, "--set", "phases.teacher.losses[0].time={use: logit_normal}")
+    assert result.code == 2 and "unknown time_sampler 'logit_normal'" in result.err
+
+
+def test_autoload_can_be_disabled(plugin_path: dict[str, str]) -> None:
+    env = {**plugin_path, "RCM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    listed = run_cli_subprocess("list", "time_sampler", env=env)
+    assert listed.code == 0 and "logit_normal" not in listed.out
+
+
+def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path) -> None:
+    dist = tmp_path / "broken"
+    (dist / "rcm_broken").mkdir(parents=True)
+    (dist / "rcm_broken/__init__.py").write_text("raise ImportError('missing dependency xyz')\n")
+    (dist / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "rcm-broken"\nversion = "1.0"\n'
+        '[project.entry-points.rcm_registry]\nbroken = "rcm_broken"\n'
+        "[tool.setuptools]\npackages = ['rcm_broken']\n"
+    )
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+         "--target", str(target), str(dist)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = run_cli_subprocess("plugins", env={"PYTHONPATH": str(target)})
+    assert result.code == 0
+    assert "broken" in result.out and "rcm-broken" in result.out and "missing dependency xyz" in result.out
+    assert "core" in result.out  # the built-ins still loaded
