@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from rcm_registry.engine.pictures import save_png_atomic, scatter_png
+    from rcm_registry.engine.pictures import samples_picture, save_png_atomic
     from rcm_registry.engine.sampling import draw, open_run
 
     out = Path(args.out)
@@ -108,19 +108,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)
     if out.suffix == ".png":
-        labels = next(iter(result.condition.values()), None) if result.condition else None
-        if result.samples.ndim == 2 and result.samples.shape[1] == 2:
-            img = scatter_png(
-                result.samples,
-                labels if labels is not None and labels.ndim == 1 else None,
-                centers=getattr(run.dataset, "centers", None),
-                title=f"{run.role} ({'EMA' if run.used_ema else 'raw'}), steps={args.steps}",
-            )
-        else:
-            from rcm_registry.engine.pictures import image_grid_png
-
-            img = image_grid_png(result.samples)
-        save_png_atomic(img, out)
+        title = f"{run.role} ({'EMA' if run.used_ema else 'raw'}), steps={args.steps}"
+        save_png_atomic(samples_picture(result.samples, result.condition, run.dataset, title), out)
     else:
         from safetensors.torch import save_file
 
@@ -136,6 +125,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from rcm_registry.engine.logs import configure_console
+    from rcm_registry.quickstart import format_table, run_quickstart
+
+    configure_console(args.verbose)
+    out = Path(args.out)
+    rows = run_quickstart(out, args.recipes, args.num, progress=not args.no_progress)
+    print(format_table(rows))
+    print(f"pictures: {out}/teacher.png, {out}/rcm_1step.png, {out}/rcm_2step.png, {out}/rcm_4step.png")
+    return 0
+
+
 HELP = {
     "list": ("List registered components, optionally of one kind.", "rcm list loss"),
     "plugins": ("List loaded plugins with their distribution and version.", "rcm plugins"),
@@ -146,6 +147,10 @@ HELP = {
     "run": (
         "Train a recipe into a run directory (checkpoints, metrics.jsonl).",
         "rcm run recipes/quickstart/teacher.yaml --out runs/quickstart/teacher",
+    ),
+    "quickstart": (
+        "Train the 2-D teacher (if needed), distil it with rCM, and compare samples at 1/2/4 steps.",
+        "rcm quickstart --out runs/quickstart",
     ),
     "sample": (
         "Sample a run's output network (EMA weights) and print the recipe's metrics.",
@@ -192,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
             p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    p = add("quickstart", cmd_quickstart)
+    p.add_argument("--out", default="runs/quickstart", help="folder for the two runs and the pictures")
+    p.add_argument("--recipes", default=None, help="folder with teacher.yaml and rcm.yaml (default: the bundled)")
+    p.add_argument("--num", type=int, default=2000, help="samples per evaluation (default 2000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     p = add("sample", cmd_sample)
     p.add_argument("run_dir", help="a run directory written by `rcm run`")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")

@@ -78,6 +78,17 @@ def image_grid_png(images: torch.Tensor, *, columns: int | None = None, scale: i
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def samples_picture(
+    samples: torch.Tensor, condition: dict[str, torch.Tensor], dataset: object, title: str
+) -> Image.Image:
+    """The natural picture of a batch of samples: a labelled scatter plot for 2-D points, else a grid."""
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        labels = condition.get("label")
+        labels = labels if labels is not None and labels.ndim == 1 else None
+        return scatter_png(samples, labels, centers=getattr(dataset, "centers", None), title=title)
+    return image_grid_png(samples)
+
+
 def save_png_atomic(img: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     img.save(tmp, format="PNG")
