@@ -1,7 +1,3 @@
-"""Logit-normal training times (as in Stable Diffusion 3) as an rcm-registry time sampler."""
-
-from __future__ import annotations
-
 import math
 
 import attrs
@@ -30,7 +26,6 @@ class LogitNormal:
         z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
         u = torch.sigmoid(self.config.mean + self.config.std * z)
         t = torch.atan2(u, 1.0 - u)
-        # Keep t strictly inside (0, pi/2): the end points have no noise or no signal.
         return t.clamp(1e-6, math.pi / 2 - 1e-6)
 
 
