@@ -307,3 +307,20 @@ def write_config(config: Mapping[str, Any], directory: PathLike) -> Path:
     path = Path(directory) / CONFIG_NAME
     path.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_checkpoint_directory(
+    state_dict: Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    out: PathLike,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``config.json`` and the tensors (sharded above ``max_shard_bytes``) as a model directory that
+    appears complete or not at all (see :func:`atomic_directory`). Returns ``out``."""
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_safetensors(state_dict, tmp, max_shard_bytes=max_shard_bytes, dtype=dtype)
+        write_config(config, tmp)
+    return Path(out)

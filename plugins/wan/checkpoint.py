@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from rcm_plugins.common.keys import convert_key, strip_shared_prefix
 from rcm_plugins.wan.model import WanArch, WanNetwork
 from torch import Tensor, nn
 
@@ -72,33 +73,14 @@ _BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
 DIFFUSERS_IGNORED = (r"\.norm_added_q\.",)
 
 
-def _rename(name: str, table: Mapping[str, str]) -> str | None:
-    """Rename by the longest table entry that is ``name`` itself or a dotted prefix of it."""
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:cut])
-        if prefix in table:
-            return ".".join([table[prefix], *parts[cut:]])
-    return None
-
-
-def _convert_key(key: str, top: Mapping[str, str], block: Mapping[str, str]) -> str:
-    parts = key.split(".")
-    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
-        renamed = _rename(".".join(parts[2:]), block)
-        return key if renamed is None else f"blocks.{parts[1]}.{renamed}"
-    renamed = _rename(key, top)
-    return key if renamed is None else renamed
-
-
 def native_to_diffusers_key(key: str) -> str:
     """A native (= our) parameter name in diffusers' layout; unknown names pass through unchanged."""
-    return _convert_key(key, _TOP, _BLOCK)
+    return convert_key(key, _TOP, _BLOCK)
 
 
 def diffusers_to_native_key(key: str) -> str:
     """A diffusers parameter name in the native (= our) layout; unknown names pass through unchanged."""
-    return _convert_key(key, _TOP_BACK, _BLOCK_BACK)
+    return convert_key(key, _TOP_BACK, _BLOCK_BACK)
 
 
 def to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -286,9 +268,7 @@ def read_checkpoint(
     path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto"
 ) -> tuple[dict[str, Tensor], Format]:
     """Read a Wan checkpoint as it is stored, and say which key layout it is in."""
-    state = weights.read_state_dict(path)
-    if state and all(k.startswith(_FOREIGN_PREFIX) for k in state):
-        state = {k[len(_FOREIGN_PREFIX) :]: v for k, v in state.items()}
+    state = strip_shared_prefix(weights.read_state_dict(path), (_FOREIGN_PREFIX,))
     kind: Format = detect_format(path, state) if format == "auto" else format
     return state, kind
 
@@ -361,10 +341,9 @@ def export(
         state, config = to_diffusers(state), diffusers_config(arch)
     else:
         config = native_config(arch)
-    with weights.atomic_directory(out, overwrite=overwrite) as tmp:
-        weights.write_safetensors(state, tmp, max_shard_bytes=max_shard_bytes, dtype=dtype)
-        weights.write_config(config, tmp)
-    return Path(out)
+    return weights.write_checkpoint_directory(
+        state, config, out, overwrite=overwrite, max_shard_bytes=max_shard_bytes, dtype=dtype
+    )
 
 
 def _check_complete(state: Mapping[str, Tensor], arch: WanArch) -> None:

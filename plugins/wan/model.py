@@ -26,6 +26,17 @@ from typing import Any, Literal
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.layers import (
+    RMSNorm,
+    UpcastLayerNorm,
+    compute_dtype,
+    heads_first,
+    merge_heads,
+    sinusoidal_embedding,
+)
+from rcm_plugins.common.layers import linear_in as _linear
+from rcm_plugins.common.rope import apply_rope_interleaved as apply_rope
+from rcm_plugins.common.rope import rope_tables
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -73,86 +84,7 @@ class WanArch:
         return self.image_dim is not None
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types, the dtype itself for float32/float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _linear(x: Tensor, layer: nn.Linear, dtype: torch.dtype) -> Tensor:
-    """``layer(x)`` computed in ``dtype`` whatever the parameters are stored in (for the float32 time path)."""
-    bias = layer.bias.to(dtype) if layer.bias is not None else None
-    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
-
-
-class UpcastLayerNorm(nn.LayerNorm):
-    """LayerNorm evaluated in at least float32; bf16 statistics over thousands of channels are too coarse."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        cd = _compute_dtype(x.dtype)
-        weight = self.weight.to(cd) if self.weight is not None else None
-        bias = self.bias.to(cd) if self.bias is not None else None
-        return F.layer_norm(x.to(cd), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last dimension (for q/k: all heads together), statistics in at least float32."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        cd = _compute_dtype(x.dtype)
-        y = x.to(cd)
-        y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(cd)).to(x.dtype)
-
-
-def rope_tables(
-    grid: tuple[int, int, int], head_dim: int, *, device: torch.device, dtype: torch.dtype, theta: float = 10000.0
-) -> tuple[Tensor, Tensor]:
-    """cos and sin of the 3-D rotary angles, each (S, 1, head_dim // 2) for S = T·H·W tokens in (t, h, w) order.
-
-    The head dimension is split into rotation pairs: ``head_dim // 6`` pairs each for height and width, the
-    rest for time, each axis with its own frequency ladder ``theta^(-2j / axis_dim)``. Angles are formed in
-    float64 (positions reach the hundreds, where float32 angles lose digits) and only then cast.
-    """
-    pairs = head_dim // 2
-    hw_pairs = pairs // 3
-    axis_pairs = (pairs - 2 * hw_pairs, hw_pairs, hw_pairs)
-    angles = []
-    for axis, (n, p) in enumerate(zip(grid, axis_pairs, strict=True)):
-        exponents = torch.arange(0, 2 * p, 2, dtype=torch.float64, device=device) / (2 * p)
-        inv_freq = 1.0 / (theta**exponents)
-        a = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv_freq)
-        shape = [1, 1, 1, p]
-        shape[axis] = n
-        angles.append(a.view(shape).expand(*grid, p))
-    full = torch.cat(angles, dim=-1).reshape(-1, 1, pairs)
-    return full.cos().to(dtype), full.sin().to(dtype)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent channel pairs (2i, 2i+1) of x (B, S, H, D) by the tabled angles, in real arithmetic."""
-    cd = cos.dtype
-    pairs = x.to(cd).unflatten(-1, (-1, 2))
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
-
-
 Attn = Any  # an attention backend object: attn(q, k, v, *, scale=None) with (B, H, S, D) inputs
-
-
-def _heads_first(t: Tensor) -> Tensor:
-    """(B, S, H, D) → a (B, H, S, D) strided view, the layout attention backends take."""
-    return t.transpose(1, 2)
-
-
-def _merge_heads(o: Tensor) -> Tensor:
-    """(B, H, S, D) attention output → (B, S, H·D)."""
-    return o.transpose(1, 2).flatten(2)
 
 
 class SelfAttention(nn.Module):
@@ -171,7 +103,7 @@ class SelfAttention(nn.Module):
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), *rope)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), *rope)
         v = self.v(x).unflatten(-1, heads)
-        return self.o(_merge_heads(attn(_heads_first(q), _heads_first(k), _heads_first(v))))
+        return self.o(merge_heads(attn(heads_first(q), heads_first(k), heads_first(v))))
 
 
 class CrossAttention(nn.Module):
@@ -196,15 +128,15 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None, attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
-        q = _heads_first(self.norm_q(self.q(x)).unflatten(-1, heads))
-        k = _heads_first(self.norm_k(self.k(context)).unflatten(-1, heads))
-        v = _heads_first(self.v(context).unflatten(-1, heads))
+        q = heads_first(self.norm_q(self.q(x)).unflatten(-1, heads))
+        k = heads_first(self.norm_k(self.k(context)).unflatten(-1, heads))
+        v = heads_first(self.v(context).unflatten(-1, heads))
         out = attn(q, k, v)
         if context_img is not None:
-            k_img = _heads_first(self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads))
-            v_img = _heads_first(self.v_img(context_img).unflatten(-1, heads))
+            k_img = heads_first(self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads))
+            v_img = heads_first(self.v_img(context_img).unflatten(-1, heads))
             out = out + attn(q, k_img, v_img)
-        return self.o(_merge_heads(out))
+        return self.o(merge_heads(out))
 
 
 class WanBlock(nn.Module):
@@ -300,12 +232,7 @@ class WanNetwork(nn.Module):
 
     def time_embedding_of(self, timestep: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(temb (B, dim), six-way modulation (B, 6, dim)) in ``dtype`` (at least float32)."""
-        half = self.arch.freq_dim // 2
-        # The frequency ladder is rounded to float32 exactly as diffusers builds it, so that float64 runs
-        # reproduce diffusers' float64 output to rounding; angles and cos/sin are then taken in ``dtype``.
-        exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half
-        angle = timestep.to(dtype)[:, None] * torch.exp(exponent).to(dtype)[None, :]
-        sinusoid = torch.cat((angle.cos(), angle.sin()), dim=1)
+        sinusoid = sinusoidal_embedding(timestep, self.arch.freq_dim, dtype)
         h = F.silu(_linear(sinusoid, self.time_embedding[0], dtype))
         temb = _linear(h, self.time_embedding[2], dtype)
         e = _linear(F.silu(temb), self.time_projection[1], dtype)
@@ -358,7 +285,7 @@ class WanNetwork(nn.Module):
             inputs = x
         self._check_inputs(inputs, timestep, text, image)
         dtype = self.dtype
-        td = _compute_dtype(dtype)
+        td = compute_dtype(dtype)
         grid = tuple(n // p for n, p in zip(inputs.shape[2:], arch.patch_size, strict=True))
 
         tokens = self.patchify(inputs.to(dtype))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from rcm_plugins.common.diffusers_interop import from_pretrained_strict
 from torch import Tensor
 
 import rcm_registry as rr
@@ -117,22 +118,5 @@ def save_reference(model: WanTransformer3DModel, directory: Path) -> Path:
 
 
 def from_pretrained(directory: Path) -> WanTransformer3DModel:
-    """``WanTransformer3DModel.from_pretrained(directory)``, asserting that every key was used.
-
-    Without ``accelerate`` installed diffusers refuses to load any model with ``_keep_in_fp32_modules``
-    (it needs low_cpu_mem_usage); those modules only matter for half-precision loads, so for this float32
-    load they are switched off when accelerate is absent.
-    """
-    try:
-        import accelerate  # noqa: F401
-
-        model, info = WanTransformer3DModel.from_pretrained(directory, output_loading_info=True)
-    except ImportError:
-        keep = WanTransformer3DModel._keep_in_fp32_modules
-        WanTransformer3DModel._keep_in_fp32_modules = None
-        try:
-            model, info = WanTransformer3DModel.from_pretrained(directory, output_loading_info=True)
-        finally:
-            WanTransformer3DModel._keep_in_fp32_modules = keep
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
-    return model.eval()
+    """``WanTransformer3DModel.from_pretrained(directory)``, asserting that every key was used."""
+    return from_pretrained_strict(WanTransformer3DModel, directory)
