@@ -137,6 +137,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from rcm_registry.engine.sampling import open_run
+
+    run = open_run(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu")
+    export = getattr(run.net, "export", None)
+    if not callable(export):
+        raise UserError(
+            f"network {run.recipe.networks[run.role].spec.name!r} ({run.role}) has no export; "
+            "its checkpoint weights are in the run's model.safetensors / ema.safetensors"
+        )
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    try:
+        path = export(Path(args.out), format=args.format, dtype=dtype, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as exc:
+        raise UserError(f"--out {args.out}: {exc}") from None
+    print(
+        f"wrote {path}: {run.role} ({'EMA' if run.used_ema else 'raw'} weights) in {args.format} layout, {args.dtype}"
+    )
+    return 0
+
+
 HELP = {
     "list": ("List registered components, optionally of one kind.", "rcm list loss"),
     "plugins": ("List loaded plugins with their distribution and version.", "rcm plugins"),
@@ -147,6 +170,10 @@ HELP = {
     "run": (
         "Train a recipe into a run directory (checkpoints, metrics.jsonl).",
         "rcm run recipes/quickstart/teacher.yaml --out runs/quickstart/teacher",
+    ),
+    "export": (
+        "Write a run's output network (EMA weights) as a diffusers or native checkpoint directory.",
+        "rcm export runs/wan-1.3b --format diffusers --out wan-rcm-4step",
     ),
     "quickstart": (
         "Train the 2-D teacher (if needed), distil it with rCM, and compare samples at 1/2/4 steps.",
@@ -197,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
             p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    p = add("export", cmd_export)
+    p.add_argument("run_dir", help="a run directory written by `rcm run`")
+    p.add_argument("--format", choices=("diffusers", "native"), default="diffusers")
+    p.add_argument("--out", required=True, help="output directory (written under a temporary name, then renamed)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weight dtype (default bf16)")
+    p.add_argument("--network", default=None, help="network role (default: the run's output network)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p = add("quickstart", cmd_quickstart)
     p.add_argument("--out", default="runs/quickstart", help="folder for the two runs and the pictures")
     p.add_argument("--recipes", default=None, help="folder with teacher.yaml and rcm.yaml (default: the bundled)")
