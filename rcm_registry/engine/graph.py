@@ -26,6 +26,10 @@ class PhaseRuntime:
     optimizer: torch.optim.Optimizer
     ema: EmaAverager | None
     grad_clip: float | None
+    lr_warmup: int = 0
+    lr_decay: str = "constant"
+    min_lr_ratio: float = 0.0
+    base_lrs: list[float] = attrs.field(factory=list)
     steps: int = 0  # optimiser steps taken by this phase
 
 
@@ -174,6 +178,10 @@ def build_graph(recipe: Recipe, device: torch.device) -> Graph:
             optimizer=optimizer,
             ema=ema,
             grad_clip=cfg.grad_clip,
+            lr_warmup=cfg.lr_warmup,
+            lr_decay=cfg.lr_decay,
+            min_lr_ratio=cfg.min_lr_ratio,
+            base_lrs=[float(group["lr"]) for group in optimizer.param_groups],
         )
     return Graph(
         recipe=recipe,

@@ -17,6 +17,7 @@ from rcm_registry.engine.checkpoint import Checkpoint, clean_partial, latest_che
 from rcm_registry.engine.context import StepContext
 from rcm_registry.engine.graph import Graph, build_graph, load_strict, pick_device
 from rcm_registry.engine.logs import MetricsFile, get_logger
+from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.recipe.schema import Recipe
@@ -151,6 +152,10 @@ class Trainer:
             return values
         phase.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        factor = lr_factor(
+            it, warmup=phase.lr_warmup, decay=phase.lr_decay, total=run.iterations, min_ratio=phase.min_lr_ratio
+        )
+        apply_lr(phase.optimizer, phase.base_lrs, factor)
         if phase.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(graph.nets[phase.trains].parameters(), phase.grad_clip)
             values[f"{phase.name}/grad_norm"] = float(norm)

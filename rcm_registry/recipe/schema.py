@@ -48,6 +48,11 @@ class PhaseConfig:
     ema: s.EmaSpec | None = None
     #: Clip the global gradient norm to this value (none: no clipping).
     grad_clip: float | None = attrs.field(default=None, validator=s.positive)
+    #: Learning rate: linear warmup over this many iterations, then ``lr_decay`` until ``run.iterations``
+    #: down to ``min_lr_ratio`` times the optimiser's lr.
+    lr_warmup: int = attrs.field(default=0, validator=s.non_negative)
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = attrs.field(default=0.0, validator=s.in_range(0.0, 1.0))
     #: Per-loss first iteration (filled from each loss entry's ``start:``; 0 when absent).
     loss_starts: list[int] = attrs.field(factory=list)
 
