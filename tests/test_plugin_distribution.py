@@ -8,6 +8,7 @@ installed for real with pip into a private target folder that the child processe
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tests/data/example_plugin"
 
 
-@pytest.fixture(scope="module")
-def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    target = tmp_path_factory.mktemp("site")
+def pip_install(source: Path, target: Path) -> None:
+    """``pip install --target`` from a copy, so that the build leaves nothing in the source tree."""
+    copy = target.parent / f"{source.name}-src"
+    shutil.copytree(source, copy)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-         "--target", str(target), str(PLUGIN)],
+         "--target", str(target), str(copy)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    target = tmp_path_factory.mktemp("plugin") / "site"
+    pip_install(PLUGIN, target)
     assert list(target.glob("rcm_logit_normal-*.dist-info")), "pip did not install the distribution"
     path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path}
@@ -81,12 +89,7 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path) -> None:
         "[tool.setuptools]\npackages = ['rcm_broken']\n"
     )
     target = tmp_path / "site"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-         "--target", str(target), str(dist)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    pip_install(dist, target)
     result = run_cli_subprocess("plugins", env={"PYTHONPATH": str(target)})
     assert result.code == 0
     assert "broken" in result.out and "rcm-broken" in result.out and "missing dependency xyz" in result.out
