@@ -10,7 +10,11 @@ Conventions used throughout:
 * A *condition* is a dict of keyword arguments for the network (``{"text": emb}`` for Wan,
   ``{"label": y}`` for the quickstart MLP); the empty dict means unconditional.
 * Networks take time in their own units (``timestep``, e.g. 0–1000); schedules and teacher wrappers
-  do the conversion.
+  do the conversion. Timesteps are float32 (float64 for a float64 network), never bf16: networks keep
+  their time embeddings in float32.
+* Any component's config class may define ``check_recipe(recipe, where) -> list[str]``: problems it
+  finds with the rest of the validated recipe (``where`` is the phase name for losses, the section's
+  YAML path otherwise). The validator calls it once everything else is valid.
 """
 
 from __future__ import annotations

@@ -118,6 +118,7 @@ CASES: list[tuple[str, Callable[[dict], None], list[str]]] = [
     ("metric-unknown", setter("metrics.0.use", "mode_coverag"), ["metrics[0].use: unknown metric 'mode_coverag'; did you mean 'mode_coverage'?"]),
     ("metrics-not-list", setter("metrics", {"use": "mode_coverage"}), ["metrics: expected a list"]),
     ("output-network-unknown", setter("output_network", "studen"), ["output_network: unknown network 'studen'"]),
+    ("schedule-missing", deleter("schedule"), ["sample (euler): integrates the schedule's ODE", "(flow_matching): needs a top-level `schedule:`"]),
     ("time-section-unknown", setter("time", {"student": {"use": "lognrmal"}}), ["time.student.use: unknown time_sampler 'lognrmal'"]),
 ]  # fmt: skip
 

@@ -19,6 +19,11 @@ class EulerSamplerConfig:
     #: CFG weight w in v = v_u + w·(v_c − v_u): 1 is the plain conditional model, 0 the unconditional.
     guidance: float = attrs.field(default=1.0, validator=schema.finite)
 
+    def check_recipe(self, recipe: Any, where: str) -> list[str]:
+        if recipe.body.schedule is None:
+            return ["integrates the schedule's ODE: add `schedule: {use: rectified_flow}` (or trigflow) to the recipe"]
+        return []
+
 
 class EulerSampler:
     """Teacher ODE sampler: Euler steps over the schedule's time grid, with classifier-free guidance.

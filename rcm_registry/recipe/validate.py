@@ -12,6 +12,7 @@ from rcm_registry.errors import RecipeError
 from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.schema import NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
+from rcm_registry.schema import ComponentSpec
 from rcm_registry.structure import is_invalid, structure, structure_component, suggest
 
 #: Keys of a ``networks.ROLE`` entry that belong to the engine, not to the network's config.
@@ -136,8 +137,27 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"output_network: unknown network {out!r}{suggest(out, roles)}")
     for name, phase in recipe.body.phases.items():
         for i, loss in enumerate(phase.losses):
-            check = getattr(loss.config, "check_recipe", None)
-            if check is None:
-                continue
-            for problem in check(recipe, name) or ():
+            for problem in _component_check(loss, recipe, name):
                 problems.append(f"phases.{name}.losses[{i}] ({loss.name}): {problem}")
+    body = recipe.body
+    sections: list[tuple[str, ComponentSpec | None]] = [
+        ("sample", body.sample),
+        ("rollout", body.rollout),
+        ("teacher_wrapper", body.teacher_wrapper),
+        ("schedule", body.schedule),
+        ("data", body.data),
+        *((f"time.{role}", spec) for role, spec in body.time.items()),
+        *((f"metrics[{i}]", spec) for i, spec in enumerate(body.metrics)),
+    ]
+    for path, spec in sections:
+        if spec is not None:
+            problems.extend(f"{path} ({spec.name}): {problem}" for problem in _component_check(spec, recipe, path))
+
+
+def _component_check(spec: ComponentSpec, recipe: Recipe, where: str) -> list[str]:
+    """Problems a component's config finds with the rest of the recipe (its optional ``check_recipe``).
+
+    ``where`` is the phase name for losses and the recipe path of the section otherwise.
+    """
+    check = getattr(spec.config, "check_recipe", None)
+    return list(check(recipe, where) or ()) if check is not None else []
