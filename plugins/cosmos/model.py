@@ -339,9 +339,14 @@ class CosmosNetwork(nn.Module):
         e = self.t_embedding_norm(sinusoid)
         return e.reshape(b, -1, e.shape[-1]), lora.reshape(b, -1, lora.shape[-1])
 
-    def rope(self, grid: tuple[int, int, int], fps: Tensor | float | None, device: torch.device, dtype: torch.dtype):
+    def rope(
+        self, grid: tuple[int, int, int], fps: Tensor | float | None, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
         """cos/sin tables (S, 1, head_dim/2); videos with an fps get time positions scaled by 24/fps."""
         if isinstance(fps, Tensor):
+            # One table serves the batch, as in the original, which requires a uniform fps per batch.
+            if fps.numel() > 1 and not bool((fps == fps.reshape(-1)[0]).all()):
+                raise ValueError(f"fps must be the same for every sample of a batch, got {fps.tolist()}")
             fps_value = float(fps.reshape(-1)[0])
         else:
             fps_value = fps
