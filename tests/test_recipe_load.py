@@ -111,3 +111,9 @@ def test_merge_does_not_mutate_inputs() -> None:
     out = merge(a, b)
     out["x"]["y"].append(2)
     assert a == {"x": {"y": [1]}} and b == {"x": {"z": 2}}
+
+
+def test_a_different_component_replaces_instead_of_merging(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "data: {use: shards, path: /x, workers: 2}\nopt: {use: adamw, lr: 1}\n")
+    child = write(tmp_path / "c.yaml", "base: a.yaml\ndata: {use: random, seed: 3}\nopt: {lr: 2}\n")
+    assert load_recipe(child) == {"data": {"use": "random", "seed": 3}, "opt": {"use": "adamw", "lr": 2}}

@@ -43,12 +43,22 @@ def _read_yaml(path: Path, chain: list[Path]) -> dict[str, Any]:
     return data
 
 
+def _same_component(base: Mapping[str, Any], override: Mapping[str, Any]) -> bool:
+    """False when both name a component and the names differ: then the override replaces the base."""
+    return not ("use" in base and "use" in override and base["use"] != override["use"])
+
+
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    """Deep-merge ``override`` into a copy of ``base``.
+
+    Mappings merge key by key, except that a mapping naming a different component (``use:``) replaces
+    the inherited one, whose settings belong to the other component; anything else replaces.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and _same_component(old, value):
+            out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
