@@ -160,6 +160,133 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: expected comma-separated integers, e.g. 16,21,60,104") from None
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from rcm_registry.plugin_loading import registry
+    from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.validate import validate_recipe
+    from rcm_registry.schema import MISSING
+    from rcm_registry.synth import SynthSettings, read_prompts, synthesise
+
+    data = load_recipe(args.recipe, args.set)
+    # The dataset being written is the one the recipe trains on, and synth decodes nothing: neither the
+    # data path nor the codecs other than `text` need filling in for it.
+    section = data.get("data")
+    if isinstance(section, dict) and section.get("path") == MISSING:
+        section["path"] = str(args.out)
+    codecs = data.get("codecs")
+    if isinstance(codecs, dict):
+        data["codecs"] = {k: v for k, v in codecs.items() if k == "text"}
+    recipe = validate_recipe(data, registry(), source=args.recipe)
+    shape = _ints(args.shape, "--shape")
+    if shape is None:
+        raise UserError("--shape C,T,H,W is required: the latent shape of one sample (e.g. 16,21,60,104 for 480p)")
+    settings = SynthSettings(
+        shape=shape,
+        sampler=args.sampler,
+        steps=args.steps,
+        shift=args.shift,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        sigma_max=args.sigma_max,
+        store_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.store_dtype],
+    )
+    prompts = read_prompts(Path(args.prompts))
+    result = synthesise(
+        recipe,
+        prompts,
+        Path(args.out),
+        settings,
+        role=args.network,
+        device=args.device,
+        max_shards=args.max_shards,
+        progress=not args.no_progress,
+    )
+    index = result.index
+    print(
+        f"wrote {result.written} shard(s), {result.skipped} already done, {result.remaining} left: "
+        f"{index.total} samples in {len(index.shards)} shards under {args.out}"
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rcm_registry.engine.progress import Progress
+    from rcm_registry.generate import (
+        OUTPUTS,
+        contact_sheet,
+        generate,
+        latent_shape,
+        open_generator,
+        save_latents,
+        save_png,
+        save_video,
+        to_frames,
+    )
+
+    out = Path(args.out)
+    latents_only = args.latents_only or out.suffix == ".safetensors"
+    if out.suffix not in OUTPUTS:
+        raise UserError(f"--out {out}: the file must end in {', '.join(OUTPUTS)}")
+    if latents_only and out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: --latents-only writes a .safetensors file")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if args.steps is not None and not 1 <= args.steps <= 4:
+        raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
+    wanted = ("text",) if latents_only and args.shape else ("text", "vae")
+    gen = open_generator(
+        Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
+    )
+    shape = latent_shape(gen, _ints(args.shape, "--shape"), args.frames, args.height, args.width)
+    sample = gen.recipe.body.sample
+    total = args.steps or (getattr(sample.config, "steps", 1) if sample is not None else 1)
+    bar = None if args.no_progress else Progress(total, every=1)
+    result = generate(
+        gen,
+        args.prompt,
+        shape,
+        steps=args.steps,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+        decode=not latents_only,
+        progress=bar,
+    )
+    weights = "EMA" if gen.used_ema else "raw"
+    if latents_only:
+        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": str(gen.checkpoint.path)}
+        save_latents(result.latents, out, meta)
+        written = [out]
+    else:
+        assert result.video is not None
+        frames = to_frames(result.video)
+        if out.suffix == ".png":
+            save_png(contact_sheet(frames), out)
+            written = [out]
+        else:
+            written = save_video(frames, out, args.fps)
+            if written[0] != out:
+                print(
+                    f"imageio is not installed (pip install imageio[ffmpeg]): wrote PNG frames to {written[0].parent}"
+                )
+    print(
+        f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
+        f"({weights} weights), sampling {result.seconds:.3f} s"
+    )
+    return 0
+
+
 HELP = {
     "list": ("List registered components, optionally of one kind.", "rcm list loss"),
     "plugins": ("List loaded plugins with their distribution and version.", "rcm plugins"),
@@ -182,6 +309,14 @@ HELP = {
     "sample": (
         "Sample a run's output network (EMA weights) and print the recipe's metrics.",
         "rcm sample runs/quickstart/teacher --steps 50 --num 2000 --out teacher.png",
+    ),
+    "synth": (
+        "Sample the recipe's teacher for every prompt and write latent shards (resumable: rerun to continue).",
+        "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,21,60,104 --out data/wan-synth",
+    ),
+    "generate": (
+        "Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
+        'rcm generate runs/wan-1.3b --prompt "a red fox in the snow" --steps 4 --out fox.mp4',
     ),
 }
 
@@ -249,6 +384,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, help="a sampler other than the recipe's `sample:`")
     p.add_argument("--guidance", type=float, default=None, help="override the sampler's guidance scale")
     p.add_argument("--device", default="auto")
+    p = add("synth", cmd_synth)
+    p.add_argument("recipe", help="a recipe whose teacher network (with weights) and codecs.text are used")
+    p.add_argument(
+        "--prompts", required=True, help="prompts: .txt (one a line), .jsonl ({prompt}), or .safetensors embeddings"
+    )
+    p.add_argument("--out", required=True, help="dataset directory (created; an existing one is continued)")
+    p.add_argument("--shape", help="latent shape of one sample C,T,H,W (e.g. 16,21,60,104: 81 frames at 480p)")
+    p.add_argument("--sampler", default="euler", help="teacher ODE solver (euler)")
+    p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
+    p.add_argument("--shift", type=float, default=5.0, help="time shift of the step grid (default 5; Wan 480p: 3)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: teacher_wrapper.guidance)")
+    p.add_argument("--negative-prompt", default="", help="the negative prompt for CFG (default: empty)")
+    p.add_argument("--sigma-max", type=float, default=None, help="start at atan(sigma_max) instead of pure noise")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard (default 64)")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts sampled together (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; prompt i always gets the same noise")
+    p.add_argument("--store-dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype on disk")
+    p.add_argument("--max-shards", type=int, default=None, help="stop after writing this many shards")
+    p.add_argument("--network", default="teacher", help="network role to sample (default: teacher)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value (repeatable)"
+    )
+    p = add("generate", cmd_generate)
+    p.add_argument("target", help="a run directory (latest checkpoint) or a checkpoint folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="FILE.mp4 (PNG frames without imageio), FILE.png, or FILE.safetensors")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1-4 (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latents-only", action="store_true", help="write the latents (.safetensors), no decoding")
+    p.add_argument("--negative-prompt", default="", help="only used by samplers with guidance")
+    p.add_argument("--shape", help="latent shape C,T,H,W (default: the training data's)")
+    p.add_argument("--frames", type=int, default=None, help="video frames (with --height, --width; needs the VAE)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan's)")
+    p.add_argument("--network", default=None, help="network role (default: the run's output network)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)",
+    )
     return parser
 
 

@@ -97,6 +97,9 @@ class RecipeBody:
     metrics: list[s.MetricSpec] = attrs.field(factory=list)
     #: The network role that ``rcm sample`` and ``rcm export`` use (default: the first phase's).
     output_network: str | None = None
+    #: Encoders/decoders by role, for ``rcm synth`` and ``rcm generate``: ``text`` (prompts → the network's
+    #: text condition) and ``vae`` (latents ↔ pixels), e.g. ``{text: {use: umt5, ...}, vae: {use: wan_vae, ...}}``.
+    codecs: dict[str, s.CodecSpec] = attrs.field(factory=dict)
 
 
 @attrs.define

@@ -1,0 +1,330 @@
+"""``rcm generate``: a prompt in, a video (or image, or latents) out, from a trained run.
+
+The run's output network (EMA weights when the run kept them) samples with the recipe's few-step sampler;
+the recipe's ``codecs`` turn the prompt into the network's text condition and the latents into pixels.
+
+What the codec kinds must do (duck-typed; the built-in ones are in ``rcm_plugins.data``):
+
+* a **text** codec (``codecs.text``) is a :class:`TextEncoder`;
+* a **vae** codec (``codecs.vae``) is a :class:`VideoCodec`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rcm_registry.errors import UserError
+
+#: Suffixes ``--out`` may have.
+OUTPUTS = (".mp4", ".png", ".safetensors")
+
+
+class TextEncoder(Protocol):
+    """Prompts → the network's text condition."""
+
+    def to(self, device: torch.device | str) -> TextEncoder: ...
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``(text (B, L, D) float32, mask (B, L) bool)`` on the codec's device, zero past each prompt."""
+        ...
+
+
+class VideoCodec(Protocol):
+    """Pixels ↔ the normalised latents the network is trained on."""
+
+    latent_channels: int
+
+    def to(self, device: torch.device | str) -> VideoCodec: ...
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]: ...
+
+    def encode(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) in [−1, 1] → (B, C, T', H', W')."""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """(B, C, T', H', W') → (B, 3, T, H, W) in [−1, 1]."""
+        ...
+
+
+def resolve_checkpoint(target: Path) -> Any:
+    """A run directory (its latest complete checkpoint) or a checkpoint folder itself."""
+    from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
+
+    if (target / "meta.json").is_file():
+        return Checkpoint(target)
+    if not target.is_dir():
+        raise UserError(f"{target}: neither a run directory nor a checkpoint folder")
+    path = latest_checkpoint(target)
+    if path is None:
+        raise UserError(f"{target}: no complete checkpoint (a run directory has checkpoints/iter_*/meta.json)")
+    return Checkpoint(path)
+
+
+@attrs.define
+class Generator:
+    """A checkpoint's output network with what is needed to sample it and read its samples."""
+
+    recipe: Any
+    checkpoint: Any
+    role: str
+    net: nn.Module
+    used_ema: bool
+    device: torch.device
+    teacher: Any
+    schedule: Any
+    codecs: dict[str, Any] = attrs.field(factory=dict)
+
+
+def open_generator(
+    target: Path,
+    *,
+    overrides: Sequence[str] = (),
+    role: str | None = None,
+    ema: bool = True,
+    device: str = "auto",
+    codecs: Sequence[str] = ("text", "vae"),
+) -> Generator:
+    """Load ``target``'s output network (EMA) and build the recipe's ``codecs`` named in ``codecs``.
+
+    ``overrides`` are ``KEY=VALUE`` changes to the run's recipe (e.g. ``codecs.vae.path=/models/vae``), for
+    codec paths that differ on this machine.
+    """
+    from rcm_registry.engine.graph import build_network, load_strict, pick_device
+    from rcm_registry.errors import RecipeError
+    from rcm_registry.plugin_loading import registry
+    from rcm_registry.recipe.load import apply_override, parse_override
+    from rcm_registry.recipe.validate import validate_recipe
+
+    ckpt = resolve_checkpoint(target)
+    data = ckpt.recipe()
+    problems = []
+    for text in overrides:
+        try:
+            parts, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        problem = apply_override(data, parts, value)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise RecipeError(problems, source=str(ckpt.path / "recipe.yaml"))
+    recipe = validate_recipe(data, registry(), str(ckpt.path / "recipe.yaml"))
+    role = role or recipe.output_role
+    if role not in recipe.networks:
+        raise UserError(f"--network: this run has no network {role!r} (has: {', '.join(recipe.networks)})")
+    dev = pick_device(device)
+    if recipe.body.run.cpu_threads is not None:
+        torch.set_num_threads(recipe.body.run.cpu_threads)
+    emas = ckpt.emas() if ema else {}
+    used_ema = role in emas
+    states = emas if used_ema else ckpt.models()
+    if role not in states:
+        raise UserError(f"{ckpt.path}: network {role!r} was not trained in this run, so it has no weights here")
+    net = build_network(recipe.networks[role])
+    load_strict(net, states[role], f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
+    net.to(dev).eval().requires_grad_(False)
+    body = recipe.body
+    built = {name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs}
+    return Generator(
+        recipe=recipe,
+        checkpoint=ckpt,
+        role=role,
+        net=net,
+        used_ema=used_ema,
+        device=dev,
+        teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
+        schedule=body.schedule.build() if body.schedule else None,
+        codecs=built,
+    )
+
+
+class _Counting(nn.Module):
+    """The network, calling ``tick`` after every evaluation (progress for any sampler)."""
+
+    def __init__(self, net: nn.Module, tick: Callable[[], None]) -> None:
+        super().__init__()
+        self.net = net
+        self._tick = tick
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.net(*args, **kwargs)
+        self._tick()
+        return out
+
+
+def latent_shape(
+    gen: Generator, shape: Sequence[int] | None, frames: int | None, height: int | None, width: int | None
+) -> tuple[int, ...]:
+    """``shape``, else the VAE's latent shape of ``frames × height × width``, else the training data's."""
+    if shape is not None:
+        if len(shape) != 4 or min(shape) < 1:
+            raise UserError(f"--shape must be four positive sizes C,T,H,W, got {list(shape)}")
+        return tuple(int(s) for s in shape)
+    if frames is not None or height is not None or width is not None:
+        if frames is None or height is None or width is None:
+            raise UserError("--frames, --height and --width go together")
+        vae = gen.codecs.get("vae")
+        if vae is None:
+            raise UserError("--frames/--height/--width need the recipe's codecs.vae; pass --shape C,T,H,W instead")
+        return tuple(vae.latent_shape(frames, height, width))
+    try:
+        dataset = gen.recipe.body.data.build()
+    except UserError as exc:
+        raise UserError(
+            f"the latent shape comes from the training data, which cannot be opened here ({exc}); "
+            "pass --shape C,T,H,W or --frames/--height/--width"
+        ) from None
+    shape_ = tuple(int(s) for s in dataset.sample_shape)
+    close = getattr(dataset, "close", None)
+    if callable(close):
+        close()
+    return shape_
+
+
+@attrs.define
+class Generated:
+    latents: Tensor  # (C, T, H, W)
+    video: Tensor | None  # (3, T, H, W) in [−1, 1]
+    seconds: float  # sampling wall time
+
+
+def generate(
+    gen: Generator,
+    prompt: str,
+    shape: Sequence[int],
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    decode: bool = True,
+    progress: Any = None,
+) -> Generated:
+    """Sample one video for ``prompt`` with the recipe's sampler (``steps`` overriding its step count)."""
+    from rcm_registry.engine.context import SampleContext
+    from rcm_registry.engine.sampling import LoadedRun, sampler_with_steps
+
+    text_codec = gen.codecs.get("text")
+    if text_codec is None:
+        raise UserError(
+            "the run's recipe has no codecs.text to encode the prompt: pass e.g. "
+            "--set 'codecs.text={use: umt5, path: /models/text_encoder}'"
+        )
+    if decode and "vae" not in gen.codecs:
+        raise UserError(
+            "the run's recipe has no codecs.vae to decode the latents: pass --latents-only (and a .safetensors "
+            "--out) or e.g. --set 'codecs.vae={use: wan_vae, path: /models/vae}'"
+        )
+    run = LoadedRun(
+        recipe=gen.recipe,
+        checkpoint=gen.checkpoint,
+        role=gen.role,
+        net=gen.net,
+        used_ema=gen.used_ema,
+        device=gen.device,
+        dataset=None,
+        schedule=gen.schedule,
+        teacher=gen.teacher,
+    )
+    sampler = sampler_with_steps(run, steps)
+    with torch.no_grad():
+        text, _ = text_codec.encode([prompt])
+        null, _ = text_codec.encode([negative_prompt])
+    calls = 0
+
+    def tick() -> None:
+        nonlocal calls
+        calls += 1
+        if progress is not None:
+            progress.update(min(calls, progress.total), {})
+
+    ctx = SampleContext(
+        net=_Counting(gen.net, tick),
+        shape=(1, *shape),
+        condition={"text": text.to(gen.device)},
+        generator=torch.Generator(device=gen.device).manual_seed(seed),
+        null_condition={"text": null.to(gen.device)},
+        schedule=gen.schedule,
+        teacher=gen.teacher,
+        device=gen.device,
+    )
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        latents = sampler(ctx).float()
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
+    video = gen.codecs["vae"].decode(latents).cpu()[0] if decode else None
+    return Generated(latents=latents.cpu()[0], video=video, seconds=seconds)
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def to_frames(video: Tensor) -> np.ndarray:
+    """(3, T, H, W) in [−1, 1] → (T, H, W, 3) uint8."""
+    pixels = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).numpy()
+
+
+def contact_sheet(frames: np.ndarray) -> np.ndarray:
+    """All frames in a near-square grid (one picture for a short clip); a single frame as it is."""
+    t, h, w, c = frames.shape
+    if t == 1:
+        return frames[0]
+    cols = math.ceil(math.sqrt(t))
+    rows = math.ceil(t / cols)
+    sheet = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        r, col = divmod(i, cols)
+        sheet[r * h : (r + 1) * h, col * w : (col + 1) * w] = frame
+    return sheet
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = _tmp(path)
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_video(frames: np.ndarray, path: Path, fps: int) -> list[Path]:
+    """An MP4 through imageio when it is installed; otherwise PNG frames in ``NAME_frames/``. Returns the files."""
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        folder = path.with_name(f"{path.stem}_frames")
+        folder.mkdir(exist_ok=True)
+        files = []
+        for i, frame in enumerate(frames):
+            file = folder / f"frame_{i:05d}.png"
+            save_png(frame, file)
+            files.append(file)
+        return files
+    tmp = _tmp(path)
+    iio.imwrite(tmp, frames, fps=fps)
+    os.replace(tmp, path)
+    return [path]
+
+
+def save_latents(latents: Tensor, path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = _tmp(path)
+    save_file({"latents": latents.contiguous()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
