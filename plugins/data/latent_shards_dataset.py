@@ -5,13 +5,18 @@ documented in :mod:`rcm_registry.synth`, which writes it.
 
 Order of the samples. Epoch ``e`` has its own permutation, a function of ``(seed, e)`` only: the shards
 are shuffled, cut into windows of ``shuffle_window`` shards, and the samples of each window shuffled
-together. Rank ``r`` of ``W`` takes the ``r``-th of ``W`` equal contiguous slices of that order (the
-``N mod W`` samples left over change from epoch to epoch), so each rank reads about 1/W of the shards and
-all ranks make the same number of batches. ``next_batch(B)`` returns this rank's next ``B`` samples; a
-batch that runs past the end of the rank's slice continues into the next epoch. The read position
-(epoch, offset) is the whole state: a resumed run continues with exactly the batches an uninterrupted
-one would have seen. The engine's generator is not used for the order, so the stream does not depend on
-what else draws random numbers.
+together. ``next_batch(B)`` returns the next ``B`` samples; a batch that runs past the end of an epoch
+continues into the next one.
+
+Ranks. By default every process reads the same stream, which is what the engine's data parallelism
+wants (it draws the global batch on every rank and keeps each rank's rows). With ``split_ranks: true``,
+rank ``r`` of ``W`` (from the config, else torchrun's ``RANK``/``WORLD_SIZE``) takes the ``r``-th of ``W``
+equal contiguous slices of each epoch's order instead (the ``N mod W`` samples left over change from
+epoch to epoch): each rank reads about 1/W of the shards and all ranks make the same number of batches.
+
+The read position (epoch, offset) is the whole state: a resumed run continues with exactly the batches
+an uninterrupted one would have seen. The engine's generator is not used for the order, so the stream
+does not depend on what else draws random numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import os
 import queue
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,8 +63,12 @@ class LatentShardsConfig:
     shuffle_window: int = attrs.field(default=8, validator=schema.positive)
     #: Batches read ahead by a background thread (0: read in the training thread).
     prefetch: int = attrs.field(default=2, validator=schema.non_negative)
-    #: This process's rank and the number of ranks; unset: the ``RANK`` / ``WORLD_SIZE`` environment
-    #: variables torchrun sets, else 0 and 1.
+    #: Give each rank its own disjoint part of every epoch. Off by default: the engine's data parallelism
+    #: (``parallel:``) draws the same global batch on every rank and keeps each rank's rows, which needs
+    #: every rank to see the same stream. Turn it on where each rank consumes a batch of its own.
+    split_ranks: bool = False
+    #: With ``split_ranks``: this process's rank and the number of ranks; unset: the ``RANK`` /
+    #: ``WORLD_SIZE`` variables torchrun sets, else 0 and 1.
     rank: int | None = attrs.field(default=None, validator=schema.non_negative)
     world_size: int | None = attrs.field(default=None, validator=schema.positive)
     #: Hash every shard (sha256 from the index) the first time it is read. Size and header are always checked.
@@ -73,6 +83,9 @@ class LatentShardsConfig:
 
 
 def _resolve_rank(config: LatentShardsConfig) -> tuple[int, int]:
+    if not config.split_ranks:
+        return 0, 1
+
     def env(name: str, default: int) -> int:
         raw = os.environ.get(name)
         if raw is None or raw == "":
@@ -121,6 +134,8 @@ class _Prefetcher:
                 batch, position = self._produce(position, self.batch_size)
                 if not self._put(batch):
                     return
+        except _Gone:
+            return
         except BaseException as exc:  # every failure must reach the training thread, never vanish here
             self._put(_Failure(exc))
 
@@ -157,11 +172,26 @@ class _Prefetcher:
         self.thread.join(timeout=10)
 
 
+@attrs.define
+class _Layout:
+    """Where the samples are: what a reader needs, without a reference back to the dataset (so a prefetch
+    thread does not keep an abandoned dataset alive)."""
+
+    index: ShardIndex
+    starts: Tensor  # first global id of each shard
+    ends: Tensor  # one past the last
+    verify: bool
+    verified: set[int] = attrs.field(factory=set)  # shards whose sha256 was checked
+
+    def shard_of(self, ids: Tensor) -> Tensor:
+        return torch.searchsorted(self.ends, ids, right=True)
+
+
 class _Reader:
     """Reads rows from shards through memory-mapped ``safe_open`` handles (one reader per thread)."""
 
-    def __init__(self, dataset: LatentShards, open_files: int) -> None:
-        self.dataset = dataset
+    def __init__(self, layout: _Layout, open_files: int) -> None:
+        self.layout = layout
         self.open_files = open_files
         self.handles: OrderedDict[int, Any] = OrderedDict()
 
@@ -172,16 +202,16 @@ class _Reader:
         if handle is not None:
             self.handles.move_to_end(shard)
             return handle
-        ds = self.dataset
-        entry = ds.index.shards[shard]
-        path = ds.index.root / entry.file
-        if ds.config.verify_checksums and shard not in ds.verified:
+        layout = self.layout
+        entry = layout.index.shards[shard]
+        path = layout.index.root / entry.file
+        if layout.verify and shard not in layout.verified:
             if entry.sha256 is None:
                 raise ShardError(f"{path}: verify_checksums is on but the index has no sha256 for it")
             digest = file_sha256(path)
             if digest != entry.sha256:
                 raise ShardError(f"{path}: sha256 {digest[:12]}… differs from the index ({entry.sha256[:12]}…)")
-            ds.verified.add(shard)
+            layout.verified.add(shard)
         try:
             handle = safe_open(str(path), framework="pt")
         except Exception as exc:  # safetensors raises its own error types
@@ -193,26 +223,28 @@ class _Reader:
 
     def rows(self, ids: Tensor) -> dict[str, Tensor]:
         """The stored tensors of global sample ids, stacked in the order given."""
-        ds = self.dataset
-        shards = torch.searchsorted(ds.ends, ids, right=True)
+        layout = self.layout
+        shards = layout.shard_of(ids)
         out: dict[str, Tensor] = {}
-        for key, spec in ds.index.tensors.items():
+        for key, spec in layout.index.tensors.items():
             out[key] = torch.empty((len(ids), *spec.shape), dtype=getattr(torch, spec.dtype))
         for shard in torch.unique(shards).tolist():
             where = (shards == shard).nonzero().flatten()
-            local = (ids[where] - ds.starts[shard]).tolist()
+            local = (ids[where] - layout.starts[shard]).tolist()
             handle = self._handle(shard)
-            path = ds.index.root / ds.index.shards[shard].file
+            path = layout.index.root / layout.index.shards[shard].file
             for key in out:
                 try:
                     view = handle.get_slice(key)
                     for i, row in zip(where.tolist(), local, strict=True):
                         out[key][i] = view[row : row + 1][0]
-                except ShardError:
-                    raise
-                except Exception as exc:
+                except Exception as exc:  # a file changed or damaged after it was checked
                     raise ShardError(f"{path} [{key}]: cannot read rows ({exc})") from None
         return out
+
+
+class _Gone(Exception):
+    """The dataset a prefetch thread works for was garbage-collected."""
 
 
 class LatentShards:
@@ -238,13 +270,13 @@ class LatentShards:
         if self.per_rank == 0:
             raise ShardError(f"{self.index.root}: {self.total} samples cannot feed {self.world_size} ranks")
         self.sample_shape: tuple[int, ...] = self.index.sample_shape
-        self.verified: set[int] = set()
         self.epoch = 0
         self.offset = 0
         self._orders: OrderedDict[int, Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self._worker: _Prefetcher | None = None
-        self._reader = _Reader(self, open_files=config.shuffle_window + 1)
+        self._layout = _Layout(self.index, self.starts, self.ends, config.verify_checksums)
+        self._reader = _Reader(self._layout, open_files=config.shuffle_window + 1)
         self.null_text, self.null_mask = self._null()
 
     # -- order ------------------------------------------------------------------------------------
@@ -341,11 +373,18 @@ class LatentShards:
         worker = self._worker
         if worker is None or worker.batch_size != batch_size:
             self.close()
-            # The worker gets its own reader: safetensors handles are not shared between threads.
-            reader = _Reader(self, open_files=self.config.shuffle_window + 1)
-            worker = self._worker = _Prefetcher(
-                lambda pos, size: self._produce(pos, size, reader), position, batch_size, self.config.prefetch
-            )
+            # The worker gets its own reader (safetensors handles are not shared between threads) and only
+            # a weak reference to the dataset, so that dropping the dataset ends the thread.
+            reader = _Reader(self._layout, open_files=self.config.shuffle_window + 1)
+            ref = weakref.ref(self)
+
+            def produce(pos: tuple[int, int], size: int) -> tuple[Batch, tuple[int, int]]:
+                dataset = ref()
+                if dataset is None:
+                    raise _Gone
+                return dataset._produce(pos, size, reader)
+
+            worker = self._worker = _Prefetcher(produce, position, batch_size, self.config.prefetch)
         try:
             batch = worker.get()
         except BaseException:
@@ -368,7 +407,7 @@ class LatentShards:
         from safetensors import safe_open
 
         out = []
-        shards = torch.searchsorted(self.ends, ids, right=True).tolist()
+        shards = self._layout.shard_of(ids).tolist()
         for i, shard in zip(ids.tolist(), shards, strict=True):
             with safe_open(str(self.index.root / self.index.shards[shard].file), framework="pt") as f:
                 out.append(json.loads(f.metadata()["captions"])[i - int(self.starts[shard])])
