@@ -1,0 +1,88 @@
+"""``wan2.1-labels``: a Wan2.1 transformer whose text condition is a learned embedding of a class label."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from rcm_plugins.wan.config import Size, WanT2VConfig, build
+from torch import Tensor, nn
+
+import rcm_registry as rr
+from rcm_registry import schema
+from rcm_registry.schema import ComponentSpec
+
+
+def _optional_positive() -> int | None:
+    return attrs.field(default=None, validator=schema.positive)
+
+
+@attrs.define(kw_only=True)
+class WanLabelsConfig:
+    """The Wan2.1 architecture fields (a ``size`` preset and/or explicit ones) plus the label embedding.
+
+    There is no ``weights`` field of its own: the engine's ``weights: {path: RUN_DIR}`` loads a trained
+    run (both the transformer and the label embedding).
+    """
+
+    size: Size | None = None
+    dim: int | None = _optional_positive()
+    ffn_dim: int | None = _optional_positive()
+    num_heads: int | None = _optional_positive()
+    num_layers: int | None = _optional_positive()
+    in_channels: int = attrs.field(default=1, validator=schema.positive)
+    out_channels: int = attrs.field(default=1, validator=schema.positive)
+    text_dim: int | None = _optional_positive()
+    freq_dim: int | None = _optional_positive()
+    patch_size: tuple[int, int, int] | None = _optional_positive()
+    attention: ComponentSpec = schema.component("attention", default={"use": "sdpa"})  # noqa: RUF009
+    activation_checkpointing: bool = False
+    #: Labels 0..num_classes−1; label num_classes is the null label of classifier-free guidance.
+    num_classes: int = attrs.field(default=10, validator=schema.positive)
+    #: Length L of the token sequence each label becomes (the cross-attention keys).
+    label_tokens: int = attrs.field(default=4, validator=schema.positive)
+
+    def wan_config(self) -> WanT2VConfig:
+        fields = ("size", "dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels")
+        more = ("text_dim", "freq_dim", "patch_size", "attention", "activation_checkpointing")
+        return WanT2VConfig(**{f: getattr(self, f) for f in fields + more})
+
+    def __attrs_post_init__(self) -> None:
+        self.wan_config()  # the Wan config's own checks (size or all of dim/ffn_dim/heads/layers, ...)
+
+
+class WanLabels(nn.Module):
+    """Wan2.1 conditioned on a class label through its cross-attention path.
+
+    ``text = E[label]`` reshaped to (B, label_tokens, text_dim), with E an ``nn.Embedding`` of
+    num_classes + 1 rows (the last one is the null label); ``forward(x, timestep, label=None)`` then
+    returns ``wan(x, timestep, text=text)``. A missing label means the null label. The embedding is a
+    plain lookup of trained weights, so forward-mode AD through x and timestep works as it does for Wan.
+    """
+
+    def __init__(self, config: WanLabelsConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wan = build(config.wan_config())
+        self.text_dim = self.wan.arch.text_dim
+        self.label_embedding = nn.Embedding(config.num_classes + 1, config.label_tokens * self.text_dim)
+
+    def forward(self, x: Tensor, timestep: Tensor, label: Tensor | None = None) -> Tensor:
+        if label is None:
+            label = x.new_full((x.shape[0],), self.config.num_classes, dtype=torch.long)
+        if label.shape != (x.shape[0],):
+            raise ValueError(f"label must have shape ({x.shape[0]},), got {tuple(label.shape)}")
+        text = self.label_embedding(label.to(x.device)).unflatten(1, (self.config.label_tokens, self.text_dim))
+        return self.wan(x, timestep, text=text)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.config.num_classes}, label_tokens={self.config.label_tokens}"
+
+
+def wan_labels(config: WanLabelsConfig) -> WanLabels:
+    """Wan2.1 transformer with a learned label embedding as its text condition (class-conditional images)."""
+    return WanLabels(config)
+
+
+COMPONENT = rr.Component(
+    kind="network", name="wan2.1-labels", factory=wan_labels, config=WanLabelsConfig, provides={"jvp"}
+)
