@@ -191,3 +191,84 @@ class Attention(Protocol):
     """
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor: ...
+
+
+class SequenceParallel(Protocol):
+    """What a network calls to spread its token sequence over a context-parallel group.
+
+    A network component that declares ``provides={"context_parallel"}`` has a ``sequence_parallel``
+    attribute (None by default); the ``parallel`` strategy sets it to an object like this. The network
+    splits its tokens after embedding them, runs self-attention through :meth:`attention` and gathers
+    its output, so the caller sees whole tensors. Every method accepts forward-mode AD dual tensors.
+    """
+
+    #: Ranks in the context-parallel group.
+    size: int
+
+    def split(self, x: Tensor, dim: int) -> Tensor:
+        """This rank's contiguous chunk of ``x`` along ``dim``; an error naming both sizes if it does not divide."""
+        ...
+
+    def gather(self, x: Tensor, dim: int) -> Tensor:
+        """Every rank's chunk concatenated along ``dim`` (differentiable)."""
+        ...
+
+    def attention(self, inner: Attention) -> Attention:
+        """``inner`` as a self-attention over sequence-sharded q/k/v (B, H, S/size, D)."""
+        ...
+
+
+class Parallel(Protocol):
+    """kind ``parallel``: how a run spreads over the processes torchrun starts.
+
+    The engine calls :meth:`setup` once (it joins the process group from the torchrun environment and
+    returns this process's device), :meth:`wrap` on every network in role order (frozen ones too), and
+    builds optimisers and EMAs on the wrapped networks' parameters afterwards.
+
+    Data: ``run.batch_size`` is the global batch of one optimiser step. Every rank draws the whole batch
+    from the dataset (same generator on every rank) and keeps slice ``data_rank·accumulation + micro``
+    of ``data_size·accumulation`` equal slices; draws the losses make through the step context for the
+    local batch (``ctx.randn_like``, ``ctx.rand``, ``ctx.time``) are drawn for the global batch and
+    sliced the same way, so every rank's generators stay in step and the result equals one process's.
+    Ranks of one context-parallel group (``context_size``) share a slice.
+
+    Gradients: each rank back-propagates ``data_size`` times its part of the global loss (a loss is a
+    batch mean unless its config has ``reduction: sum``, then a batch sum), and the strategy averages
+    gradients over all ranks, which gives the gradient of the global loss.
+    """
+
+    rank: int
+    world_size: int
+    #: Index of this rank's slice of the batch, and the number of slices (ranks that see different samples).
+    data_rank: int
+    data_size: int
+    #: Ranks that share the same samples and split their token sequence.
+    context_size: int
+    #: Micro-batches per optimiser step.
+    accumulation: int
+    #: Networks initialised from another role are built on the meta device and filled by ``wrap``.
+    shards_parameters: bool
+    #: Every rank writes its shards through ``torch.distributed.checkpoint`` (else rank 0 writes all).
+    sharded_checkpoints: bool
+
+    def setup(self, device: torch.device, precision: str) -> torch.device: ...
+    def check_batch(self, batch_size: int) -> None:
+        """Raise a user error when the batch does not split into equal slices."""
+        ...
+
+    def wrap(self, role: str, net: nn.Module, *, trained: bool, copy_from: nn.Module | None = None) -> nn.Module:
+        """The network to call (possibly wrapped or sharded). With ``copy_from`` (``shards_parameters``),
+        ``net`` is on the meta device and must be filled from that already wrapped parent."""
+        ...
+
+    def unwrap(self, net: nn.Module) -> nn.Module:
+        """The module whose ``state_dict`` names match the unwrapped network."""
+        ...
+
+    def gradient_sync(self, net: nn.Module, enabled: bool) -> Any:
+        """A context manager: while ``enabled`` is False gradients only accumulate locally."""
+        ...
+
+    def all_reduce_sum(self, x: Tensor) -> Tensor:
+        """Sum ``x`` over all ranks in place and return it."""
+        ...

@@ -92,6 +92,10 @@ class WanT2VConfig:
 
     i2v = False
 
+    def attention_heads(self) -> int:
+        """Heads of every attention (context parallel must divide it); read from config.json with weights."""
+        return resolve_arch(self).num_heads
+
 
 @attrs.define(kw_only=True)
 class WanI2VConfig(WanT2VConfig):

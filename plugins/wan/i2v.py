@@ -13,4 +13,6 @@ def wan_i2v(config: WanI2VConfig) -> WanNetwork:
     return build(config)
 
 
-COMPONENT = rr.Component(kind="network", name="wan2.1-i2v", factory=wan_i2v, config=WanI2VConfig, provides={"jvp"})
+COMPONENT = rr.Component(
+    kind="network", name="wan2.1-i2v", factory=wan_i2v, config=WanI2VConfig, provides={"jvp", "context_parallel"}
+)

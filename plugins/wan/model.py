@@ -157,13 +157,21 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
-        self, x: Tensor, e: Tensor, rope: tuple[Tensor, Tensor], context: Tensor, context_img: Tensor | None, attn: Attn
+        self,
+        x: Tensor,
+        e: Tensor,
+        rope: tuple[Tensor, Tensor],
+        context: Tensor,
+        context_img: Tensor | None,
+        attn: Attn,
+        self_attn: Attn | None = None,
     ) -> Tensor:
         # e: (B, 6, dim) in the time dtype (>= float32): shift, scale, gate for attention, then for the FFN.
+        # self_attn: the backend for self-attention when it differs from attn (context parallel).
         td = e.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unsqueeze(2).unbind(1)
         h = (self.norm1(x.to(td)) * (1 + scale1) + shift1).to(x.dtype)
-        x = (x.to(td) + self.self_attn(h, rope, attn).to(td) * gate1).to(x.dtype)
+        x = (x.to(td) + self.self_attn(h, rope, self_attn or attn).to(td) * gate1).to(x.dtype)
         x = x + self.cross_attn(self.norm3(x), context, context_img, attn)
         h = (self.norm2(x.to(td)) * (1 + scale2) + shift2).to(x.dtype)
         return (x.to(td) + self.ffn(h).to(td) * gate2).to(x.dtype)
@@ -207,6 +215,10 @@ class WanNetwork(nn.Module):
         attention: the attention backend object (from the config's ``attention`` component); every
             attention of the network calls it with (B, H, S, D) views.
         activation_checkpointing: recompute each block in the backward pass (training with grad only).
+
+    ``sequence_parallel`` (None, or an object of ``rcm_registry.protocols.SequenceParallel`` set by the
+    ``parallel`` strategy): the token sequence is split over a context-parallel group after the patch
+    embedding, self-attention runs through its all-to-all, and the head's output is gathered.
     """
 
     def __init__(self, arch: WanArch, attention: Attn, *, activation_checkpointing: bool = False) -> None:
@@ -214,6 +226,7 @@ class WanNetwork(nn.Module):
         self.arch = arch
         self.attention = attention
         self.activation_checkpointing = activation_checkpointing
+        self.sequence_parallel: Any = None
         dim = arch.dim
         self.patch_embedding = nn.Conv3d(arch.in_channels, dim, kernel_size=arch.patch_size, stride=arch.patch_size)
         self.text_embedding = nn.Sequential(
@@ -293,14 +306,25 @@ class WanNetwork(nn.Module):
         context = self.text_embedding(text.to(dtype))
         context_img = self.img_emb(image.to(dtype)) if image is not None else None
         rope = rope_tables(grid, arch.head_dim, device=tokens.device, dtype=td)  # type: ignore[arg-type]
+        sp = self.sequence_parallel
+        self_attn = None
+        if sp is not None:  # every rank keeps its chunk of the tokens (and of their RoPE angles)
+            tokens = sp.split(tokens, 1)
+            rope = (sp.split(rope[0], 0), sp.split(rope[1], 0))
+            self_attn = sp.attention(self.attention)
 
         use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_checkpoint:
-                tokens = checkpoint(block, tokens, e, rope, context, context_img, self.attention, use_reentrant=False)
+                tokens = checkpoint(
+                    block, tokens, e, rope, context, context_img, self.attention, self_attn, use_reentrant=False
+                )
             else:
-                tokens = block(tokens, e, rope, context, context_img, self.attention)
-        return self.unpatchify(self.head(tokens, temb), grid).to(x.dtype)  # type: ignore[arg-type]
+                tokens = block(tokens, e, rope, context, context_img, self.attention, self_attn)
+        out = self.head(tokens, temb)
+        if sp is not None:  # gathered after the head: its per-token output is narrower than the tokens
+            out = sp.gather(out, 1)
+        return self.unpatchify(out, grid).to(x.dtype)  # type: ignore[arg-type]
 
     def export(
         self,

@@ -13,4 +13,6 @@ def wan_t2v(config: WanT2VConfig) -> WanNetwork:
     return build(config)
 
 
-COMPONENT = rr.Component(kind="network", name="wan2.1-t2v", factory=wan_t2v, config=WanT2VConfig, provides={"jvp"})
+COMPONENT = rr.Component(
+    kind="network", name="wan2.1-t2v", factory=wan_t2v, config=WanT2VConfig, provides={"jvp", "context_parallel"}
+)

@@ -11,6 +11,12 @@ Layout of ``RUN/checkpoints/iter_00000100/``::
     meta.json           written last: its presence marks the checkpoint complete
 
 ``RUN/checkpoints/latest`` names the newest complete checkpoint.
+
+With a parallel strategy that shards parameters (``fsdp2``) every rank also writes its shards of the
+trained networks, their EMAs and the optimiser states into ``sharded/`` through
+``torch.distributed.checkpoint`` (resumable on another number of ranks), and ``optim.pt`` is left out;
+``model.safetensors`` and ``ema.safetensors`` are then the consolidated full tensors gathered on rank 0,
+so ``rcm sample`` and ``rcm export`` read every checkpoint the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +118,103 @@ def save_checkpoint(
     return final
 
 
+SHARDED = "sharded"
+
+
+def full_tensors(state: dict[str, torch.Tensor], *, keep: bool) -> dict[str, torch.Tensor]:
+    """``state`` with sharded tensors (DTensors) gathered whole, one tensor at a time; a collective.
+
+    Every rank must call it; only where ``keep`` (rank 0) are the gathered tensors kept (on the CPU),
+    so no rank ever holds more than one extra full tensor.
+    """
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        whole = value.full_tensor() if isinstance(value, DTensor) else value
+        if keep:
+            out[key] = whole.detach().to("cpu")
+    return out
+
+
+def save_sharded_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    *,
+    sharded: dict[str, Any],
+    models: dict[str, dict[str, torch.Tensor]],
+    emas: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    recipe: dict[str, Any],
+    keep: int,
+    main: bool,
+    barrier: Callable[[], None],
+) -> Path:
+    """The multi-rank form of :func:`save_checkpoint`; every rank calls it.
+
+    ``sharded`` (nested dicts of sharded tensors and objects) goes through torch.distributed.checkpoint,
+    written by all ranks into one temporary folder; ``models``/``emas`` are the consolidated tensors
+    (only rank 0's are written). Rank 0 renames the folder once every rank has finished, so a kill at
+    any point leaves either the complete checkpoint or none.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    root = checkpoint_root(run_dir)
+    name = f"{_PREFIX}{iteration:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-sharded"  # one name for every rank (their pids differ)
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    dcp.save(sharded, checkpoint_id=str(tmp / SHARDED))
+    barrier()
+    if main:
+        _write_rank0_files(tmp, models, emas, state, recipe, iteration, sharded=True)
+        _publish(root, tmp, final, name, keep)
+    barrier()
+    return final
+
+
+def _write_rank0_files(
+    tmp: Path,
+    models: dict[str, dict[str, torch.Tensor]],
+    emas: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    recipe: dict[str, Any],
+    iteration: int,
+    *,
+    sharded: bool,
+) -> None:
+    model_flat: dict[str, torch.Tensor] = {}
+    for role, sd in models.items():
+        model_flat.update(_flat(role, sd))
+    save_file(model_flat, str(tmp / "model.safetensors"))
+    ema_flat: dict[str, torch.Tensor] = {}
+    for role, sd in emas.items():
+        ema_flat.update(_flat(role, sd))
+    save_file(ema_flat, str(tmp / "ema.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    meta = {"iteration": iteration, "written_at": time.time(), "format": 2 if sharded else 1}
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    for f in tmp.iterdir():
+        if f.is_file():
+            _fsync_file(f)
+    _fsync_dir(tmp)
+
+
+def _publish(root: Path, tmp: Path, final: Path, name: str, keep: int) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_text_atomic(root / LATEST, name + "\n")
+    _prune(root, keep)
+
+
 def _complete(path: Path) -> bool:
     return path.is_dir() and (path / "meta.json").is_file() and path.name.startswith(_PREFIX)
 
@@ -175,6 +279,24 @@ class Checkpoint:
 
     def optimizers(self) -> dict[str, Any]:
         return self._torch("optim.pt")
+
+    @property
+    def sharded(self) -> bool:
+        """Written by a sharding parallel strategy (optimiser states only in ``sharded/``)."""
+        return (self.path / SHARDED).is_dir()
+
+    def load_sharded(self, template: dict[str, Any]) -> None:
+        """Fill ``template`` (nested dicts of this run's sharded tensors) in place; every rank calls it.
+
+        The shards are matched by name and global shape, so the number of ranks may differ from the run
+        that wrote them.
+        """
+        import torch.distributed.checkpoint as dcp
+
+        try:
+            dcp.load(template, checkpoint_id=str(self.path / SHARDED))
+        except Exception as exc:
+            raise CheckpointError(f"{self.path / SHARDED}: cannot read the sharded checkpoint ({exc})") from None
 
     def state(self) -> dict[str, Any]:
         return self._torch("state.pt")

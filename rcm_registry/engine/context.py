@@ -12,6 +12,53 @@ from torch import Tensor, nn
 from rcm_registry.protocols import Batch, Condition, Rollout, Schedule, Teacher, TimeSampler
 
 
+@attrs.frozen
+class BatchShard:
+    """This process's part of a global batch: slice ``index`` of ``count`` equal slices of ``size`` samples.
+
+    Under data parallelism every rank draws per-sample randomness for the whole batch and keeps its own
+    rows, so all ranks consume their (identically seeded) generators in step and together see exactly
+    the draws a single process would.
+    """
+
+    index: int
+    count: int
+    size: int
+
+    @property
+    def local(self) -> int:
+        return self.size // self.count
+
+    def take(self, x: Tensor) -> Tensor:
+        return x.narrow(0, self.index * self.local, self.local)
+
+    def batch(self, full: Batch) -> Batch:
+        def rows(c: Condition | None) -> Condition | None:
+            return None if c is None else {k: self.take(v) for k, v in c.items()}
+
+        return Batch(
+            x0=self.take(full.x0), condition=rows(full.condition) or {}, null_condition=rows(full.null_condition)
+        )
+
+    def sampler(self, inner: TimeSampler) -> TimeSampler:
+        """``inner``, drawing for the global batch when asked for the local batch's times."""
+        return _ShardedTimeSampler(inner, self)
+
+
+class _ShardedTimeSampler:
+    def __init__(self, inner: TimeSampler, shard: BatchShard) -> None:
+        self.inner = inner
+        self.shard = shard
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if n != self.shard.local:
+            return self.inner(n, generator=generator)
+        return self.shard.take(self.inner(self.shard.size, generator=generator))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @attrs.define
 class StepContext:
     """Everything one loss evaluation may use.
@@ -34,6 +81,10 @@ class StepContext:
     rollout: Rollout | None = None
     #: Free-form per-run settings a loss may read (e.g. ``{"tangent_warmup": 1000}``).
     extras: dict[str, Any] = attrs.field(factory=dict)
+    #: Under data parallelism: which rows of the global batch ``batch`` holds (None: all of them).
+    #: Draws for the local batch size through :meth:`randn_like` and :meth:`rand` are then made for the
+    #: global batch and sliced (``time`` samplers are wrapped the same way by the engine).
+    shard: BatchShard | None = None
 
     def net(self, role: str) -> nn.Module:
         if role not in self.nets:
@@ -42,9 +93,18 @@ class StepContext:
         return self.nets[role]
 
     def randn_like(self, x: Tensor) -> Tensor:
+        shard = self.shard
+        if shard is not None and x.dim() > 0 and x.shape[0] == shard.local:
+            full = torch.randn((shard.size, *x.shape[1:]), generator=self.generator, device=x.device, dtype=x.dtype)
+            return shard.take(full)
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
     def rand(self, n: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+        shard = self.shard
+        if shard is not None and n == shard.local:
+            return shard.take(
+                torch.rand(shard.size, generator=self.generator, device=self.generator.device, dtype=dtype)
+            )
         return torch.rand(n, generator=self.generator, device=self.generator.device, dtype=dtype)
 
 

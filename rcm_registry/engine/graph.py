@@ -44,6 +44,13 @@ class Graph:
     teacher: Any = None
     time: dict[str, Any] = attrs.field(factory=dict)
     rollout: Any = None
+    #: The ``parallel`` strategy the networks were wrapped by (None: one process, nothing wrapped).
+    parallel: Any = None
+
+    def module(self, role: str) -> nn.Module:
+        """Network ``role`` unwrapped: its state_dict has the network's own names."""
+        net = self.nets[role]
+        return self.parallel.unwrap(net) if self.parallel is not None else net
 
     def select_phase(self, iteration: int) -> PhaseRuntime:
         """The phase that runs at ``iteration`` (see :class:`~rcm_registry.recipe.schema.PhaseConfig`)."""
@@ -146,20 +153,40 @@ def build_network(role: NetworkRole) -> nn.Module:
     return net
 
 
-def build_graph(recipe: Recipe, device: torch.device) -> Graph:
-    """All objects of ``recipe`` on ``device``, networks initialised (weights or ``init_from``)."""
+def build_graph(recipe: Recipe, device: torch.device, parallel: Any = None) -> Graph:
+    """All objects of ``recipe`` on ``device``, networks initialised (weights or ``init_from``).
+
+    With a ``parallel`` strategy (already set up) every network is wrapped by it before optimisers and
+    EMAs are made, so those see the wrapped (e.g. sharded) parameters.
+    """
     nets: dict[str, nn.Module] = {}
     trained = recipe.trained_roles()
+
+    def unwrapped(role: str) -> nn.Module:
+        return parallel.unwrap(nets[role]) if parallel is not None else nets[role]
+
     for role in _role_order(recipe):
         entry = recipe.networks[role]
-        net = build_network(entry)
-        if entry.init_from:
-            load_strict(net, nets[entry.init_from].state_dict(), f"networks.{role}.init_from={entry.init_from}")
-        elif entry.weights is not None:
-            load_strict(net, read_weights(entry.weights), f"networks.{role}.weights ({entry.weights.path})")
-        net.to(device)
+        net = None
+        if entry.init_from and parallel is not None and parallel.shards_parameters:
+            # Filled from the parent's shards by the strategy: never allocated whole.
+            net = _build_on_meta(entry)
+        if net is None:
+            net = build_network(entry)
+            if entry.init_from:
+                load_strict(
+                    net, unwrapped(entry.init_from).state_dict(), f"networks.{role}.init_from={entry.init_from}"
+                )
+            elif entry.weights is not None:
+                load_strict(net, read_weights(entry.weights), f"networks.{role}.weights ({entry.weights.path})")
+            net.to(device)
+            copy_from = None
+        else:
+            copy_from = nets[entry.init_from]
         net.requires_grad_(role in trained)
         net.train(role in trained)
+        if parallel is not None:
+            net = parallel.wrap(role, net, trained=role in trained, copy_from=copy_from)
         nets[role] = net
     body = recipe.body
     phases: dict[str, PhaseRuntime] = {}
@@ -168,7 +195,7 @@ def build_graph(recipe: Recipe, device: torch.device) -> Graph:
         losses = [(spec.name, spec.build(), start) for spec, start in zip(cfg.losses, cfg.loss_starts, strict=True)]
         params = [p for p in nets[target].parameters() if p.requires_grad]
         optimizer = cfg.optimizer.build()(params)
-        ema = cfg.ema.build()(nets[target]) if cfg.ema is not None else None
+        ema = cfg.ema.build()(unwrapped(target)) if cfg.ema is not None else None
         phases[name] = PhaseRuntime(
             name=name,
             trains=target,
@@ -193,7 +220,21 @@ def build_graph(recipe: Recipe, device: torch.device) -> Graph:
         teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
         time={k: v.build() for k, v in body.time.items()},
         rollout=body.rollout.build() if body.rollout else None,
+        parallel=parallel,
     )
+
+
+def _build_on_meta(entry: NetworkRole) -> nn.Module | None:
+    """``entry``'s network on the meta device, or None when it has state that would not survive that.
+
+    Non-persistent buffers are not in the state dict, so copying the parent's state could not fill them.
+    """
+    with torch.device("meta"):
+        net = build_network(entry)
+    persistent = set(net.state_dict())
+    if any(name not in persistent for name, _ in net.named_buffers()):
+        return None
+    return net
 
 
 def iter_params(graph: Graph) -> Iterator[tuple[str, nn.Parameter]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -13,8 +14,16 @@ import numpy as np
 import torch
 import yaml
 
-from rcm_registry.engine.checkpoint import Checkpoint, clean_partial, latest_checkpoint, save_checkpoint
-from rcm_registry.engine.context import StepContext
+from rcm_registry import distributed
+from rcm_registry.engine.checkpoint import (
+    Checkpoint,
+    clean_partial,
+    full_tensors,
+    latest_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from rcm_registry.engine.context import BatchShard, StepContext
 from rcm_registry.engine.graph import Graph, build_graph, load_strict, pick_device
 from rcm_registry.engine.logs import MetricsFile, get_logger
 from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
@@ -43,13 +52,22 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = run_dir
         self.log = get_logger("rcm.run")
-        self.show_progress = progress
         run = recipe.body.run
         self.device = pick_device(run.device)
+        #: The recipe's ``parallel`` strategy, set up (process group joined); None runs the plain loop.
+        self.parallel: Any = None
+        if recipe.body.parallel is not None:
+            self.parallel = recipe.body.parallel.build()
+            self.device = self.parallel.setup(self.device, run.precision)
+            self.parallel.check_batch(run.batch_size)
+        elif distributed.launch_env().distributed:
+            raise UserError(_NO_PARALLEL)
+        self.main = distributed.is_main()
+        self.show_progress = progress and self.main
         if run.cpu_threads is not None:
             torch.set_num_threads(run.cpu_threads)
         self._seed(run.seed)
-        self.graph: Graph = build_graph(recipe, self.device)
+        self.graph: Graph = build_graph(recipe, self.device, self.parallel)
         self.data_generator = torch.Generator().manual_seed(run.seed)
         self.step_generator = torch.Generator(device=self.device).manual_seed(run.seed + 1)
         self.iteration = 0
@@ -75,6 +93,8 @@ class Trainer:
         return state
 
     def save(self) -> Path:
+        if self.parallel is not None:
+            return self._save_parallel()
         trained = self.recipe.trained_roles()
         models = {role: net.state_dict() for role, net in self.graph.nets.items() if role in trained}
         emas = {p.trains: p.ema.state_dict() for p in self.graph.phases.values() if p.ema is not None}
@@ -94,17 +114,21 @@ class Trainer:
 
     def restore(self, ckpt: Checkpoint) -> None:
         _check_same_recipe(ckpt.recipe(), self.recipe.data, ckpt.path)
-        models = ckpt.models()
-        for role, sd in models.items():
-            load_strict(self.graph.nets[role], sd, f"{ckpt.path}/model.safetensors [{role}]")
-        emas = ckpt.emas()
-        optimizers = ckpt.optimizers()
         state = ckpt.state()
+        if ckpt.sharded:
+            self._restore_sharded(ckpt)
+        else:
+            models = ckpt.models()
+            for role, sd in models.items():
+                load_strict(self.graph.module(role), sd, f"{ckpt.path}/model.safetensors [{role}]")
+            emas = ckpt.emas()
+            optimizers = ckpt.optimizers()
+            for name, phase in self.graph.phases.items():
+                phase.optimizer.load_state_dict(optimizers[name])
+                if phase.ema is not None:
+                    phase.ema.load_state_dict(emas[phase.trains])
         for name, phase in self.graph.phases.items():
-            phase.optimizer.load_state_dict(optimizers[name])
             phase.steps = int(state["phase_steps"][name])
-            if phase.ema is not None:
-                phase.ema.load_state_dict(emas[phase.trains])
         torch.set_rng_state(state["rng_torch"])
         self.data_generator.set_state(state["rng_data"])
         self.step_generator.set_state(state["rng_step"])
@@ -112,10 +136,83 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.graph.dataset.load_state_dict(state["dataset"])
         self.iteration = int(state["iteration"])
-        self.log.info("resumed", checkpoint=str(ckpt.path), iteration=self.iteration)
+        if self.main:
+            self.log.info("resumed", checkpoint=str(ckpt.path), iteration=self.iteration)
+
+    # -- state across ranks ----------------------------------------------------------------------
+    def _sharded_state(self) -> dict[str, Any]:
+        """This rank's shards of everything trained: networks, EMAs and optimiser states by name."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        trained = self.recipe.trained_roles()
+        graph = self.graph
+        return {
+            "model": {role: graph.module(role).state_dict() for role in graph.nets if role in trained},
+            "ema": {p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None},
+            # Keyed by parameter name, not position, so the states reshard onto another number of ranks.
+            "optim": {
+                name: get_optimizer_state_dict(graph.nets[p.trains], p.optimizer) for name, p in graph.phases.items()
+            },
+        }
+
+    def _save_parallel(self) -> Path:
+        run = self.recipe.body.run
+        trained = self.recipe.trained_roles()
+        graph = self.graph
+        if self.parallel.sharded_checkpoints:
+            sharded = self._sharded_state()
+            models = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["model"].items()}
+            emas = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["ema"].items()}
+            path = save_sharded_checkpoint(
+                self.run_dir,
+                self.iteration,
+                sharded=sharded,
+                models=models,
+                emas=emas,
+                state=self._state(),
+                recipe=self.recipe.data,
+                keep=run.keep_checkpoints,
+                main=self.main,
+                barrier=distributed.barrier,
+            )
+        else:
+            # Replicated networks: rank 0's copy is everybody's, written in the single-process format.
+            def write() -> Path:
+                return save_checkpoint(
+                    self.run_dir,
+                    self.iteration,
+                    models={role: graph.module(role).state_dict() for role in graph.nets if role in trained},
+                    emas={p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None},
+                    optimizers={name: p.optimizer.state_dict() for name, p in graph.phases.items()},
+                    state=self._state(),
+                    recipe=self.recipe.data,
+                    keep=run.keep_checkpoints,
+                )
+
+            path = distributed.on_main(write)
+        if self.main:
+            self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
+        return path
+
+    def _restore_sharded(self, ckpt: Checkpoint) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        if self.parallel is None or not self.parallel.sharded_checkpoints:
+            raise CheckpointError(f"{ckpt.path}: a sharded checkpoint needs the recipe's sharding parallel strategy")
+        graph = self.graph
+        template = self._sharded_state()
+        ckpt.load_sharded(template)
+        for role, sd in template["model"].items():
+            set_model_state_dict(graph.module(role), sd)
+        for name, phase in graph.phases.items():
+            set_optimizer_state_dict(graph.nets[phase.trains], phase.optimizer, template["optim"][name])
+            if phase.ema is not None:
+                phase.ema.load_state_dict(template["ema"][phase.trains])
 
     # -- loop ----------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
+        if self.parallel is not None:
+            return self._step_parallel()
         graph = self.graph
         it = self.iteration
         phase = graph.select_phase(it)
@@ -167,27 +264,119 @@ class Trainer:
         self.iteration += 1
         return values
 
+    def _step_parallel(self) -> dict[str, float]:
+        """One optimiser step of this rank's slices of the global batch (see ``Parallel`` in protocols).
+
+        Every micro-batch starts from the same step-generator state and draws the randomness of the
+        whole batch, keeping its own rows; the generator ends where one process's would.
+        """
+        graph = self.graph
+        par = self.parallel
+        it = self.iteration
+        phase = graph.select_phase(it)
+        run = self.recipe.body.run
+        full = graph.dataset.next_batch(run.batch_size, self.data_generator)
+        active = [(name, loss) for name, loss, start in phase.losses if it >= start]
+        if not active:  # every loss of this phase starts later: nothing to optimise yet
+            self.iteration += 1
+            return {}
+        net = graph.nets[phase.trains]
+        micro_steps = par.accumulation
+        slices = par.data_size * micro_steps
+        start_state = self.step_generator.get_state()
+        sums: dict[str, torch.Tensor] = {}
+
+        def add(key: str, value: torch.Tensor | float) -> None:
+            v = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+            sums[key] = sums[key] + v if key in sums else v
+
+        phase.optimizer.zero_grad(set_to_none=True)
+        for micro in range(micro_steps):
+            self.step_generator.set_state(start_state)
+            shard = BatchShard(index=par.data_rank * micro_steps + micro, count=slices, size=run.batch_size)
+            ctx = StepContext(
+                batch=shard.batch(full).to(self.device),
+                nets=graph.nets,
+                trained=phase.trains,
+                iteration=it,
+                generator=self.step_generator,
+                phase=phase.name,
+                schedule=graph.schedule,
+                teacher=graph.teacher,
+                time={role: shard.sampler(sampler) for role, sampler in graph.time.items()},
+                rollout=graph.rollout,
+                shard=shard,
+            )
+            total: torch.Tensor | None = None
+            with par.gradient_sync(net, micro == micro_steps - 1):
+                with autocast(self.device, run.precision):
+                    for name, loss in active:
+                        out = loss(ctx)
+                        # This slice's part of the global loss: a mean over the batch is the sum of the
+                        # slice means divided by the number of slices; a sum is the sum of the slice sums.
+                        part = out.loss * (1.0 if _reduction(loss) == "sum" else 1.0 / slices)
+                        part = part.to(torch.promote_types(part.dtype, torch.float32))
+                        add(f"loss/{name}", part)
+                        for key, metric in out.metrics.items():
+                            add(f"{name}/{key}", float(metric) / micro_steps)
+                        total = part if total is None else total + part
+                assert total is not None
+                # The strategy averages gradients over all ranks; context-parallel ranks each hold a
+                # share of the same samples' gradient, so only the data-parallel count is undone here.
+                (total * par.data_size).backward()
+            add("loss", total)
+        keys = sorted(sums)
+        reduced = par.all_reduce_sum(torch.stack([sums[k] for k in keys]).to(self.device)).cpu()
+        values: dict[str, float] = {}
+        for key, value in zip(keys, reduced.tolist(), strict=True):
+            # Losses: sum of the parts (each context-parallel rank holds a copy); metrics: mean over ranks.
+            is_loss = key == "loss" or key.startswith("loss/")
+            values[key] = value / (par.context_size if is_loss else par.world_size)
+        for name, _ in active:
+            if not math.isfinite(values[f"loss/{name}"]):
+                raise TrainingDiverged(
+                    f"loss {name!r} of phase {phase.name!r} is {values[f'loss/{name}']} at iteration {it}"
+                )
+        factor = lr_factor(
+            it, warmup=phase.lr_warmup, decay=phase.lr_decay, total=run.iterations, min_ratio=phase.min_lr_ratio
+        )
+        apply_lr(phase.optimizer, phase.base_lrs, factor)
+        if phase.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), phase.grad_clip)
+            full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
+            values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
+        phase.optimizer.step()
+        if phase.ema is not None:
+            phase.ema.update(graph.module(phase.trains), phase.steps)
+        phase.steps += 1
+        self.iteration += 1
+        return values
+
     def run(self) -> Path | None:
         """Train until ``run.iterations``; returns the final checkpoint folder."""
         run = self.recipe.body.run
-        metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        # Rank 0 alone writes metrics, progress and logs; the values it writes are reduced over ranks.
+        metrics = MetricsFile(self.run_dir / "metrics.jsonl") if self.main else None
         progress = Progress(run.iterations, self.iteration, every=run.log_every) if self.show_progress else None
         last: Path | None = None
-        self.log.info(
-            "training",
-            recipe=self.recipe.source,
-            run_dir=str(self.run_dir),
-            device=str(self.device),
-            start=self.iteration,
-            iterations=run.iterations,
-        )
+        if self.main:
+            parallel = self.parallel.describe() if self.parallel is not None else {}
+            self.log.info(
+                "training",
+                recipe=self.recipe.source,
+                run_dir=str(self.run_dir),
+                device=str(self.device),
+                start=self.iteration,
+                iterations=run.iterations,
+                **parallel,
+            )
         t0 = time.perf_counter()
         try:
             while self.iteration < run.iterations:
                 phase_name = self.graph.select_phase(self.iteration).name
                 values = self.step()
                 done = self.iteration
-                if done % run.log_every == 0 or done == run.iterations:
+                if metrics is not None and (done % run.log_every == 0 or done == run.iterations):
                     rate = (done - (progress.start if progress else 0)) / max(time.perf_counter() - t0, 1e-9)
                     metrics.write(iteration=done, phase=phase_name, it_per_s=rate, **values)
                 if progress is not None:
@@ -199,8 +388,20 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         return last
+
+
+_NO_PARALLEL = (
+    "torchrun started several processes but the recipe has no `parallel` section: add e.g. "
+    "`parallel: {use: fsdp2}` or `parallel: {use: ddp}`"
+)
+
+
+def _reduction(loss: Any) -> str:
+    """``sum`` when a loss sums over the batch (its config says so), else ``mean``."""
+    return str(getattr(getattr(loss, "config", None), "reduction", "mean"))
 
 
 def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -228,7 +429,20 @@ def _first_difference(a: Any, b: Any, path: str) -> str:
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
-    """Create ``run_dir`` (after validation), or find the checkpoint to resume from."""
+    """Create ``run_dir`` (after validation), or find the checkpoint to resume from.
+
+    Under torchrun this joins the process group; rank 0 prepares the folder and every rank gets its
+    answer (or its error).
+    """
+    if distributed.launch_env().distributed:
+        if recipe.body.parallel is None:
+            raise UserError(_NO_PARALLEL)
+        distributed.init_process_group(pick_device(recipe.body.run.device))
+        return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume))
+    return _prepare_run_dir(run_dir, recipe, resume=resume)
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume:
         if existing is None:

@@ -145,6 +145,7 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
         ("rollout", body.rollout),
         ("teacher_wrapper", body.teacher_wrapper),
         ("schedule", body.schedule),
+        ("parallel", body.parallel),
         ("data", body.data),
         *((f"time.{role}", spec) for role, spec in body.time.items()),
         *((f"metrics[{i}]", spec) for i, spec in enumerate(body.metrics)),
