@@ -74,7 +74,10 @@ class Fsdp2Config(CommonConfig):
                 )
                 continue
             heads_of = getattr(spec.config, "attention_heads", None)
-            heads = heads_of() if callable(heads_of) else None
+            try:
+                heads = heads_of() if callable(heads_of) else None
+            except Exception:  # e.g. a weights folder not there yet: building the network reports it
+                heads = None
             if heads is not None and heads % cp:
                 problems.append(
                     f"context_parallel {cp} does not divide the {heads} attention heads of networks.{role} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -196,18 +197,20 @@ def test_torchrun_without_a_parallel_section_is_a_user_error(monkeypatch: pytest
 
 
 def test_cli_run_under_torchrun(tmp_path: Path) -> None:
-    """``torchrun -m rcm_registry.cli run``: rank 0 alone writes metrics; the checkpoint is complete."""
+    """``torchrun -m rcm_registry.cli run`` with bf16 mixed precision and context parallel (float32 weights):
+    rank 0 alone writes metrics; the checkpoint is complete."""
     import yaml
 
-    data = _recipe({"use": "fsdp2"})
-    data["run"].update(iterations=2, log_every=1)
+    data = _recipe({"use": "fsdp2", "context_parallel": 2})
+    data["run"].update(iterations=2, log_every=1, precision="bf16")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(data))
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "rcm_registry.cli", "run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-6000:]
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["iteration"] for r in rows] == [1, 2]
+    assert [json.loads(r)["phase"] for r in rows] == ["student", "critic"]
+    assert all(math.isfinite(json.loads(r)["loss"]) for r in rows)
     assert latest_checkpoint(tmp_path / "run") is not None
