@@ -176,15 +176,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from rcm_registry.schema import MISSING
     from rcm_registry.synth import SynthSettings, read_prompts, synthesise
 
+    prompts = read_prompts(Path(args.prompts))
     data = load_recipe(args.recipe, args.set)
     # The dataset being written is the one the recipe trains on, and synth decodes nothing: neither the
-    # data path nor the codecs other than `text` need filling in for it.
+    # data path nor the codecs other than `text` (none for precomputed embeddings) need filling in for it.
     section = data.get("data")
     if isinstance(section, dict) and section.get("path") == MISSING:
         section["path"] = str(args.out)
     codecs = data.get("codecs")
     if isinstance(codecs, dict):
-        data["codecs"] = {k: v for k, v in codecs.items() if k == "text"}
+        data["codecs"] = {k: v for k, v in codecs.items() if k == "text" and prompts.text is None}
     recipe = validate_recipe(data, registry(), source=args.recipe)
     shape = _ints(args.shape, "--shape")
     if shape is None:
@@ -202,7 +203,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max,
         store_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.store_dtype],
     )
-    prompts = read_prompts(Path(args.prompts))
     result = synthesise(
         recipe,
         prompts,

@@ -1,0 +1,246 @@
+"""``rcm synth``: the teacher's samples in latent shards, each prompt exactly once across interruptions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import rcm_registry as rr
+from rcm_registry import synth
+from rcm_registry.testing import run_cli
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+from rcm_plugins.data.tiny import write_tiny_codecs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")
+SHAPE = "16,3,4,4"
+PROMPTS = [
+    "a red fox in the snow",
+    "a dog on the sea",
+    "a blue car at night",
+    "the cat",
+    "a green sky",
+    "a fox with a dog",
+    "the sea at day",
+]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("synth-assets")
+    paths = write_tiny_codecs(root / "codecs")
+    torch.manual_seed(0)
+    teacher = rr.registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
+    paths["teacher"] = teacher.export(root / "teacher", format="native")
+    paths["prompts"] = root / "prompts.txt"
+    paths["prompts"].write_text("\n".join(PROMPTS) + "\n\n")  # a trailing blank line is not a prompt
+    return paths
+
+
+def recipe_sets(assets: dict[str, Path]) -> list[str]:
+    return [
+        "--set",
+        f"networks.teacher.weights.path={assets['teacher']}",
+        "--set",
+        f"codecs.text.path={assets['text_encoder']}",
+    ]
+
+
+def synth_args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "synth",
+        RECIPE,
+        "--prompts",
+        str(assets["prompts"]),
+        "--out",
+        str(out),
+        "--shape",
+        SHAPE,
+        "--steps",
+        "3",
+        "--shard-size",
+        "3",
+        "--negative-prompt",
+        "night",
+        "--no-progress",
+        *recipe_sets(assets),
+        *extra,
+    ]
+
+
+def stored(out: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """Every sample of a dataset directory by prompt index; fails on a prompt stored twice."""
+    from safetensors import safe_open
+
+    index = synth.ShardIndex.read(out)
+    samples: dict[int, dict[str, torch.Tensor]] = {}
+    for entry in index.shards:
+        tensors = load_file(str(out / entry.file))
+        with safe_open(str(out / entry.file), framework="pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+        for row, i in enumerate(tensors["prompt_index"].tolist()):
+            assert i not in samples, f"prompt {i} stored twice"
+            samples[i] = {k: v[row] for k, v in tensors.items()}
+            assert captions[row] == PROMPTS[i]
+    return samples
+
+
+def test_synth_writes_each_prompt_once(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = run_cli(*synth_args(assets, out))
+    assert result.code == 0, result.err
+    assert "wrote 3 shard(s), 0 already done, 0 left: 7 samples in 3 shards" in result.out
+    samples = stored(out)
+    assert sorted(samples) == list(range(7))
+    assert samples[0]["latents"].shape == (16, 3, 4, 4) and samples[0]["latents"].dtype == torch.bfloat16
+    assert samples[3]["text"].shape == (8, 32) and samples[3]["text_mask"].tolist() == [True] * 3 + [False] * 5
+    index = synth.ShardIndex.read(out)
+    assert [s.count for s in index.shards] == [3, 3, 1]
+    assert index.info["negative_prompt"] == "night" and index.info["guidance"] == 5.0
+    negative = load_file(str(out / synth.NEGATIVE_NAME))
+    assert negative["text"].shape == (1, 8, 32) and negative["text_mask"].sum() == 2
+    assert not list(out.glob(".*"))  # no temporary files left
+    again = run_cli(*synth_args(assets, out))
+    assert again.code == 0 and "wrote 0 shard(s), 3 already done" in again.out
+
+
+def test_interrupted_synth_resumes_without_duplicates(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = tmp_path / "whole"
+    assert run_cli(*synth_args(assets, whole, "--batch-size", "2")).code == 0
+
+    out = tmp_path / "cut"
+    real = synth._sample
+    calls = 0
+
+    def failing(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the second batch of the second shard: one shard written, one half done
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "_sample", failing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_cli(*synth_args(assets, out, "--batch-size", "2"))
+    monkeypatch.setattr(synth, "_sample", real)
+    assert [s.file for s in synth.ShardIndex.read(out).shards] == ["shard-000000.safetensors"]
+    assert not (out / "shard-000001.safetensors").exists()
+
+    partial = run_cli(*synth_args(assets, out, "--batch-size", "2", "--max-shards", "1"))
+    assert partial.code == 0 and "wrote 1 shard(s), 1 already done, 1 left" in partial.out
+    resumed = run_cli(*synth_args(assets, out, "--batch-size", "2"))
+    assert resumed.code == 0 and "wrote 1 shard(s), 2 already done, 0 left" in resumed.out
+
+    got, want = stored(out), stored(whole)
+    assert sorted(got) == list(range(7))
+    for i in range(7):  # the same noise per prompt: the interrupted dataset is the uninterrupted one
+        for key in want[i]:
+            assert torch.equal(got[i][key], want[i][key]), (i, key)
+
+
+@pytest.mark.slow
+def test_killed_synth_process_resumes_without_duplicates(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    args = synth_args(assets, out, "--shard-size", "1", "--steps", "6")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rcm_registry.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "shard-000001.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(list(out.glob("shard-*.safetensors")))
+    resumed = run_cli(*args)
+    assert resumed.code == 0, resumed.err
+    assert f"{before} already done" in resumed.out
+    assert sorted(stored(out)) == list(range(7))
+    assert not list(out.glob(".*"))
+
+
+def test_changed_settings_or_damaged_shards_are_refused(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    assert run_cli(*synth_args(assets, out, "--max-shards", "2")).code == 0
+    changed = run_cli(*synth_args(assets, out, "--seed", "1"))
+    assert changed.code == 2 and "seed: 0 then, 1 now" in changed.err
+    shard = out / "shard-000001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    damaged = run_cli(*synth_args(assets, out))
+    assert damaged.code == 2 and "shard-000001.safetensors: truncated" in damaged.err
+
+
+def test_precomputed_embeddings_need_no_text_codec(assets: dict[str, Path], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.safetensors"
+    text = torch.randn(4, 6, 32)
+    text[:, 4:] = 0
+    negative = torch.zeros(1, 6, 32)
+    save_file({"text": text, "negative_text": negative}, str(prompts))
+    out = tmp_path / "data"
+    args = ["synth", RECIPE, "--prompts", str(prompts), "--out", str(out), "--shape", SHAPE, "--steps", "2"]
+    result = run_cli(*args, "--set", f"networks.teacher.weights.path={assets['teacher']}", "--no-progress")
+    assert result.code == 0, result.err
+    index = synth.ShardIndex.read(out)
+    assert index.total == 4 and not index.captions and index.negative == synth.NEGATIVE_NAME
+    shard = load_file(str(out / index.shards[0].file))
+    assert torch.equal(shard["text"], text.to(torch.bfloat16))
+    assert shard["text_mask"].tolist() == [[True] * 4 + [False] * 2] * 4
+
+
+def test_euler_is_the_flow_matching_euler_sampler(assets: dict[str, Path]) -> None:
+    """On a rectified-flow teacher the TrigFlow step equals the core ``euler`` sampler's, CFG included."""
+    from rcm_registry.engine.context import SampleContext
+
+    reg = rr.registry()
+    torch.manual_seed(0)
+    net = reg.build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"}).double().eval()
+    text = torch.randn(2, 5, 32, dtype=torch.float64)
+    null = torch.zeros(2, 5, 32, dtype=torch.float64)
+    steps, shift, guidance = 6, 3.0, 4.0
+    schedule = reg.build("schedule", "rectified_flow", shift=shift, time_scale=1000.0)
+    euler = reg.build("sampler", "euler", steps=steps, guidance=guidance)
+    ctx = SampleContext(
+        net=net,
+        shape=(2, 16, 3, 4, 4),
+        condition={"text": text},
+        null_condition={"text": null},
+        generator=torch.Generator().manual_seed(7),
+        schedule=schedule,
+        dtype=torch.float64,
+    )
+    with torch.no_grad():
+        want = euler(ctx)
+    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=guidance)
+    solver = synth.TeacherSolver("euler", synth.time_grid(steps, shift))
+    noise = torch.randn((2, 16, 3, 4, 4), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
+        times = torch.full((2,), t, dtype=torch.float64)
+        return wrapper.denoise(net, x, times, {"text": text}, guidance=guidance, null_condition={"text": null})[0]
+
+    with torch.no_grad():
+        got = solver(denoise, noise)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_time_grid() -> None:
+    grid = synth.time_grid(4, 1.0)
+    assert grid[0] == pytest.approx(torch.pi / 2) and grid[-1] == 0.0 and len(grid) == 5
+    assert grid == sorted(grid, reverse=True)
+    capped = synth.time_grid(50, 5.0, sigma_max=80.0)
+    assert capped[0] == pytest.approx(float(torch.atan(torch.tensor(80.0)))) and len(capped) < 51
