@@ -1,0 +1,158 @@
+"""Round trip on a tiny Wan2.1 with tiny codecs: rcm synth → latent shards → rcm run → rcm generate.
+
+Also: a resumed training run over latent shards ends bitwise where an uninterrupted one does, and a damaged
+shard stops ``rcm run`` before it trains (exit 2, the file named).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import rcm_registry as rr
+from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
+from rcm_registry.testing import run_cli
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+from rcm_plugins.data.tiny import write_tiny_codecs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")
+PROMPTS = ["a red fox in the snow", "a dog on the sea", "a blue car at night", "the cat", "a green sky"]
+LATENT = (16, 3, 4, 4)  # the tiny VAE: ×2 in time and space → 5 frames of 8×8 pixels
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Codecs, a teacher, shards synthesised from it, and a finished rCM run trained on them."""
+    root = tmp_path_factory.mktemp("roundtrip")
+    paths = write_tiny_codecs(root / "codecs")
+    torch.manual_seed(0)
+    teacher = rr.registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
+    paths["teacher"] = teacher.export(root / "teacher", format="native")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    paths["data"] = root / "data"
+    shape = ",".join(map(str, LATENT))
+    synth = run_cli(
+        "synth", RECIPE, "--prompts", str(root / "prompts.txt"), "--out", str(paths["data"]), "--shape", shape,
+        "--steps", "3", "--shard-size", "2", "--no-progress", *sets(paths, data=False),
+    )  # fmt: skip
+    assert synth.code == 0, synth.err
+    paths["run"] = root / "run"
+    run = run_cli("run", RECIPE, "--out", str(paths["run"]), "--no-progress", *sets(paths))
+    assert run.code == 0, run.err
+    return paths
+
+
+def sets(paths: dict[str, Path], *, data: bool = True) -> list[str]:
+    values = {
+        "networks.teacher.weights.path": paths["teacher"],
+        "codecs.text.path": paths["text_encoder"],
+        "codecs.vae.path": paths["vae"],
+    }
+    if data:
+        values["data.path"] = paths["data"]
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def generate(world: dict[str, Path], out: Path, *extra: str, target: Path | None = None) -> str:
+    result = run_cli(
+        "generate", str(target or world["run"]), "--prompt", "a red fox in the snow", "--out", str(out), *extra
+    )
+    assert result.code == 0, result.err
+    return result.err
+
+
+def test_the_run_trained_on_the_synthesised_shards(world: dict[str, Path]) -> None:
+    ckpt = Checkpoint(latest_checkpoint(world["run"]))
+    assert ckpt.iteration == 6
+    state = ckpt.state()["dataset"]
+    assert state["samples"] == len(PROMPTS) and (state["epoch"], state["offset"]) == (2, 2)  # 6 batches of 2 from 5
+
+
+def test_generate_png_decodes_the_latents_it_would_write(world: dict[str, Path], tmp_path: Path) -> None:
+    err = generate(world, tmp_path / "fox.png", "--steps", "2", "--seed", "3")
+    assert "2/2" in err  # the progress bar, one tick per network call
+    generate(world, tmp_path / "fox.safetensors", "--steps", "2", "--seed", "3")
+    latents = load_file(str(tmp_path / "fox.safetensors"))["latents"]
+    assert latents.shape == LATENT
+    vae = rr.registry().build("codec", "wan_vae", path=str(world["vae"]))
+    video = vae.decode(latents[None])[0]
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    sheet = np.asarray(Image.open(tmp_path / "fox.png"))
+    assert sheet.shape == (16, 24, 3)  # 5 frames of 8×8 in a 3-column grid
+    assert np.array_equal(sheet[:8, :8], frames[0]) and np.array_equal(sheet[8:, 8:16], frames[4])
+
+
+def test_generate_is_seeded_and_uses_the_ema(world: dict[str, Path], tmp_path: Path) -> None:
+    def latents(name: str, *extra: str, target: Path | None = None) -> torch.Tensor:
+        generate(world, tmp_path / name, "--latents-only", "--shape", "16,3,4,4", *extra, target=target)
+        return load_file(str(tmp_path / name))["latents"]
+
+    a, b = latents("a.safetensors"), latents("b.safetensors")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, latents("c.safetensors", "--seed", "1"))
+    assert not torch.equal(a, latents("d.safetensors", "--no-ema"))
+    assert not torch.equal(a, latents("e.safetensors", "--steps", "1"))
+    ckpt = latest_checkpoint(world["run"])
+    assert torch.equal(a, latents("f.safetensors", target=ckpt))  # a checkpoint folder works too
+
+
+def test_generate_video_falls_back_to_png_frames(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "fox.mp4"
+    generate(world, out)
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        frames = sorted((tmp_path / "fox_frames").glob("frame_*.png"))
+        assert len(frames) == 5 and Image.open(frames[0]).size == (8, 8)
+    else:
+        assert out.stat().st_size > 0
+
+
+def test_generate_user_errors(world: dict[str, Path], tmp_path: Path) -> None:
+    def err(*args: str) -> str:
+        result = run_cli("generate", str(world["run"]), "--prompt", "a cat", *args)
+        assert result.code == 2, result
+        return result.err
+
+    assert "1 to 4 steps" in err("--out", str(tmp_path / "x.png"), "--steps", "5")
+    assert "must end in" in err("--out", str(tmp_path / "x.gif"))
+    assert "writes a .safetensors file" in err("--out", str(tmp_path / "x.png"), "--latents-only")
+    missing = tmp_path / "no-vae"
+    assert f"{missing} is not a directory" in err(
+        "--out", str(tmp_path / "x.png"), "--set", f"codecs.vae.path={missing}"
+    )
+
+
+def test_resumed_training_on_shards_matches_an_uninterrupted_run(world: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = run_cli("run", RECIPE, "--out", str(run), "--no-progress", *sets(world), "--set", "run.iterations=3")
+    assert first.code == 0, first.err
+    second = run_cli("run", RECIPE, "--out", str(run), "--no-progress", "--resume", *sets(world))
+    assert second.code == 0, second.err
+    resumed, whole = Checkpoint(latest_checkpoint(run)), Checkpoint(latest_checkpoint(world["run"]))
+    assert resumed.state()["dataset"] == whole.state()["dataset"]
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(resumed.path / name)), load_file(str(whole.path / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_damaged_shard_stops_the_run_before_training(world: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    shard = data / "shard-000001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-5])
+    run = tmp_path / "run"
+    args = [a.replace(str(world["data"]), str(data)) for a in sets(world)]
+    result = run_cli("run", RECIPE, "--out", str(run), "--no-progress", *args)
+    assert result.code == 2
+    assert "shard-000001.safetensors: truncated" in result.err
+    assert latest_checkpoint(run) is None and not (run / "metrics.jsonl").exists()
