@@ -116,7 +116,7 @@ class Trainer:
         _check_same_recipe(ckpt.recipe(), self.recipe.data, ckpt.path)
         state = ckpt.state()
         if ckpt.sharded:
-            self._restore_sharded(ckpt)
+            self._restore_sharded(ckpt, {name for name, n in state["phase_steps"].items() if int(n) > 0})
         else:
             models = ckpt.models()
             for role, sd in models.items():
@@ -140,8 +140,9 @@ class Trainer:
             self.log.info("resumed", checkpoint=str(ckpt.path), iteration=self.iteration)
 
     # -- state across ranks ----------------------------------------------------------------------
-    def _sharded_state(self) -> dict[str, Any]:
-        """This rank's shards of everything trained: networks, EMAs and optimiser states by name."""
+    def _sharded_state(self, stepped: set[str]) -> dict[str, Any]:
+        """This rank's shards of everything trained: networks, EMAs and the optimiser states of the
+        phases in ``stepped``, by name."""
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         trained = self.recipe.trained_roles()
@@ -150,8 +151,12 @@ class Trainer:
             "model": {role: graph.module(role).state_dict() for role in graph.nets if role in trained},
             "ema": {p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None},
             # Keyed by parameter name, not position, so the states reshard onto another number of ranks.
+            # Only phases that have stepped: for an optimiser without state, get_optimizer_state_dict
+            # creates one by stepping it with lr 0, which would advance Adam's step count.
             "optim": {
-                name: get_optimizer_state_dict(graph.nets[p.trains], p.optimizer) for name, p in graph.phases.items()
+                name: get_optimizer_state_dict(graph.nets[p.trains], p.optimizer)
+                for name, p in graph.phases.items()
+                if name in stepped
             },
         }
 
@@ -160,7 +165,7 @@ class Trainer:
         trained = self.recipe.trained_roles()
         graph = self.graph
         if self.parallel.sharded_checkpoints:
-            sharded = self._sharded_state()
+            sharded = self._sharded_state({name for name, p in graph.phases.items() if p.steps > 0})
             models = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["model"].items()}
             emas = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["ema"].items()}
             path = save_sharded_checkpoint(
@@ -194,18 +199,19 @@ class Trainer:
             self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
         return path
 
-    def _restore_sharded(self, ckpt: Checkpoint) -> None:
+    def _restore_sharded(self, ckpt: Checkpoint, stepped: set[str]) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         if self.parallel is None or not self.parallel.sharded_checkpoints:
             raise CheckpointError(f"{ckpt.path}: a sharded checkpoint needs the recipe's sharding parallel strategy")
         graph = self.graph
-        template = self._sharded_state()
+        template = self._sharded_state(stepped)
         ckpt.load_sharded(template)
         for role, sd in template["model"].items():
             set_model_state_dict(graph.module(role), sd)
         for name, phase in graph.phases.items():
-            set_optimizer_state_dict(graph.nets[phase.trains], phase.optimizer, template["optim"][name])
+            if name in stepped:
+                set_optimizer_state_dict(graph.nets[phase.trains], phase.optimizer, template["optim"][name])
             if phase.ema is not None:
                 phase.ema.load_state_dict(template["ema"][phase.trains])
 

@@ -40,14 +40,16 @@ PARALLEL: dict[str, dict[str, Any] | None] = {
     "fsdp2_cp4": {"use": "fsdp2", "context_parallel": 4},
 }
 
-#: The save/resume scenarios: 6 iterations, checkpoints every 2.
-RESUME_RUN = {"iterations": 6, "checkpoint_every": 2, "keep_checkpoints": 5}
+#: The save/resume scenarios: 6 iterations, checkpoints every 2; the critic starts at 2, so the checkpoint
+#: at 2 holds an optimiser that has not stepped yet.
+RESUME_RUN = {"iterations": 6, "checkpoint_every": 2, "keep_checkpoints": 5, "critic_start": 2}
 
 
-def recipe_for(parallel: dict[str, Any] | None, **run: Any) -> Any:
+def recipe_for(parallel: dict[str, Any] | None, *, critic_start: int = 0, **run: Any) -> Any:
     data = copy.deepcopy(RECIPE)
     if parallel is not None:
         data["parallel"] = parallel
+    data["phases"]["critic"]["start"] = critic_start
     data["run"].update(run)
     return validate_recipe(data, registry(), "parallel-test")
 
@@ -55,6 +57,19 @@ def recipe_for(parallel: dict[str, Any] | None, **run: Any) -> Any:
 def _full(t: torch.Tensor) -> torch.Tensor:
     full = getattr(t, "full_tensor", None)
     return (full() if full is not None else t).detach().clone()
+
+
+def _recorded_step(trainer: Trainer) -> float:
+    """One plain step; its total loss in float64."""
+    log: list[float] = []
+    for phase in trainer.graph.phases.values():
+        phase.losses = [
+            (n, loss if isinstance(loss, _Recorder) else _Recorder(loss, log), s) for n, loss, s in phase.losses
+        ]
+        for _, loss, _ in phase.losses:
+            loss.log = log
+    trainer.step()
+    return sum(log)
 
 
 class _Recorder:
@@ -71,6 +86,9 @@ class _Recorder:
 
 def train(name: str) -> dict[str, Any]:
     """Four iterations (student, critic, student, critic) of the tiny graph under ``name``'s strategy."""
+    if name == "single_resume_recipe":  # the save/resume recipe in one process, without checkpoints
+        trainer = Trainer(recipe_for(None, **RESUME_RUN), Path("unused"), progress=False)
+        return {"losses": [_recorded_step(trainer) for _ in range(6)]}
     recipe = recipe_for(PARALLEL[name])
     trainer = Trainer(recipe, Path("unused"), progress=False)
     graph = trainer.graph
@@ -146,10 +164,12 @@ def main(argv: list[str]) -> None:
             save_run(out / "run_2ranks")
         elif scenario == "resume":
             resume_run(out / "run_2ranks", out / f"run_resumed_{distributed.world_size()}ranks", 2)
-        else:
+        elif scenario in PARALLEL or scenario == "single_resume_recipe":
             results[scenario] = train(scenario)
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
     if distributed.is_main() and results:
-        torch.save(results, out / f"results_{'_'.join(s for s in scenarios if s in PARALLEL)}.pt")
+        torch.save(results, out / f"results_{'_'.join(s for s in scenarios if s in results)}.pt")
     distributed.destroy()
 
 
