@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="dataset directory (created; an existing one is continued)")
     p.add_argument("--shape", help="latent shape of one sample C,T,H,W (e.g. 16,21,60,104: 81 frames at 480p)")
-    p.add_argument("--sampler", default="euler", help="teacher ODE solver (euler)")
+    p.add_argument("--sampler", default="euler", help="teacher ODE solver: euler or unipc (Wan's; second order)")
     p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
     p.add_argument("--shift", type=float, default=5.0, help="time shift of the step grid (default 5; Wan 480p: 3)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: teacher_wrapper.guidance)")

@@ -518,17 +518,48 @@ def time_grid(steps: int, shift: float, sigma_max: float | None = None) -> list[
     return times
 
 
+def _half_log_snr(t: float) -> float:
+    """λ = log(α/σ) = log(cos t / sin t) of TrigFlow time t (increases towards the data)."""
+    return math.log(math.cos(t) / math.sin(t))
+
+
+def _unipc_rhos(h: float, rks: Sequence[float]) -> list[float]:
+    """UniPC coefficients (B(h) = e^{−h} − 1, data prediction) for the differences at ratios ``rks``.
+
+    They solve ``Σ_k ρ_k r_k^(j−1) = j!·φ_{j+1}(−h)·(−h)/B(h)``, j = 1..len(rks): the conditions under which
+    the update matches the Taylor expansion of the exact solution to order len(rks) + 1.
+    """
+    hh = -h
+    h_phi = math.expm1(hh)
+    b_h = h_phi
+    h_phi_k = h_phi / hh - 1.0
+    factorial = 1
+    rhs = []
+    for j in range(1, len(rks) + 1):
+        rhs.append(h_phi_k * factorial / b_h)
+        factorial *= j + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    matrix = torch.tensor([[r ** (j - 1) for r in rks] for j in range(1, len(rks) + 1)], dtype=torch.float64)
+    return torch.linalg.solve(matrix, torch.tensor(rhs, dtype=torch.float64)).tolist()
+
+
 class TeacherSolver:
     """Solves the teacher's probability-flow ODE in TrigFlow with classifier-free guidance.
 
-    ``denoise(x, t) -> x0`` is the guided teacher (see :class:`rcm_registry.protocols.Teacher`).
-    ``euler`` is the first-order step ``x ← cos t'·x̂0 + sin t'·ε̂`` with ``ε̂ = (x − cos t·x̂0)/sin t``.
-    For a rectified-flow teacher it is exactly the flow-matching Euler step of Wan's and Cosmos' samplers:
-    the update does not depend on how the state is scaled, and TrigFlow's state is the rectified-flow
-    one times ``cos t + sin t``.
+    ``denoise(x, t) -> x0`` is the guided teacher (see :class:`rcm_registry.protocols.Teacher`). Both
+    solvers do not depend on how the state is scaled, so on a rectified-flow teacher (whose state is
+    TrigFlow's divided by ``cos t + sin t``) they are the solvers of Wan's and Cosmos' pipelines.
+
+    * ``euler``: ``x ← cos t'·x̂0 + sin t'·ε̂`` with ``ε̂ = (x − cos t·x̂0)/sin t``: the flow-matching
+      Euler step (DDIM), first order.
+    * ``unipc``: UniPC (Zhao et al., 2023, arXiv 2302.04867) in its B(h) = e^{−h} − 1 form with data
+      prediction, as Wan2.1 samples: a second-order multistep predictor and the UniC corrector, which
+      reuses the evaluation at the new point, so the cost stays one teacher call per step. With
+      α = cos t, σ = sin t, λ = log(α/σ) and h = λ' − λ, the first-order part is
+      ``x' = (σ'/σ)·x + α'·(1 − e^{−h})·x̂0``. The step to t = 0 returns the last x̂0.
     """
 
-    KINDS: tuple[str, ...] = ("euler",)
+    KINDS: tuple[str, ...] = ("euler", "unipc")
 
     def __init__(self, kind: str, times: Sequence[float]) -> None:
         if kind not in self.KINDS:
@@ -544,7 +575,10 @@ class TeacherSolver:
     def __call__(
         self, denoise: Callable[[Tensor, float], Tensor], x: Tensor, step: Callable[[], None] | None = None
     ) -> Tensor:
-        x = x.to(torch.float64)
+        solve = self._euler if self.kind == "euler" else self._unipc
+        return solve(denoise, x.to(torch.float64), step or (lambda: None))
+
+    def _euler(self, denoise: Callable[[Tensor, float], Tensor], x: Tensor, step: Callable[[], None]) -> Tensor:
         for t, t_next in zip(self.times[:-1], self.times[1:], strict=True):
             x0 = denoise(x, t).to(torch.float64)
             if t_next <= 0.0:
@@ -552,9 +586,54 @@ class TeacherSolver:
             else:
                 eps = (x - math.cos(t) * x0) / math.sin(t)
                 x = math.cos(t_next) * x0 + math.sin(t_next) * eps
-            if step is not None:
-                step()
+            step()
         return x
+
+    def _unipc(self, denoise: Callable[[Tensor, float], Tensor], x: Tensor, step: Callable[[], None]) -> Tensor:
+        times = self.times
+        # The last predictor step, kept for the corrector: (x before it, its t, its x̂0, its scaled
+        # differences D_k and their ratios r_k).
+        last: tuple[Tensor, float, Tensor, list[Tensor], list[float]] | None = None
+        earlier: tuple[float, Tensor] | None = None  # (λ, x̂0) of the point before the last
+        for i in range(len(times) - 1):
+            t, t_next = times[i], times[i + 1]
+            m = denoise(x, t).to(torch.float64)
+            if last is not None:
+                x = self._corrected(last, t, m)
+            if t_next <= 0.0:
+                x = m
+            else:
+                lam, lam_next = _half_log_snr(t), _half_log_snr(t_next)
+                h = lam_next - lam
+                diffs: list[Tensor] = []
+                ratios: list[float] = []
+                if earlier is not None:  # second order from the previous point
+                    r = (earlier[0] - lam) / h
+                    ratios.append(r)
+                    diffs.append((earlier[1] - m) / r)
+                last = (x, t, m, diffs, ratios)
+                x = self._first_order(x, t, t_next, m)
+                if diffs:
+                    # UniPC's order-2 predictor weight is 1/2 (its B(h) form), not the solved coefficient.
+                    x = x - math.cos(t_next) * math.expm1(-h) * 0.5 * diffs[0]
+                earlier = (lam, m)
+            step()
+        return x
+
+    @staticmethod
+    def _first_order(x: Tensor, t: float, t_next: float, m: Tensor) -> Tensor:
+        h = _half_log_snr(t_next) - _half_log_snr(t)
+        return (math.sin(t_next) / math.sin(t)) * x - math.cos(t_next) * math.expm1(-h) * m
+
+    @classmethod
+    def _corrected(cls, last: tuple[Tensor, float, Tensor, list[Tensor], list[float]], t: float, m: Tensor) -> Tensor:
+        """UniC: redo the last step from its start with the model output at its end included."""
+        x_prev, t_prev, m_prev, diffs, ratios = last
+        h = _half_log_snr(t) - _half_log_snr(t_prev)
+        rhos = [0.5] if not ratios else _unipc_rhos(h, [*ratios, 1.0])
+        correction = sum((rho * d for rho, d in zip(rhos[:-1], diffs, strict=True)), torch.zeros_like(m))
+        correction = correction + rhos[-1] * (m - m_prev)
+        return cls._first_order(x_prev, t_prev, t, m_prev) - math.cos(t) * math.expm1(-h) * correction
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -566,6 +645,7 @@ class SynthSettings:
 
     #: Latent shape of one sample (C, T, H, W).
     shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(v) for v in s))
+    #: ``euler`` or ``unipc`` (see :class:`TeacherSolver`).
     sampler: str = "euler"
     steps: int = 50
     #: Wan-style time shift of the ODE grid (Wan2.1 uses 3 at 480p, 5 at 720p).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -192,11 +194,13 @@ def test_precomputed_embeddings_need_no_text_codec(assets: dict[str, Path], tmp_
     negative = torch.zeros(1, 6, 32)
     save_file({"text": text, "negative_text": negative}, str(prompts))
     out = tmp_path / "data"
-    args = ["synth", RECIPE, "--prompts", str(prompts), "--out", str(out), "--shape", SHAPE, "--steps", "2"]
+    args = ["synth", RECIPE, "--prompts", str(prompts), "--out", str(out), "--shape", SHAPE, "--steps", "3"]
+    args += ["--sampler", "unipc"]
     result = run_cli(*args, "--set", f"networks.teacher.weights.path={assets['teacher']}", "--no-progress")
     assert result.code == 0, result.err
     index = synth.ShardIndex.read(out)
     assert index.total == 4 and not index.captions and index.negative == synth.NEGATIVE_NAME
+    assert index.info["sampler"] == "unipc"
     shard = load_file(str(out / index.shards[0].file))
     assert torch.equal(shard["text"], text.to(torch.bfloat16))
     assert shard["text_mask"].tolist() == [[True] * 4 + [False] * 2] * 4
@@ -236,6 +240,64 @@ def test_euler_is_the_flow_matching_euler_sampler(assets: dict[str, Path]) -> No
     with torch.no_grad():
         got = solver(denoise, noise)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def gaussian_denoiser(mu: float, sd: float):
+    """The exact x̂0 for data ~ N(mu, sd²) in TrigFlow; its ODE solution is x_t = cos t·mu + √(cos²t·sd² + sin²t)·z."""
+
+    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
+        c, s = math.cos(t), math.sin(t)
+        return mu + c * sd**2 / (c * c * sd**2 + s * s) * (x - c * mu)
+
+    return denoise
+
+
+def test_unipc_is_diffusers_flow_unipc() -> None:
+    """UniPC (bh2, order 2, data prediction) in TrigFlow equals diffusers' flow-matching UniPC, Wan's solver."""
+    from diffusers import UniPCMultistepScheduler
+
+    denoise = gaussian_denoiser(0.7, 0.3)
+    steps = 10
+    u = np.linspace(0.999, 0.0, steps + 1)[:-1]
+    u = (3.0 * u / (1 + 2.0 * u)).astype(np.float32).astype(np.float64)  # shift 3, as diffusers holds them
+    times = [math.atan2(v, 1 - v) for v in u] + [0.0]
+    z = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = synth.TeacherSolver("unipc", times)(denoise, z)
+
+    scheduler = UniPCMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", solver_order=2, predict_x0=True, solver_type="bh2"
+    )
+    scheduler.set_timesteps(sigmas=u.copy())
+    x = (z / (math.cos(times[0]) + math.sin(times[0]))).float()  # the rectified-flow state
+    for i, timestep in enumerate(scheduler.timesteps):
+        sigma = float(scheduler.sigmas[i])
+        t = math.atan2(sigma, 1 - sigma)
+        x0 = denoise(x.double() * (math.cos(t) + math.sin(t)), t)
+        velocity = (x.double() - x0) / sigma
+        x = scheduler.step(velocity.float(), timestep, x).prev_sample
+    torch.testing.assert_close(got, x.double(), rtol=0, atol=1e-6)
+    euler = synth.TeacherSolver("euler", times)(denoise, z)
+    assert (euler - got).abs().max() > 1e-2  # a different solver: the comparison can tell them apart
+
+
+def test_unipc_converges_faster_than_euler() -> None:
+    mu, sd = 0.7, 0.3
+    denoise = gaussian_denoiser(mu, sd)
+    z = torch.randn(256, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t0, t1 = 1.4, 0.2  # away from the ends, where λ = log cot t is unbounded
+    exact = math.cos(t1) * mu + math.sqrt(math.cos(t1) ** 2 * sd**2 + math.sin(t1) ** 2) * z
+    start = math.cos(t0) * mu + math.sqrt(math.cos(t0) ** 2 * sd**2 + math.sin(t0) ** 2) * z
+
+    def error(kind: str, steps: int) -> float:
+        lam = torch.linspace(math.log(1 / math.tan(t0)), math.log(1 / math.tan(t1)), steps + 1, dtype=torch.float64)
+        times = torch.atan(torch.exp(-lam)).tolist()
+        return (synth.TeacherSolver(kind, times)(denoise, start) - exact).abs().max().item()
+
+    euler = [error("euler", n) for n in (20, 40)]
+    unipc = [error("unipc", n) for n in (20, 40)]
+    assert 1.8 < euler[0] / euler[1] < 2.2  # first order
+    assert unipc[0] / unipc[1] > 4.0  # at least second order
+    assert unipc[1] < euler[1] / 100
 
 
 def test_time_grid() -> None:
