@@ -10,7 +10,7 @@ import attrs
 import torch
 from torch import nn
 
-from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
+from rcm_registry.engine.checkpoint import Checkpoint, full_tensors, latest_checkpoint
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.protocols import EmaAverager
 from rcm_registry.recipe.schema import NetworkRole, Recipe, WeightsRef
@@ -174,9 +174,10 @@ def build_graph(recipe: Recipe, device: torch.device, parallel: Any = None) -> G
         if net is None:
             net = build_network(entry)
             if entry.init_from:
-                load_strict(
-                    net, unwrapped(entry.init_from).state_dict(), f"networks.{role}.init_from={entry.init_from}"
-                )
+                parent = unwrapped(entry.init_from).state_dict()
+                if parallel is not None and parallel.shards_parameters:  # gather the parent's shards whole
+                    parent = full_tensors(parent, keep=True)
+                load_strict(net, parent, f"networks.{role}.init_from={entry.init_from}")
             elif entry.weights is not None:
                 load_strict(net, read_weights(entry.weights), f"networks.{role}.weights ({entry.weights.path})")
             net.to(device)
