@@ -245,7 +245,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if args.steps is not None and not 1 <= args.steps <= 4:
         raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
-    wanted = ("text",) if latents_only and args.shape else ("text", "vae")
+    # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
+    wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
     gen = open_generator(
         Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
     )

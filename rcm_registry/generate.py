@@ -71,7 +71,7 @@ def resolve_checkpoint(target: Path) -> Any:
 
 
 @attrs.define
-class Generator:
+class GenerationModel:
     """A checkpoint's output network with what is needed to sample it and read its samples."""
 
     recipe: Any
@@ -93,7 +93,7 @@ def open_generator(
     ema: bool = True,
     device: str = "auto",
     codecs: Sequence[str] = ("text", "vae"),
-) -> Generator:
+) -> GenerationModel:
     """Load ``target``'s output network (EMA) and build the recipe's ``codecs`` named in ``codecs``.
 
     ``overrides`` are ``KEY=VALUE`` changes to the run's recipe (e.g. ``codecs.vae.path=/models/vae``), for
@@ -136,7 +136,7 @@ def open_generator(
     net.to(dev).eval().requires_grad_(False)
     body = recipe.body
     built = {name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs}
-    return Generator(
+    return GenerationModel(
         recipe=recipe,
         checkpoint=ckpt,
         role=role,
@@ -164,7 +164,7 @@ class _Counting(nn.Module):
 
 
 def latent_shape(
-    gen: Generator, shape: Sequence[int] | None, frames: int | None, height: int | None, width: int | None
+    gen: GenerationModel, shape: Sequence[int] | None, frames: int | None, height: int | None, width: int | None
 ) -> tuple[int, ...]:
     """``shape``, else the VAE's latent shape of ``frames × height × width``, else the training data's."""
     if shape is not None:
@@ -200,7 +200,7 @@ class Generated:
 
 
 def generate(
-    gen: Generator,
+    gen: GenerationModel,
     prompt: str,
     shape: Sequence[int],
     *,

@@ -103,6 +103,11 @@ def test_generate_is_seeded_and_uses_the_ema(world: dict[str, Path], tmp_path: P
     assert not torch.equal(a, latents("e.safetensors", "--steps", "1"))
     ckpt = latest_checkpoint(world["run"])
     assert torch.equal(a, latents("f.safetensors", target=ckpt))  # a checkpoint folder works too
+    video_size = ("--frames", "5", "--height", "8", "--width", "8")  # through the VAE's factors: the same latent
+    generate(world, tmp_path / "g.safetensors", "--latents-only", *video_size)
+    assert torch.equal(a, load_file(str(tmp_path / "g.safetensors"))["latents"])
+    generate(world, tmp_path / "h.safetensors")  # the training data's latent shape
+    assert torch.equal(a, load_file(str(tmp_path / "h.safetensors"))["latents"])
 
 
 def test_generate_video_falls_back_to_png_frames(world: dict[str, Path], tmp_path: Path) -> None:

@@ -169,7 +169,10 @@ class _Prefetcher:
                 self.queue.get_nowait()
             except queue.Empty:
                 break
-        self.thread.join(timeout=10)
+        # The dataset's last reference can drop inside the worker (it holds one while producing): the
+        # worker then stops by itself and must not wait for itself.
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=10)
 
 
 @attrs.define
