@@ -52,7 +52,7 @@ class FlowMatchingLoss:
             raise rr.UserError("loss flow_matching needs a schedule: add `schedule: {use: ...}` to the recipe")
         x0: Tensor = ctx.batch.x0
         n = x0.shape[0]
-        t = self.time(n, generator=ctx.generator).to(x0.device)
+        t = ctx.sample_times(self.time, n).to(x0.device)
         u = schedule.from_trigflow(t)
         alpha, sigma = schedule.alpha_sigma(u)
         d_alpha, d_sigma = schedule.velocity_coefficients(u)

@@ -89,8 +89,7 @@ class DcmLoss:
         student, teacher, target = ctx.net(cfg.student_net), ctx.net(cfg.teacher_net), ctx.net(cfg.target_net)
         x0, cond = ctx.batch.x0, ctx.batch.condition
         n = x0.shape[0]
-        gen = ctx.generator
-        k = torch.randint(1, cfg.steps + 1, (n,), generator=gen, device=gen.device).to(x0.device)
+        k = ctx.randint(1, cfg.steps + 1, n).to(x0.device)
         grid = self.grid.to(x0.device)
         t, t_prev = grid[k], grid[k - 1]
         eps = ctx.randn_like(x0)

@@ -99,6 +99,20 @@ class StepContext:
             return shard.take(full)
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
+    def sample_times(self, sampler: TimeSampler, n: int) -> Tensor:
+        """``n`` times from ``sampler`` with this step's generator (the global batch's draw, sliced)."""
+        if self.shard is not None:
+            sampler = self.shard.sampler(sampler)
+        return sampler(n, generator=self.generator)
+
+    def randint(self, low: int, high: int, n: int) -> Tensor:
+        """``n`` integers in [low, high) with this step's generator (the global batch's draw, sliced)."""
+        shard = self.shard
+        gen = self.generator
+        if shard is not None and n == shard.local:
+            return shard.take(torch.randint(low, high, (shard.size,), generator=gen, device=gen.device))
+        return torch.randint(low, high, (n,), generator=gen, device=gen.device)
+
     def rand(self, n: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
         shard = self.shard
         if shard is not None and n == shard.local:
