@@ -91,7 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if resume_from is not None:
         trainer.restore(resume_from)
     final = trainer.run()
-    print(f"done: {run_dir} (checkpoint {final})" if final else f"done: {run_dir} (nothing left to train)")
+    from rcm_registry.distributed import is_main
+
+    if is_main():  # under torchrun every rank gets here; one line is enough
+        print(f"done: {run_dir} (checkpoint {final})" if final else f"done: {run_dir} (nothing left to train)")
     return 0
 
 
@@ -202,6 +205,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         sigma_max=args.sigma_max,
         store_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.store_dtype],
+        precision=args.precision,
     )
     result = synthesise(
         recipe,
@@ -402,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="prompts sampled together (default 1)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; prompt i always gets the same noise")
     p.add_argument("--store-dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype on disk")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="teacher compute (default: the recipe's run.precision)",
+    )
     p.add_argument("--max-shards", type=int, default=None, help="stop after writing this many shards")
     p.add_argument("--network", default="teacher", help="network role to sample (default: teacher)")
     p.add_argument("--device", default="auto")
