@@ -660,6 +660,8 @@ class SynthSettings:
     sigma_max: float | None = None
     #: dtype the latents and embeddings are stored in.
     store_dtype: str = "bfloat16"
+    #: ``fp32``, or ``bf16`` autocast around the teacher as in training; None: the recipe's ``run.precision``.
+    precision: str | None = None
 
     def check(self) -> None:
         problems = []
@@ -674,6 +676,8 @@ class SynthSettings:
             problems.append(f"--seed must be >= 0, got {self.seed}")
         if self.store_dtype not in ("bfloat16", "float16", "float32"):
             problems.append(f"store dtype must be bfloat16, float16 or float32, got {self.store_dtype}")
+        if self.precision not in (None, "fp32", "bf16"):
+            problems.append(f"--precision must be fp32 or bf16, got {self.precision}")
         if self.sampler not in TeacherSolver.KINDS:
             problems.append(f"--sampler {self.sampler!r}: choose one of {', '.join(TeacherSolver.KINDS)}")
         if problems:
@@ -771,6 +775,7 @@ def synthesise(
     """Sample ``recipe``'s teacher for every prompt and write latent shards into ``out`` (resumable)."""
     from rcm_registry.engine.graph import build_network, load_strict, pick_device, read_weights
     from rcm_registry.engine.progress import Progress
+    from rcm_registry.engine.trainer import autocast
 
     settings.check()
     if role not in recipe.networks:
@@ -786,6 +791,7 @@ def synthesise(
         )
     wrapper = wrapper_spec.build()
     guidance = settings.guidance if settings.guidance is not None else float(getattr(wrapper, "guidance", 1.0))
+    settings = attrs.evolve(settings, precision=settings.precision or recipe.body.run.precision)
     net_role = recipe.networks[role]
     record = _settings_record(settings, prompts, net_role.spec.name, guidance)
     out.mkdir(parents=True, exist_ok=True)
@@ -817,6 +823,7 @@ def synthesise(
         "guidance": guidance,
         "negative_prompt": settings.negative_prompt,
         "seed": settings.seed,
+        "precision": settings.precision,
         "prompts": prompts.source.name,
     }
     captions = prompts.captions is not None
@@ -850,7 +857,8 @@ def synthesise(
     bar = Progress(n, done, every=1) if progress else None
     echo(
         f"synth: {n} prompts in {n_shards} shards of {size}; {skipped} shard(s) already done; "
-        f"{settings.sampler} {solver.calls} steps, shift {settings.shift}, guidance {guidance}, on {dev}"
+        f"{settings.sampler} {solver.calls} steps, shift {settings.shift}, guidance {guidance}, "
+        f"{settings.precision} on {dev}"
     )
     written = 0
     for k in todo:
@@ -859,7 +867,8 @@ def synthesise(
         for b0 in range(first, first + count, settings.batch_size):
             ids = list(range(b0, min(b0 + settings.batch_size, first + count)))
             text, mask = _embed(prompts, ids, encoder, dev)
-            latents = _sample(net, wrapper, solver, text, negative, guidance, ids, settings, dev)
+            with autocast(dev, settings.precision or "fp32"):
+                latents = _sample(net, wrapper, solver, text, negative, guidance, ids, settings, dev)
             parts["latents"].append(latents.to(store).cpu())
             parts["text"].append(text.to(store).cpu())
             parts["text_mask"].append(mask.to(torch.bool).cpu())
