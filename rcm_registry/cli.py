@@ -317,7 +317,9 @@ HELP = {
     ),
     "synth": (
         "Sample the recipe's teacher for every prompt and write latent shards (resumable: rerun to continue).",
-        "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,21,60,104 --out data/wan-synth",
+        "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,21,60,104 --out data/synth \\\n"
+        "    --set networks.teacher.weights.path=/models/Wan2.1-T2V-1.3B-Diffusers/transformer \\\n"
+        "    --set 'codecs.text={use: umt5, path: /models/Wan2.1-T2V-1.3B-Diffusers/text_encoder}'",
     ),
     "generate": (
         "Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
