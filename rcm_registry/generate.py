@@ -213,6 +213,7 @@ def generate(
     """Sample one video for ``prompt`` with the recipe's sampler (``steps`` overriding its step count)."""
     from rcm_registry.engine.context import SampleContext
     from rcm_registry.engine.sampling import LoadedRun, sampler_with_steps
+    from rcm_registry.engine.trainer import autocast
 
     text_codec = gen.codecs.get("text")
     if text_codec is None:
@@ -259,7 +260,7 @@ def generate(
         device=gen.device,
     )
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(gen.device, gen.recipe.body.run.precision):  # as the network was trained
         latents = sampler(ctx).float()
     seconds = time.perf_counter() - t0
     if progress is not None:
