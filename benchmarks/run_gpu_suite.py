@@ -251,6 +251,8 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
         loss.backward()
         return tangent
 
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     tan_sep = separate()
     g_sep = grads()
     net.zero_grad(set_to_none=True)
@@ -258,6 +260,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
     g_fused = grads()
     net.zero_grad(set_to_none=True)
     err_tangent, err_grad = rel(tan_fused, tan_sep), rel(g_fused, g_sep)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else math.nan
     del g_sep, g_fused
 
     def run(fn: Callable[[], Any]) -> Callable[[], None]:
@@ -285,11 +288,12 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
         *[f"| {k} | {v:.1f} |" for k, v in ms.items()],
         f"| **fused / separate** | **{ratio:.2f}×** |",
         "",
-        f"Fused vs separate: tangent relative L2 {err_tangent:.1e}, parameter gradient {err_grad:.1e} (bf16).",
+        f"Fused vs separate: tangent relative L2 {err_tangent:.1e}, parameter gradient {err_grad:.1e} (bf16); "
+        f"peak memory {peak_gib:.1f} GiB.",
     ]
     net.cpu()  # frees its GPU memory for the sections after this one
     empty_cache()
-    return lines, {**ms, "ratio": ratio, "err_tangent": err_tangent, "err_grad": err_grad}
+    return lines, {**ms, "ratio": ratio, "err_tangent": err_tangent, "err_grad": err_grad, "peak_gib": peak_gib}
 
 
 # -- 4. sampling --------------------------------------------------------------------------------------
@@ -349,7 +353,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--attention-reps", type=int, default=10)
-    parser.add_argument("--fused-blocks", type=int, default=8)
+    parser.add_argument("--fused-blocks", type=int, default=2)
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument("--sample-reps", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["attention", "steps", "fused", "sampling"])
