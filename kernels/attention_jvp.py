@@ -46,6 +46,9 @@ class LaunchConfig(NamedTuple):
     block_n: int
     num_warps: int
     num_stages: int
+    #: Rescale the accumulators only when some row's running max grew by more than this (log2 units);
+    #: 0 rescales on every growth, as FlashAttention-2 does. See ``_jvp_tile``.
+    rescale_threshold: float = 8.0
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None, ...] = ()) -> None:
@@ -86,7 +89,14 @@ def default_config(head_dim: int, dtype: torch.dtype, has_tkv: bool, device: tor
     if dtype == torch.float32 or block_d > 128:
         # Twice the accumulator registers of a plain forward: keep tiles small where D or the dtype is large.
         return LaunchConfig(64, 32, 4, 2)
-    # Best of the sweep in benchmarks/RESULTS.md for both paths; 128×128 tiles or 3 stages exceed shared memory.
+    if not has_tkv:
+        # Fast path: q, tq and two 64-row stages of k, v take 96 KiB of shared memory, so two programs
+        # share a multiprocessor and one's prologue and epilogue overlap the other's matmuls; with only
+        # Nk/64 key tiles a program (cross-attention to text) that matters more than tile size. Lazy
+        # rescaling measured slower here (its per-tile block-wide max costs more than the few rescales
+        # of 8 key tiles save).
+        return LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0)
+    # Best of the sweeps in benchmarks/RESULTS.md; 128×128 tiles or 3 stages exceed shared memory.
     return LaunchConfig(128, 64, 8, 2)
 
 
@@ -124,6 +134,8 @@ def _jvp_tile(
     HAS_TV: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr,
+    RESCALE_THRESHOLD: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -137,17 +149,39 @@ def _jvp_tile(
         s = tl.where(offs_n[None, :] < n_k, s, float("-inf"))
     # Softmax in base 2: exp2 is one instruction; qk_scale = scale·log2(e).
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s * qk_scale - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    HAS_TS: tl.constexpr = HAS_TQ or HAS_TK
+    if LAZY_RESCALE:
+        # Rescaling the two (BLOCK_M, D) accumulators costs 2·D/BLOCK_N multiplies per score, as much
+        # as the softmax itself. The reference max only has to bound the exponents, not equal the row
+        # max: keep it while no row grew by more than RESCALE_THRESHOLD (p ≤ 2^threshold stays far from
+        # overflow in fp32 sums and bf16 operands). One decision per tile keeps the branch uniform; the
+        # first tile always takes it (m_i = -inf). The result is exact either way: every term shares m_i.
+        if tl.max(m_new - m_i, 0) > RESCALE_THRESHOLD:
+            alpha = tl.math.exp2(m_i - m_new)
+            acc_o = acc_o * alpha[:, None]
+            if HAS_TS or HAS_TV:
+                acc_t = acc_t * alpha[:, None]
+            l_i = l_i * alpha
+            if HAS_TS:
+                r_i = r_i * alpha
+            m_i = m_new
+        p = tl.math.exp2(s * qk_scale - m_i[:, None])
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc_o = acc_o * alpha[:, None]
+        if HAS_TS or HAS_TV:
+            acc_t = acc_t * alpha[:, None]
+        if HAS_TS:
+            r_i = r_i * alpha
+        m_i = m_new
     v = load_rows(
         V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
     )
     p_in = p.to(v.dtype)
-    acc_o = dot(p_in, v, acc_o * alpha[:, None], PRECISION, DOT_UPCAST)
-    HAS_TS: tl.constexpr = HAS_TQ or HAS_TK
-    if HAS_TS or HAS_TV:
-        acc_t = acc_t * alpha[:, None]
+    acc_o = dot(p_in, v, acc_o, PRECISION, DOT_UPCAST)
     if HAS_TS:
         if HAS_TK:
             tk = load_rows(
@@ -166,7 +200,7 @@ def _jvp_tile(
             ts = dot(tq, kt, None, PRECISION, DOT_UPCAST)
         # Masked columns have p = 0 exactly, so they add nothing here either.
         pts = p * (ts * scale)
-        r_i = r_i * alpha + tl.sum(pts, 1)
+        r_i = r_i + tl.sum(pts, 1)
         acc_t = dot(pts.to(v.dtype), v, acc_t, PRECISION, DOT_UPCAST)
     if HAS_TV:
         tv = load_rows(
@@ -179,7 +213,7 @@ def _jvp_tile(
             MASK_D,
         )
         acc_t = dot(p_in, tv, acc_t, PRECISION, DOT_UPCAST)
-    return acc_o, acc_t, m_new, l_i, r_i
+    return acc_o, acc_t, m_i, l_i, r_i
 
 
 @triton.jit
@@ -238,6 +272,8 @@ def _attn_fwd_kernel(
     HAS_TV: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr,
+    RESCALE_THRESHOLD: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
     HAS_T: tl.constexpr = HAS_TQ or HAS_TK or HAS_TV
@@ -320,6 +356,8 @@ def _attn_fwd_kernel(
             HAS_TV,
             PRECISION,
             DOT_UPCAST,
+            LAZY_RESCALE,
+            RESCALE_THRESHOLD,
         )
     if n_full < n_k:
         acc_o, acc_t, m_i, l_i, r_i = _jvp_tile(
@@ -355,6 +393,8 @@ def _attn_fwd_kernel(
             HAS_TV,
             PRECISION,
             DOT_UPCAST,
+            LAZY_RESCALE,
+            RESCALE_THRESHOLD,
         )
 
     l_inv = 1.0 / l_i
@@ -401,7 +441,10 @@ def attention_jvp_forward(
     ``to`` is None when all three tangents are None (then this is a plain FlashAttention-2 forward).
     ``lse`` is the natural-log log-sum-exp of the scaled scores, float32 of shape (B, H, Nq). Tangents
     are cast to the primal dtype; accumulation is float32. ``out`` holds preallocated ``(o, to, lse)``
-    to write into (any strides; ``to`` None when there is no tangent).
+    to write into (any strides; ``to`` None when there is no tangent). ``to`` may be ``tq`` itself
+    (same dtype as q), which then receives the output tangent in place and saves one (B, S, H, D)
+    allocation: each program reads its own query rows of tq once, before any write, and writes only
+    those rows.
     """
     check_inputs(q, k, v, (tq, tk, tv))
     b, h, n_q, d = q.shape
@@ -423,6 +466,14 @@ def attention_jvp_forward(
             raise ValueError("out's to must be shaped and typed like q when a tangent is given, else None")
         if not lse.is_contiguous():
             raise ValueError("out's lse must be contiguous")
+        if (
+            to is not None
+            and tq is not None
+            and to.untyped_storage().data_ptr() == tq.untyped_storage().data_ptr()
+            and (to.data_ptr(), to.stride()) != (tq.data_ptr(), tq.stride())
+        ):
+            # Other rows of tq could be overwritten before the program that owns them reads them.
+            raise ValueError("out's to may be tq itself but must not otherwise share its memory")
     if n_q == 0 or b * h == 0:
         return o, to, lse
     if n_k == 0:
@@ -460,6 +511,8 @@ def attention_jvp_forward(
             HAS_TV=tv is not None,
             # fp32 inputs get true fp32 products; TF32 would cost three decimal digits.
             **dot_flags(q.dtype),
+            LAZY_RESCALE=cfg.rescale_threshold > 0,
+            RESCALE_THRESHOLD=float(cfg.rescale_threshold),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

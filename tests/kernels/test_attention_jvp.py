@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from rcm_kernels import attention_jvp as K
-from rcm_kernels.attention_backward import attention_backward
+from rcm_kernels.attention_backward import BackwardConfig, attention_backward
 from torch import Tensor
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,6 +191,63 @@ def test_custom_scale() -> None:
     assert rel_err(o, o_ref) <= 1e-5 and rel_err(to, to_ref) <= 1e-5
 
 
+def test_lazy_and_every_tile_rescaling_agree() -> None:
+    # Keys scaled up along the sequence make the row max grow from tile to tile, by less than the
+    # threshold on some tiles and more on others, so both branches of the lazy rescale run.
+    q, k, v, tq, tk, tv = inputs(1, 2, 70, 200, 32, torch.float32, seed=26)
+    ramp = torch.linspace(0.2, 6.0, 200, dtype=torch.float64, device=DEVICE).to(k.dtype)[:, None]
+    k, tk = k * ramp, tk * ramp
+    o_ref, to_ref = reference_jvp(q, k, v, tq, tk, tv)
+    results = {}
+    for threshold in (0.0, 1.0, 8.0):
+        cfg = K.LaunchConfig(64, 16, 4, 1, rescale_threshold=threshold)
+        o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=cfg, out=poisoned(q))
+        assert rel_err(o, o_ref) <= 1e-5 and rel_err(to, to_ref) <= 1e-5
+        results[threshold] = lse
+    ref_lse = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) / math.sqrt(32), dim=-1)
+    for lse in results.values():
+        torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-6, atol=1e-5)
+
+
+def test_tangent_written_over_query_tangent() -> None:
+    q, k, v, tq, tk, tv = inputs(1, 2, 150, 90, 64, torch.bfloat16, seed=27)
+    expected = K.attention_jvp_forward(q, k, v, tq, tk, tv)[1]
+    work = tq.clone()
+    o, lse = poisoned(q, with_tangent=False)[0::2]
+    _, to, _ = K.attention_jvp_forward(q, k, v, work, tk, tv, out=(o, work, lse))
+    assert to is work
+    torch.testing.assert_close(to, expected, rtol=0, atol=0)
+    # Sharing memory other than as the identical view is refused: rows could be overwritten before read.
+    shifted = tq.clone()
+    n = q.shape[2] - 1
+    out = (o[:, :, :n], shifted[:, :, :n], torch.empty_like(lse[..., :n]))
+    with pytest.raises(ValueError, match="must not otherwise share"):
+        K.attention_jvp_forward(q[:, :, 1:], k, v, shifted[:, :, 1:], tk, tv, out=out)
+
+
+BACKWARD_VARIANTS = [
+    pytest.param(None, id="default"),
+    pytest.param(BackwardConfig(64, 32, 64, 32, 4, 2, atomic_dq=False), id="two-kernels"),
+    pytest.param(BackwardConfig(64, 32, 0, 0, 4, 2, tma_dq=False), id="atomic-dq"),
+    # Bulk tensor reduce where the GPU has it (per-element atomics in the interpreter).
+    pytest.param(BackwardConfig(64, 32, 0, 0, 4, 2), id="atomic-dq-tma"),
+]
+
+
+@pytest.mark.parametrize("config", BACKWARD_VARIANTS)
+def test_backward_variants_match_float64(config: BackwardConfig | None) -> None:
+    # Odd lengths on both sides: tail query tiles (masked atomics) and tail key tiles.
+    b, h, nq, nk, d = 2, 2, 133, 77, 64
+    q, k, v, *_ = inputs(b, h, nq, nk, d, torch.float32, seed=28)
+    do = randn((b, h, nq, d), torch.Generator().manual_seed(29)).float()
+    o, _, lse = K.attention_jvp_forward(q, k, v)
+    grads = attention_backward(q, k, v, o, lse, do, config=config)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(math_attention(*leaves), leaves, do.double())
+    for g, r in zip(grads, ref, strict=True):
+        assert torch.isfinite(g).all() and rel_err(g, r) <= 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("tangent", ["general", "fast", "none"])
 def test_gradients_match_float64_autograd(dtype: torch.dtype, tangent: str) -> None:
@@ -295,13 +352,16 @@ def test_wan_shapes_bf16_on_gpu(shape: tuple[int, int, int, int, int]) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gradients_bf16_on_gpu_long_sequence() -> None:
+@pytest.mark.parametrize("atomic_dq", [True, False], ids=["atomic-dq", "two-kernels"])
+def test_gradients_bf16_on_gpu_long_sequence(atomic_dq: bool) -> None:
     b, h, nq, nk, d = 2, 2, 4099, 3001, 128
     q, k, v, tq, tk, tv = inputs(b, h, nq, nk, d, torch.bfloat16, seed=24)
     do = randn((b, h, nq, d), torch.Generator().manual_seed(25)).to(torch.bfloat16)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    o, _ = K.attention_jvp(*leaves, tq, tk, tv)
-    grads = torch.autograd.grad(o, leaves, do)
+    o, _, lse = K.attention_jvp_forward(*leaves, tq, tk, tv)
+    # The default for these lengths is the atomic-dQ kernel (bulk reduce on Hopper); check both forms.
+    cfg = None if atomic_dq else BackwardConfig(128, 32, 128, 32, 8, 3, atomic_dq=False)
+    grads = attention_backward(*leaves, o, lse, do, config=cfg)
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
     ref = torch.autograd.grad(math_attention(*ref_leaves), ref_leaves, do.double())
     for g, r in zip(grads, ref, strict=True):
