@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from rcm_plugins.common.export import Format, Layouts, export_network
 from rcm_plugins.common.keys import convert_key, strip_shared_prefix
 from rcm_plugins.wan.model import WanArch, WanNetwork
 from torch import Tensor, nn
 
 from rcm_registry import weights
 from rcm_registry.errors import CheckpointError
-
-Format = Literal["native", "diffusers"]
 
 DIFFUSERS_CLASS = "WanTransformer3DModel"
 NATIVE_CLASS = "WanModel"
@@ -325,30 +324,12 @@ def export(
         overwrite: replace an existing ``out``.
         max_shard_bytes: split into shards with an index above this size.
     """
-    if format not in ("diffusers", "native"):
-        raise ValueError(f"format must be 'diffusers' or 'native', got {format!r}")
-    if isinstance(source, nn.Module):
-        if not isinstance(source, WanNetwork):
-            raise TypeError(f"expected a WanNetwork or a state dict, got {type(source).__name__}")
-        arch = arch or source.arch
-        state: Mapping[str, Tensor] = source.state_dict()
-    else:
-        if arch is None:
-            raise ValueError("exporting a state dict needs arch= (the WanArch it was trained with)")
-        state = source
-    _check_complete(state, arch)
-    if format == "diffusers":
-        state, config = to_diffusers(state), diffusers_config(arch)
-    else:
-        config = native_config(arch)
-    return weights.write_checkpoint_directory(
-        state, config, out, overwrite=overwrite, max_shard_bytes=max_shard_bytes, dtype=dtype
-    )
+    return export_network(
+        LAYOUTS, source, out, format=format, arch=arch, dtype=dtype, overwrite=overwrite,
+        max_shard_bytes=max_shard_bytes,
+    )  # fmt: skip
 
 
-def _check_complete(state: Mapping[str, Tensor], arch: WanArch) -> None:
-    """Refuse to write a checkpoint that would not load back (wrong or partial state dict)."""
-    with torch.device("meta"):
-        reference = WanNetwork(arch, attention=None)
-    expected = {k: v.shape for k, v in reference.state_dict().items()}
-    weights.check_state_dict(expected, state, source="state dict to export")
+LAYOUTS = Layouts(
+    network=WanNetwork, to_diffusers=to_diffusers, diffusers_config=diffusers_config, native_config=native_config
+)
