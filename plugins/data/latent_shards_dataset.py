@@ -22,6 +22,8 @@ does not depend on what else draws random numbers.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import queue
 import threading
@@ -39,12 +41,15 @@ import rcm_registry as rr
 from rcm_registry import schema
 from rcm_registry.protocols import Batch, Condition
 from rcm_registry.synth import (
+    CAPTIONS_KEY,
     COND_PREFIX,
     ShardError,
     ShardIndex,
     check_negative,
     check_shard,
+    check_tensors,
     file_sha256,
+    read_header,
 )
 
 NullMode = Literal["auto", "negative", "zeros", "none"]
@@ -190,17 +195,49 @@ class _Layout:
         return torch.searchsorted(self.ends, ids, right=True)
 
 
+class _OpenShard:
+    """A shard opened for reading rows: its file and, per key, where the data starts and a row's size."""
+
+    def __init__(self, path: Path, layout: _Layout, count: int) -> None:
+        header, _ = read_header(path)  # again: the file may have changed since the dataset was built
+        problems = check_tensors(path, header, layout.index.tensors, count)
+        if problems:
+            raise ShardError("\n".join(problems))
+        size = path.stat().st_size
+        data_start = size - max(int(e["data_offsets"][1]) for e in header.values())
+        self.path = path
+        self.rows: dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]] = {}
+        for key, spec in layout.index.tensors.items():
+            dtype = getattr(torch, spec.dtype)
+            row_bytes = math.prod(spec.shape) * dtype.itemsize
+            self.rows[key] = (data_start + int(header[key]["data_offsets"][0]), row_bytes, dtype, spec.shape)
+        self.file = open(path, "rb")  # kept open across reads; closed by close()
+
+    def read(self, key: str, row: int) -> Tensor:
+        begin, row_bytes, dtype, shape = self.rows[key]
+        self.file.seek(begin + row * row_bytes)
+        data = self.file.read(row_bytes)
+        if len(data) != row_bytes:
+            raise ShardError(f"{self.path} [{key}]: truncated since it was checked (row {row} cut short)")
+        return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class _Reader:
-    """Reads rows from shards through memory-mapped ``safe_open`` handles (one reader per thread)."""
+    """Reads rows from shards with plain file reads (one reader per thread).
+
+    Not memory maps: a shard truncated or replaced while training would then kill the process with
+    SIGBUS; a read gives an error naming the file instead, and fetches only the rows a batch needs.
+    """
 
     def __init__(self, layout: _Layout, open_files: int) -> None:
         self.layout = layout
         self.open_files = open_files
-        self.handles: OrderedDict[int, Any] = OrderedDict()
+        self.handles: OrderedDict[int, _OpenShard] = OrderedDict()
 
-    def _handle(self, shard: int) -> Any:
-        from safetensors import safe_open
-
+    def _handle(self, shard: int) -> _OpenShard:
         handle = self.handles.get(shard)
         if handle is not None:
             self.handles.move_to_end(shard)
@@ -216,12 +253,12 @@ class _Reader:
                 raise ShardError(f"{path}: sha256 {digest[:12]}… differs from the index ({entry.sha256[:12]}…)")
             layout.verified.add(shard)
         try:
-            handle = safe_open(str(path), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types
+            handle = _OpenShard(path, layout, entry.count)
+        except OSError as exc:
             raise ShardError(f"{path}: cannot open ({exc})") from None
         self.handles[shard] = handle
         while len(self.handles) > self.open_files:
-            self.handles.popitem(last=False)
+            self.handles.popitem(last=False)[1].close()
         return handle
 
     def rows(self, ids: Tensor) -> dict[str, Tensor]:
@@ -232,18 +269,20 @@ class _Reader:
         for key, spec in layout.index.tensors.items():
             out[key] = torch.empty((len(ids), *spec.shape), dtype=getattr(torch, spec.dtype))
         for shard in torch.unique(shards).tolist():
-            where = (shards == shard).nonzero().flatten()
+            where = (shards == shard).nonzero().flatten().tolist()
             local = (ids[where] - layout.starts[shard]).tolist()
             handle = self._handle(shard)
-            path = layout.index.root / layout.index.shards[shard].file
             for key in out:
                 try:
-                    view = handle.get_slice(key)
-                    for i, row in zip(where.tolist(), local, strict=True):
-                        out[key][i] = view[row : row + 1][0]
-                except Exception as exc:  # a file changed or damaged after it was checked
-                    raise ShardError(f"{path} [{key}]: cannot read rows ({exc})") from None
+                    for i, row in zip(where, local, strict=True):
+                        out[key][i] = handle.read(key, row)
+                except OSError as exc:
+                    raise ShardError(f"{handle.path} [{key}]: cannot read ({exc})") from None
         return out
+
+    def close(self) -> None:
+        while self.handles:
+            self.handles.popitem()[1].close()
 
 
 class _Gone(Exception):
@@ -405,15 +444,11 @@ class LatentShards:
         """Captions of global sample ids (None when the dataset stores none)."""
         if not self.index.captions:
             return None
-        import json
-
-        from safetensors import safe_open
-
         out = []
         shards = self._layout.shard_of(ids).tolist()
         for i, shard in zip(ids.tolist(), shards, strict=True):
-            with safe_open(str(self.index.root / self.index.shards[shard].file), framework="pt") as f:
-                out.append(json.loads(f.metadata()["captions"])[i - int(self.starts[shard])])
+            _, metadata = read_header(self.index.root / self.index.shards[shard].file)
+            out.append(json.loads(metadata[CAPTIONS_KEY])[i - int(self.starts[shard])])
         return out
 
     # -- state ------------------------------------------------------------------------------------
