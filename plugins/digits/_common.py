@@ -17,6 +17,9 @@ from rcm_registry.protocols import Condition
 class ClassifierConfig:
     #: Weights of the feature network, written by ``python benchmarks/train_digit_classifier.py``.
     classifier: str = DEFAULT_PATH
+    #: Clip samples to the pixel range [-1, 1] first, as writing them out as images would (FID is taken on
+    #: saved images too). Without it, a few over-saturated pixels dominate the feature statistics.
+    clip: bool = True
 
 
 def reference_set(dataset: Any) -> tuple[Tensor, Tensor]:
@@ -36,12 +39,14 @@ def sample_labels(condition: Condition, n: int) -> Tensor:
     return label.cpu().long()
 
 
-def features(path: str, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(features, logits) of the classifier at ``path``; non-finite samples are mapped to the background.
+def features(config: ClassifierConfig, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(features, logits) of the configured classifier; non-finite values are mapped to the background.
 
     A diverged sample (NaN) would poison every statistic; replacing it by a blank image keeps it
     counted as a failure (wrong class, far from the data) without breaking the linear algebra.
     """
     x = x.detach().float().cpu()
     x = torch.where(torch.isfinite(x), x, torch.full_like(x, -1.0))
-    return features_and_logits(load_classifier(path), x)
+    if config.clip:
+        x = x.clamp(-1.0, 1.0)
+    return features_and_logits(load_classifier(config.classifier), x)

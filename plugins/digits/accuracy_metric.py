@@ -23,7 +23,7 @@ class DigitsAccuracy:
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
         label = sample_labels(condition, samples.shape[0])
-        _, logits = features(self.config.classifier, samples)
+        _, logits = features(self.config, samples)
         return {"accuracy": float((logits.argmax(dim=1) == label).double().mean())}
 
 

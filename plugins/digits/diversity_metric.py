@@ -30,8 +30,8 @@ class DigitsDiversity:
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
         label = sample_labels(condition, samples.shape[0])
         x_real, y_real = reference_set(dataset)
-        fake, _ = features(self.config.classifier, samples)
-        real, _ = features(self.config.classifier, x_real)
+        fake, _ = features(self.config, samples)
+        real, _ = features(self.config, x_real)
         ratios = []
         for c in label.unique().tolist():
             mine = fake[label == c]

@@ -27,8 +27,8 @@ class DigitsFrechet:
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
         x_real, _ = reference_set(dataset)
-        fake, _ = features(self.config.classifier, samples)
-        real, _ = features(self.config.classifier, x_real)
+        fake, _ = features(self.config, samples)
+        real, _ = features(self.config, x_real)
         return {"fd": frechet_distance(fake, real)}
 
 

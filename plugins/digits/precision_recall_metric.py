@@ -36,8 +36,8 @@ class DigitsPrecisionRecall:
         x_real, _ = reference_set(dataset)
         n = min(samples.shape[0], x_real.shape[0])
         pick = torch.randperm(x_real.shape[0], generator=torch.Generator().manual_seed(self.config.seed))[:n]
-        real, _ = features(self.config.classifier, x_real[pick])
-        fake, _ = features(self.config.classifier, samples)
+        real, _ = features(self.config, x_real[pick])
+        fake, _ = features(self.config, samples)
         precision, recall = precision_recall(real, fake, self.config.k)
         return {"precision": precision, "recall": recall}
 

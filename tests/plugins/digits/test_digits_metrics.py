@@ -115,3 +115,16 @@ def test_missing_classifier_is_a_user_error(tmp_path: Path) -> None:
     metric = reg.build("metric", "digits_fd", classifier=str(tmp_path / "none.safetensors"))
     with pytest.raises(rr.UserError, match="train_digit_classifier"):
         metric(ds.x[:10], {"label": ds.y[:10]}, ds)
+
+
+def test_samples_are_clipped_to_the_pixel_range_unless_asked_not_to(classifier_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    reg = rr.registry()
+    ds = reg.build("dataset", "digits")
+    loud = ds.x[:300] * 3.0  # over-saturated: most pixels far outside [-1, 1]
+    condition = {"label": ds.y[:300]}
+    clipped = reg.build("metric", "digits_fd", classifier=str(classifier_path))
+    raw = reg.build("metric", "digits_fd", classifier=str(classifier_path), clip=False)
+    same = clipped(loud.clamp(-1, 1), condition, ds)["fd"]
+    assert clipped(loud, condition, ds)["fd"] == pytest.approx(same, rel=1e-12)
+    assert raw(loud, condition, ds)["fd"] > same
