@@ -24,14 +24,24 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+from rcm_plugins.wan.model import WanNetwork
 from safetensors import safe_open
 
+from rcm_registry import registry
 from rcm_registry.engine.pictures import image_grid_png
 from rcm_registry.engine.sampling import LoadedRun, draw, open_run
 
 COLUMNS = ("fd", "accuracy", "precision", "recall", "diversity")
 ROOT = Path(__file__).resolve().parent
-NAMES = {"scm": "sCM", "dcm": "dCM", "dmd": "DMD", "rcm": "rCM"}
+NAMES = {
+    "scm": "sCM",
+    "dcm": "dCM",
+    "dmd": "DMD",
+    "rcm": "rCM",
+    # Ablations: the same recipes with the DMD score taken from the teacher without CFG (guidance 1).
+    "dmd_nocfg": "DMD, score without CFG",
+    "rcm_nocfg": "rCM, DMD score without CFG",
+}
 
 
 def summary(values: list[float]) -> str:
@@ -62,12 +72,26 @@ def labelled_grid(rows: list[tuple[str, torch.Tensor]], scale: int = 4) -> Image
     return canvas
 
 
+def sample_with_sdpa(run: LoadedRun) -> None:
+    """Give the run's Wan blocks the ``sdpa`` attention backend, as the teacher has.
+
+    The distillation recipes give the student ``math`` attention because the sCM JVP needs forward-mode
+    AD; sampling needs no JVP, and both backends compute the same function, so the wall times compare
+    the same kernels.
+    """
+    sdpa = registry().build("attention", "sdpa")
+    for module in run.net.modules():
+        if isinstance(module, WanNetwork):
+            module.attention = sdpa
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/digits"))
-    parser.add_argument("--methods", nargs="+", default=["scm", "dcm", "dmd", "rcm"])
+    parser.add_argument("--methods", nargs="+", default=["scm", "dcm", "dmd", "rcm"], help="run folders in --runs")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--teacher-steps", type=int, default=50)
+    parser.add_argument("--teacher-guidance", nargs="*", type=float, default=[1.0], help="extra teacher rows")
     parser.add_argument("--num", type=int, default=1000)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "digits_table.md")
@@ -93,10 +117,10 @@ def main() -> None:
     table.append(("data (real digits)", 0, 0, data_metrics, [0.0] * len(args.seeds)))
     pictures.append(("data", by_class(dataset.x, dataset.y, 2)))
 
-    def measure(run: LoadedRun, name: str, steps: int, nfe: int) -> None:
+    def measure(run: LoadedRun, name: str, steps: int, nfe: int, **overrides: float) -> None:
         per_seed, seconds = [], []
         for seed in args.seeds:
-            result = draw(run, args.num, steps=steps, seed=seed)
+            result = draw(run, args.num, steps=steps, seed=seed, **overrides)
             per_seed.append(result.metrics)
             seconds.append(result.seconds)
             if seed == args.seeds[0]:
@@ -106,8 +130,14 @@ def main() -> None:
         table.append((name, steps, nfe, per_seed, seconds))
 
     measure(teacher, f"teacher (Euler, CFG {guidance:g})", args.teacher_steps, 2 * args.teacher_steps)
+    for other in args.teacher_guidance:
+        # For context: the same teacher at another guidance scale (1: no CFG, one call per step).
+        name = "teacher (Euler, no CFG)" if other == 1.0 else f"teacher (Euler, CFG {other:g})"
+        nfe = args.teacher_steps * (1 if other == 1.0 else 2)
+        measure(teacher, name, args.teacher_steps, nfe, guidance=other)
     for method in args.methods:
         run = open_run(args.runs / method, device="cpu")
+        sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
 
@@ -125,8 +155,9 @@ def main() -> None:
         f"{', '.join(map(str, args.seeds))}. FD: Fréchet distance of the digit classifier's features against "
         "all 1797 digits (lower is better); accuracy: the classifier agrees with the condition; precision / "
         "recall: k-NN manifolds (k = 3) against as many real digits; diversity: within-class mean pairwise "
-        "feature distance relative to the data's (1 = as varied as the data). Wall time: the sampler call, "
-        "one CPU thread.",
+        "feature distance relative to the data's (1 = as varied as the data). Wall time: the sampler call "
+        "for all samples of a row, one CPU thread, `sdpa` attention for every network (the students train with "
+        "`math` for the JVP); other jobs shared the machine's cores, so wall times are rough.",
         "",
         f"The feature network is the digit classifier of `benchmarks/train_digit_classifier.py` ({classifier}): "
         f"test accuracy {accuracy:.4f} on the 360 held-out digits of the seeded split.",
