@@ -38,9 +38,9 @@ NAMES = {
     "dcm": "dCM",
     "dmd": "DMD",
     "rcm": "rCM",
-    # Ablations: the same recipes with the DMD score taken from the teacher without CFG (guidance 1).
-    "dmd_nocfg": "DMD, score without CFG",
-    "rcm_nocfg": "rCM, DMD score without CFG",
+    # Ablations: the DMD score from the guided teacher (CFG 2) instead of the unguided one.
+    "dmd_cfg": "DMD, CFG-2 score",
+    "rcm_cfg": "rCM, CFG-2 DMD score, weight 0.02",
 }
 
 
@@ -59,7 +59,8 @@ def by_class(samples: torch.Tensor, labels: torch.Tensor, per_class: int) -> tor
 def labelled_grid(rows: list[tuple[str, torch.Tensor]], scale: int = 4) -> Image.Image:
     """One image row per model, its name on the left."""
     pictures = [image_grid_png(images, columns=images.shape[0], scale=scale) for _, images in rows]
-    margin = 150
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    margin = 12 + int(max(measure.textlength(name) for name, _ in rows))
     width = margin + max(p.width for p in pictures)
     height = sum(p.height for p in pictures) + 4 * len(pictures)
     canvas = Image.new("L", (width, height), 255)
@@ -88,7 +89,9 @@ def sample_with_sdpa(run: LoadedRun) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/digits"))
-    parser.add_argument("--methods", nargs="+", default=["scm", "dcm", "dmd", "rcm"], help="run folders in --runs")
+    parser.add_argument(
+        "--methods", nargs="+", default=["scm", "dcm", "dmd", "rcm", "dmd_cfg", "rcm_cfg"], help="run folders in --runs"
+    )
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument("--teacher-guidance", nargs="*", type=float, default=[1.0], help="extra teacher rows")
