@@ -107,6 +107,9 @@ def train_all(jobs: list[Job], *, reuse: bool, slots: int) -> None:
     for job in jobs:
         if reuse and is_finished(job.out):
             print(f"reusing {job.out}", flush=True)
+            recorded = job.out / "train_seconds.txt"
+            if recorded.is_file():
+                job.seconds = float(recorded.read_text(encoding="utf-8"))
             done.add(job.out)
         else:
             todo.append(job)
@@ -129,6 +132,8 @@ def train_all(jobs: list[Job], *, reuse: bool, slots: int) -> None:
                     other.terminate()
                 raise SystemExit(f"training {job.label} failed (exit {code}); see {job.out / 'train.log'}")
             job.seconds = time.perf_counter() - t0
+            # Kept with the run so that a table made with --reuse still shows how long it took.
+            (job.out / "train_seconds.txt").write_text(f"{job.seconds:.1f}\n", encoding="utf-8")
             done.add(out)
             print(f"  done {job.label} in {job.seconds:.0f} s", flush=True)
         ready = [job for job in todo if job.after is None or job.after in done]
@@ -283,7 +288,7 @@ def write_table(args: argparse.Namespace, rows: dict[tuple[str, int], Row], runs
     for row in rows.values():
         values = [summary(row.metrics[key], dec) for key, _, dec in METRICS]
         ms = summary([s * 1e3 for s in row.seconds], 1)
-        train = summary(row.train_seconds, 0) if row.train_seconds else "reused"
+        train = summary(row.train_seconds, 0) if row.train_seconds else "–"
         lines.append(f"| {row.model} | {row.steps} | {row.nfe} | " + " | ".join(values) + f" | {ms} | {train} |")
     lines += [
         "",

@@ -161,9 +161,16 @@ def finite_rows(*xs: Tensor) -> Tensor:
 
 
 def reduce_batch(per_sample: Tensor, ok: Tensor, reduction: Reduction) -> tuple[Tensor, int]:
-    """Masked batch reduction: non-finite samples count as 0 and are counted; mean divides by B."""
+    """Masked batch reduction: non-finite samples count as 0 and are counted; mean divides by B.
+
+    When no sample is finite the loss is NaN rather than 0: masking is for the odd bad sample, and a
+    batch with nothing left means a network (typically the critic) has itself gone non-finite. A 0
+    would let training carry on silently with that network dead; NaN makes the trainer stop.
+    """
     zeroed = torch.where(ok, per_sample, torch.zeros_like(per_sample))
     total = zeroed.sum()
     if reduction == "mean":
         total = total / per_sample.shape[0]
+    if not bool(ok.any()):
+        total = total + float("nan")
     return total, int((~ok).sum())

@@ -10,7 +10,7 @@ one Euler step of the teacher ODE ``dx/dt = F_T`` (with CFG, no grad): ``x_{t'} 
 target ``x0⁻ = x0`` prediction of ``target_net`` (the student itself by default, or an EMA copy the
 engine provides as a role) at ``(x_{t'}, t')`` without grad, except at t' = 0 where the boundary
 condition gives ``x0⁻ = x_{t'}`` exactly. ``L = ‖x0_θ(x_t, t) − x0⁻‖²`` summed over elements,
-non-finite samples masked (``nan_masked``), ``reduction`` over the batch, times ``weight``.
+non-finite samples masked (``nan_masked``; all of them: NaN), ``reduction`` over the batch, times ``weight``.
 
 Randomness, in order: k (``ctx.generator``), then ε (``ctx.generator``).
 """

@@ -9,8 +9,9 @@
 * ``L = ‖x̂0 − sg(x̂0 − (x0_fake − x0_teacher)/w)‖²`` summed over elements, so that
   ``∂L/∂x̂0 = 2·(x0_fake − x0_teacher)/w``.
 
-Non-finite samples are dropped and counted (``nan_masked``); ``reduction`` over the batch; times
-``weight``. Randomness, in order: the rollout's, then ``t`` from the time sampler, then ``ε``.
+Non-finite samples are dropped and counted (``nan_masked``; with all of them dropped, e.g. a fake score
+gone non-finite, the loss is NaN); ``reduction`` over the batch; times ``weight``. Randomness, in
+order: the rollout's, then ``t`` from the time sampler, then ``ε``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 ``ε ~ N(0, I)``, ``x_t = cos t·x̂0 + sin t·ε``; ``x0_fake`` from the fake-score network through the
 teacher wrapper (no CFG); ``L = ‖x̂0 − x0_fake‖²/sin²t`` summed over elements (``1/sin²t`` turns the
 x0 error into the F error: ``F − F_true = −(x0 − x0_true)/sin t`` at fixed x_t), non-finite samples
-masked (``nan_masked``), ``reduction`` over the batch, times ``weight``. Trains ``fake_net``.
+masked (``nan_masked``; all of them: NaN), ``reduction`` over the batch, times ``weight``. Trains
+``fake_net``.
 
 Randomness, in order: the rollout's, then ``t`` from the time sampler, then ``ε``.
 """

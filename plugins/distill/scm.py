@@ -15,7 +15,8 @@ Per sample, with ``t ~ p_G`` (``time.student``), ``ε ~ N(0, I)`` and ``x_t = co
 
 Samples whose g or F_θ has a non-finite value are dropped (their term is 0) and counted in the
 ``nan_masked`` metric. This guards against non-finite targets (teacher, tangent); a non-finite value
-in the student's own forward output still reaches its parameters through the backward pass.
+in the student's own forward output still reaches its parameters through the backward pass. With
+every sample masked the loss is NaN (see :func:`~rcm_plugins.distill.common.reduce_batch`).
 ``reduction`` over the batch: ``mean`` (divide by B, masked samples included) or ``sum``. The
 returned loss is multiplied by ``weight``. Metrics: ``nan_masked``, ``unweighted`` (the loss before
 ``weight``), ``tangent_norm`` (mean ‖g‖₂ before normalisation), ``teacher_gap`` (mean squared

@@ -248,3 +248,40 @@ def test_fake_score_dsm_matches_reference() -> None:
     assert_close(out.loss, ref, 1e-10, "loss")
     _compare_grads(_grads(nets["fake_score"], out.loss), _grads(nets["fake_score"], ref), 1e-9)
     assert all(p.grad is None for p in nets["student"].parameters())
+
+
+# -- a network gone non-finite is not masked away -------------------------------------------------------
+class AllNan(nn.Module):
+    """Wraps a network and makes its whole output NaN, as after a critic step with an infinite gradient."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, timestep: Tensor, **cond: Tensor) -> Tensor:
+        return self.net(x, timestep, **cond) * float("nan")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dead_fake_score_gives_nan_losses(reduction: str) -> None:
+    """Regression: with every sample masked the critic and DMD losses were 0, so a rCM run whose fake
+    score had gone NaN trained on as plain sCM without any error."""
+    x0, nets, wrapper = _setup(8)
+    nets = {**nets, "fake_score": AllNan(nets["fake_score"])}
+    time = {"critic": FixedTimes(TIMES)}
+    rollout = _rollout_stub(nets["student"])
+    ctx = make_ctx(x0, nets, teacher=wrapper, time=time, rollout=rollout, trained="fake_score")
+    critic = FakeScoreDsmLoss(FakeScoreDsmConfig(reduction=reduction))(ctx)
+    assert critic.metrics["nan_masked"] == B and torch.isnan(critic.loss)
+    ctx = make_ctx(x0, nets, teacher=wrapper, time=time, rollout=rollout)
+    dmd = DmdLoss(DmdConfig(reduction=reduction))(ctx)
+    assert dmd.metrics["nan_masked"] == B and torch.isnan(dmd.loss)
+
+
+def test_all_masked_scm_and_dcm_losses_are_nan() -> None:
+    x0, nets, wrapper = _setup(9)
+    nets = {**nets, "teacher": AllNan(nets["teacher"])}
+    scm = ScmLoss(ScmConfig())(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}))
+    assert scm.metrics["nan_masked"] == B and torch.isnan(scm.loss)
+    dcm = DcmLoss(DcmConfig(steps=4))(make_ctx(x0, nets, teacher=wrapper))
+    assert dcm.metrics["nan_masked"] == B and torch.isnan(dcm.loss)
