@@ -117,3 +117,12 @@ def test_a_different_component_replaces_instead_of_merging(tmp_path: Path) -> No
     write(tmp_path / "a.yaml", "data: {use: shards, path: /x, workers: 2}\nopt: {use: adamw, lr: 1}\n")
     child = write(tmp_path / "c.yaml", "base: a.yaml\ndata: {use: random, seed: 3}\nopt: {lr: 2}\n")
     assert load_recipe(child) == {"data": {"use": "random", "seed": 3}, "opt": {"use": "adamw", "lr": 2}}
+
+
+def test_validation_keeps_loss_starts_in_the_saved_recipe() -> None:
+    from rcm_registry import registry
+    from rcm_registry.recipe.validate import validate_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = validate_recipe(load_recipe(root / "recipes/quickstart/rcm.yaml"), registry())
+    assert any("start" in loss for loss in recipe.data["phases"]["student"]["losses"])

@@ -23,7 +23,8 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`."""
     problems: list[str] = []
     data = copy.deepcopy(dict(data))
-    body_data = {k: v for k, v in data.items() if k != "networks"}
+    # A copy: taking the engine-level `start:` keys out must not change the recipe saved with checkpoints.
+    body_data = copy.deepcopy({k: v for k, v in data.items() if k != "networks"})
     loss_starts = _pop_loss_starts(body_data, problems)
     body = structure(RecipeBody, body_data, "", problems, registry)
     networks = _networks(data.get("networks"), registry, problems)
