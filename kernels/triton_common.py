@@ -52,3 +52,25 @@ def dot_flags(dtype: torch.dtype) -> dict[str, Any]:
 def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     """Launch on the tensor's GPU (Triton uses the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def group_operand(t: Tensor | None, batch: int, groups: int, dim: int, name: str) -> tuple[Tensor | None, int]:
+    """A per-(sample, token group) operand as a contiguous (Bt, G, D) tensor and its batch stride.
+
+    Accepts (D,) (one vector for all tokens) or (Bt, G, D) with Bt ∈ {1, batch}; the batch stride is 0
+    when one row serves the whole batch. Row kernels find a token's vector at ``b·stride + g·D``.
+    """
+    if t is None:
+        return None, 0
+    if t.dim() == 1:
+        t = t.view(1, 1, -1)
+    if t.dim() != 3 or t.shape[0] not in (1, batch) or t.shape[1] != groups or t.shape[2] != dim:
+        raise ValueError(f"{name} must be ({dim},) or (1 or {batch}, {groups}, {dim}), got {tuple(t.shape)}")
+    t = t.contiguous()
+    return t, 0 if t.shape[0] == 1 else groups * dim
+
+
+def row_launch(dim: int) -> dict[str, int]:
+    """Block and warp count for kernels that keep one token row of ``dim`` values in registers."""
+    block = triton.next_power_of_2(dim)
+    return {"BLOCK_D": block, "num_warps": max(1, min(16, block // 256))}

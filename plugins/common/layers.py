@@ -48,10 +48,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        cd = compute_dtype(x.dtype)
-        y = x.to(cd)
-        y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(cd)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``x / rms(x) · weight`` over the last dimension in at least float32, rounded to x's dtype."""
+    cd = compute_dtype(x.dtype)
+    y = x.to(cd)
+    y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + eps)
+    return (y * weight.to(cd)).to(x.dtype)
 
 
 def sinusoidal_embedding(timestep: Tensor, dim: int, dtype: torch.dtype, *, max_period: float = 10000.0) -> Tensor:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.layers import (
     RMSNorm,
     UpcastLayerNorm,
@@ -46,7 +47,7 @@ from rcm_plugins.common.layers import (
     merge_heads,
     sinusoidal_embedding,
 )
-from rcm_plugins.common.rope import apply_rope_halves, axis_pairs, ntk_theta, rope_tables
+from rcm_plugins.common.rope import axis_pairs, ntk_theta, rope_tables
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -156,6 +157,11 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, 3 * dim, bias=False)
 
 
+def _norm_rope(norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Cosmos' per-head q/k RMS norm of (B, S, H, D), then RoPE on channel halves ("rotate half")."""
+    return rms_norm_rope(x, norm.weight, rope, norm.eps, per_head=True, interleaved=False)
+
+
 class Attention(nn.Module):
     """Self- (``context_dim=None``) or cross-attention with per-head q/k RMSNorm, bias-free projections."""
 
@@ -174,11 +180,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None, rope: tuple[Tensor, Tensor] | None, attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
         kv = x if context is None else context
-        q = self.q_norm(self.q_proj(x).unflatten(-1, heads))
-        k = self.k_norm(self.k_proj(kv).unflatten(-1, heads))
+        q = _norm_rope(self.q_norm, self.q_proj(x).unflatten(-1, heads), rope)
+        k = _norm_rope(self.k_norm, self.k_proj(kv).unflatten(-1, heads), rope)
         v = self.v_proj(kv).unflatten(-1, heads)
-        if rope is not None:
-            q, k = apply_rope_halves(q, *rope), apply_rope_halves(k, *rope)
         return self.output_proj(merge_heads(attn(heads_first(q), heads_first(k), heads_first(v))))
 
 
@@ -203,19 +207,13 @@ def _modulation(head: nn.Sequential, e: Tensor, lora: Tensor) -> Tensor:
     return linear_in(linear_in(F.silu(e), head[1], td), head[2], td) + lora
 
 
-def _per_frame(x: Tensor, frames: int) -> Tensor:
-    """Tokens (B, S, D) viewed as (B, frames, S/frames, D), so (B, frames, 1, D) modulations broadcast."""
-    return x.unflatten(1, (frames, -1))
-
-
-def _modulate(norm: nn.Module, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    td = shift.dtype
-    return (_per_frame(norm(x.to(td)), shift.shape[1]) * (1 + scale) + shift).flatten(1, 2).to(x.dtype)
+def _modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    # shift, scale: (B, F, 1, D) in the time dtype, one row per group of S/F consecutive tokens.
+    return modulated_layer_norm(x, 1 + scale.squeeze(2), shift.squeeze(2), norm.eps, groups=shift.shape[1])
 
 
 def _gated_add(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
-    td = gate.dtype
-    return (x.to(td) + (_per_frame(y.to(td), gate.shape[1]) * gate).flatten(1, 2)).to(x.dtype)
+    return gated_residual(x, y, gate.squeeze(2), groups=gate.shape[1])
 
 
 class Block(nn.Module):

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.layers import (
     RMSNorm,
     UpcastLayerNorm,
@@ -35,7 +36,6 @@ from rcm_plugins.common.layers import (
     sinusoidal_embedding,
 )
 from rcm_plugins.common.layers import linear_in as _linear
-from rcm_plugins.common.rope import apply_rope_interleaved as apply_rope
 from rcm_plugins.common.rope import rope_tables
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -87,6 +87,11 @@ class WanArch:
 Attn = Any  # an attention backend object: attn(q, k, v, *, scale=None) with (B, H, S, D) inputs
 
 
+def _norm_rope(norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Wan's q/k RMS norm across all heads of (B, S, H, D), then RoPE on adjacent channel pairs."""
+    return rms_norm_rope(x, norm.weight, rope, norm.eps, per_head=False, interleaved=True)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
@@ -100,8 +105,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
-        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), *rope)
-        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), *rope)
+        q = _norm_rope(self.norm_q, self.q(x).unflatten(-1, heads), rope)
+        k = _norm_rope(self.norm_k, self.k(x).unflatten(-1, heads), rope)
         v = self.v(x).unflatten(-1, heads)
         return self.o(merge_heads(attn(heads_first(q), heads_first(k), heads_first(v))))
 
@@ -128,12 +133,12 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None, attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
-        q = heads_first(self.norm_q(self.q(x)).unflatten(-1, heads))
-        k = heads_first(self.norm_k(self.k(context)).unflatten(-1, heads))
+        q = heads_first(_norm_rope(self.norm_q, self.q(x).unflatten(-1, heads), None))
+        k = heads_first(_norm_rope(self.norm_k, self.k(context).unflatten(-1, heads), None))
         v = heads_first(self.v(context).unflatten(-1, heads))
         out = attn(q, k, v)
         if context_img is not None:
-            k_img = heads_first(self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads))
+            k_img = heads_first(_norm_rope(self.norm_k_img, self.k_img(context_img).unflatten(-1, heads), None))
             v_img = heads_first(self.v_img(context_img).unflatten(-1, heads))
             out = out + attn(q, k_img, v_img)
         return self.o(merge_heads(out))
@@ -168,13 +173,22 @@ class WanBlock(nn.Module):
     ) -> Tensor:
         # e: (B, 6, dim) in the time dtype (>= float32): shift, scale, gate for attention, then for the FFN.
         # self_attn: the backend for self-attention when it differs from attn (context parallel).
+        # Each modulation vector is (B, 1, dim): one group of tokens per sample for the fused ops.
         td = e.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unsqueeze(2).unbind(1)
-        h = (self.norm1(x.to(td)) * (1 + scale1) + shift1).to(x.dtype)
-        x = (x.to(td) + self.self_attn(h, rope, self_attn or attn).to(td) * gate1).to(x.dtype)
-        x = x + self.cross_attn(self.norm3(x), context, context_img, attn)
-        h = (self.norm2(x.to(td)) * (1 + scale2) + shift2).to(x.dtype)
-        return (x.to(td) + self.ffn(h).to(td) * gate2).to(x.dtype)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unbind(1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (
+            m.unsqueeze(1) for m in (shift1, scale1, gate1, shift2, scale2, gate2)
+        )
+        h = modulated_layer_norm(x, 1 + scale1, shift1, self.norm1.eps)
+        x = gated_residual(x, self.self_attn(h, rope, self_attn or attn), gate1)
+        if isinstance(self.norm3, nn.LayerNorm):
+            x = x + self.cross_attn(
+                modulated_layer_norm(x, self.norm3.weight, self.norm3.bias, self.norm3.eps), context, context_img, attn
+            )
+        else:
+            x = x + self.cross_attn(x, context, context_img, attn)
+        h = modulated_layer_norm(x, 1 + scale2, shift2, self.norm2.eps)
+        return gated_residual(x, self.ffn(h), gate2)
 
 
 class Head(nn.Module):
@@ -186,8 +200,8 @@ class Head(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         td = temb.dtype
-        shift, scale = (self.modulation.to(td) + temb.unsqueeze(1)).unsqueeze(2).unbind(1)
-        return self.head((self.norm(x.to(td)) * (1 + scale) + shift).to(x.dtype))
+        shift, scale = (m.unsqueeze(1) for m in (self.modulation.to(td) + temb.unsqueeze(1)).unbind(1))
+        return self.head(modulated_layer_norm(x, 1 + scale, shift, self.norm.eps))
 
 
 class ImageProjection(nn.Module):

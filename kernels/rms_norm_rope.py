@@ -1,0 +1,141 @@
+"""RMS norm of the query/key projections followed by rotary position embedding, and its tangent.
+
+For a token row of H heads × D channels (statistics and arithmetic in fp32)
+
+    n = x·r,  r = (mean x² + eps)^(−1/2)      (mean over the whole row, or per head)
+    y = round(n·w)                            (the norm's output in the network's dtype)
+    out = rotate(y)                           (pairs (y₁, y₂) ↦ (y₁c − y₂s, y₁s + y₂c), rounded)
+
+and along a tangent tx, ``tn = r·(tx − n·mean(n·tx))`` goes through the same weight, rounding and rotation
+(RoPE is linear). Pairs are adjacent channels (2i, 2i+1) for Wan2.1, or channels (i, i + D/2) for
+Cosmos-Predict2 ("rotate half"); cos and sin are per token, (S, D/2), shared by the heads. Without
+tables the kernel is a plain RMS norm (the cross-attention queries and keys).
+
+The rounding between norm and rotation repeats what the reference networks do (an RMSNorm module returning
+the network's dtype, then RoPE computed in float32), so the fused result equals theirs to the last bit
+whenever fp32 arithmetic agrees.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from rcm_kernels.triton_common import device_context
+from torch import Tensor
+
+
+@triton.jit
+def _rms_norm_rope(
+    X, TX, W, COS, SIN, Y,
+    S, H, HEAD_DIM, eps,
+    TANGENT: tl.constexpr, PER_HEAD: tl.constexpr, W_PER_HEAD: tl.constexpr, ROPE: tl.constexpr,
+    INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    pairs = HEAD_DIM // 2
+    h = tl.arange(0, BLOCK_H)[:, None]
+    p = tl.arange(0, BLOCK_P)[None, :]
+    mask = (h < H) & (p < pairs)
+    if INTERLEAVED:
+        c1 = 2 * p
+        c2 = c1 + 1
+    else:
+        c1 = p
+        c2 = p + pairs
+    base = X + row * H * HEAD_DIM + h * HEAD_DIM
+    x1 = tl.load(base + c1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + c2, mask=mask, other=0.0).to(tl.float32)
+    if PER_HEAD:
+        r = 1.0 / tl.sqrt(tl.sum(x1 * x1 + x2 * x2, axis=1) / HEAD_DIM + eps)[:, None]
+    else:
+        r = 1.0 / tl.sqrt(tl.sum(tl.sum(x1 * x1 + x2 * x2, axis=1), axis=0) / (H * HEAD_DIM) + eps)
+    n1 = x1 * r
+    n2 = x2 * r
+    if TANGENT:
+        tbase = TX + row * H * HEAD_DIM + h * HEAD_DIM
+        t1 = tl.load(tbase + c1, mask=mask, other=0.0).to(tl.float32)
+        t2 = tl.load(tbase + c2, mask=mask, other=0.0).to(tl.float32)
+        if PER_HEAD:
+            m = (tl.sum(n1 * t1 + n2 * t2, axis=1) / HEAD_DIM)[:, None]
+        else:
+            m = tl.sum(tl.sum(n1 * t1 + n2 * t2, axis=1), axis=0) / (H * HEAD_DIM)
+        v1 = r * (t1 - n1 * m)
+        v2 = r * (t2 - n2 * m)
+    else:
+        v1 = n1
+        v2 = n2
+    if W_PER_HEAD:
+        w1 = tl.load(W + c1, mask=p < pairs, other=0.0).to(tl.float32)
+        w2 = tl.load(W + c2, mask=p < pairs, other=0.0).to(tl.float32)
+    else:
+        w1 = tl.load(W + h * HEAD_DIM + c1, mask=mask, other=0.0).to(tl.float32)
+        w2 = tl.load(W + h * HEAD_DIM + c2, mask=mask, other=0.0).to(tl.float32)
+    out_ty = Y.dtype.element_ty
+    y1 = (v1 * w1).to(out_ty)
+    y2 = (v2 * w2).to(out_ty)
+    if ROPE:
+        s = row % S
+        c = tl.load(COS + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
+        sn = tl.load(SIN + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
+        a1 = y1.to(tl.float32)
+        a2 = y2.to(tl.float32)
+        y1 = (a1 * c - a2 * sn).to(out_ty)
+        y2 = (a1 * sn + a2 * c).to(out_ty)
+    obase = Y + row * H * HEAD_DIM + h * HEAD_DIM
+    tl.store(obase + c1, y1, mask=mask)
+    tl.store(obase + c2, y2, mask=mask)
+
+
+def _launch(
+    x: Tensor, tx: Tensor | None, weight: Tensor, rope: tuple[Tensor, Tensor] | None, eps: float, *,
+    per_head: bool, interleaved: bool,
+) -> Tensor:  # fmt: skip
+    if x.dim() != 4:
+        raise ValueError(f"expected (B, S, H, D) query or key heads, got shape {tuple(x.shape)}")
+    b, s, h, d = x.shape
+    if d % 2:
+        raise ValueError(f"head dim must be even, got {d}")
+    if weight.shape not in ((d,), (h * d,)):
+        raise ValueError(f"weight must be ({d},) or ({h * d},), got {tuple(weight.shape)}")
+    if tx is not None and tx.shape != x.shape:
+        raise ValueError(f"tx has shape {tuple(tx.shape)}, x {tuple(x.shape)}")
+    cos = sin = None
+    if rope is not None:
+        cos, sin = (t.reshape(t.shape[0], -1).contiguous() for t in rope)
+        if cos.shape != (s, d // 2) or sin.shape != (s, d // 2):
+            raise ValueError(f"rope tables must hold ({s}, {d // 2}) values, got {tuple(rope[0].shape)}")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    block_h, block_p = max(2, triton.next_power_of_2(h)), max(2, triton.next_power_of_2(d // 2))
+    with device_context(x):
+        _rms_norm_rope[(b * s,)](
+            x, x if tx is None else tx.contiguous(), weight.contiguous(), x if cos is None else cos,
+            x if sin is None else sin, y,
+            s, h, d, eps,
+            TANGENT=tx is not None, PER_HEAD=per_head, W_PER_HEAD=weight.numel() == d, ROPE=rope is not None,
+            INTERLEAVED=interleaved, BLOCK_H=block_h, BLOCK_P=block_p,
+            num_warps=max(1, min(16, block_h * block_p // 128)),
+        )  # fmt: skip
+    return y
+
+
+def rms_norm_rope(
+    x: Tensor, weight: Tensor, rope: tuple[Tensor, Tensor] | None, eps: float, *, per_head: bool, interleaved: bool
+) -> Tensor:
+    """RMS-normalise heads x (B, S, H, D) (over all heads, or ``per_head``), scale by weight, rotate."""
+    return _launch(x, None, weight, rope, eps, per_head=per_head, interleaved=interleaved)
+
+
+def rms_norm_rope_jvp(
+    x: Tensor,
+    tx: Tensor,
+    weight: Tensor,
+    rope: tuple[Tensor, Tensor] | None,
+    eps: float,
+    *,
+    per_head: bool,
+    interleaved: bool,
+) -> Tensor:
+    """The tangent of :func:`rms_norm_rope` along tx (the weight and the tables carry no tangent)."""
+    return _launch(x, tx, weight, rope, eps, per_head=per_head, interleaved=interleaved)
