@@ -9,6 +9,7 @@ import pytest
 
 from rcm_registry import registry
 from rcm_registry.recipe.load import load_recipe
+from rcm_registry.recipe.schema import Recipe
 from rcm_registry.recipe.validate import validate_recipe
 from rcm_registry.schema import MISSING
 from rcm_registry.testing import run_cli
@@ -26,10 +27,33 @@ def fill_placeholders(node: Any, path: str = "") -> list[str]:
     return [f"{path}=/placeholder"] if node == MISSING else []
 
 
+def validated(recipe: Path) -> Recipe:
+    overrides = fill_placeholders(load_recipe(recipe))
+    return validate_recipe(load_recipe(recipe, overrides), registry(), str(recipe))
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
 def test_recipe_validates(recipe: Path) -> None:
-    overrides = fill_placeholders(load_recipe(recipe))
-    validate_recipe(load_recipe(recipe, overrides), registry(), str(recipe))
+    validated(recipe)
+
+
+#: The codecs (text, vae) a network family's `rcm synth` / `rcm generate` need, by network name prefix.
+FAMILY_CODECS = {"wan2.1-": ("umt5", "wan_vae"), "cosmos-predict2-": ("t5", "cosmos_vae")}
+ON_SYNTH_DATA = [p for p in RECIPES if load_recipe(p).get("data", {}).get("use") == "latent_shards"]
+
+
+@pytest.mark.parametrize("recipe", ON_SYNTH_DATA, ids=[str(p.relative_to(ROOT / "recipes")) for p in ON_SYNTH_DATA])
+def test_recipes_on_synthesised_data_declare_the_codecs_of_their_teacher(recipe: Path) -> None:
+    """`rcm synth` encodes the prompts with codecs.text, `rcm generate` also decodes with codecs.vae."""
+    checked = validated(recipe)
+    teacher = checked.networks["teacher"].spec.name
+    text, vae = next(codecs for prefix, codecs in FAMILY_CODECS.items() if teacher.startswith(prefix))
+    assert {k: v.name for k, v in checked.body.codecs.items()} == {"text": text, "vae": vae}
+
+
+def test_production_wan_recipes_train_on_synthesised_data() -> None:
+    names = {str(p.relative_to(ROOT / "recipes")) for p in ON_SYNTH_DATA}
+    assert {"wan2.1/t2v_1.3b_rcm.yaml", "wan2.1/t2v_14b_rcm.yaml"} <= names
 
 
 def test_there_are_recipes_for_every_family() -> None:
