@@ -177,9 +177,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from rcm_registry.recipe.load import load_recipe
     from rcm_registry.recipe.validate import validate_recipe
     from rcm_registry.schema import MISSING
-    from rcm_registry.synth import SynthSettings, read_prompts, synthesise
+    from rcm_registry.synth import SynthSettings, read_conditions, read_prompts, synthesise
 
     prompts = read_prompts(Path(args.prompts))
+    if args.conditions is not None:
+        read_conditions(Path(args.conditions), prompts)
     data = load_recipe(args.recipe, args.set)
     # The dataset being written is the one the recipe trains on, and synth decodes nothing: neither the
     # data path nor the codecs other than `text` (none for precomputed embeddings) need filling in for it.
@@ -319,7 +321,7 @@ HELP = {
         "Sample the recipe's teacher for every prompt and write latent shards (resumable: rerun to continue).",
         "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,21,60,104 --out data/synth \\\n"
         "    --set networks.teacher.weights.path=/models/Wan2.1-T2V-1.3B-Diffusers/transformer \\\n"
-        "    --set 'codecs.text={use: umt5, path: /models/Wan2.1-T2V-1.3B-Diffusers/text_encoder}'",
+        "    --set codecs.text.path=/models/Wan2.1-T2V-1.3B-Diffusers/text_encoder",
     ),
     "generate": (
         "Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
@@ -395,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe whose teacher network (with weights) and codecs.text are used")
     p.add_argument(
         "--prompts", required=True, help="prompts: .txt (one a line), .jsonl ({prompt}), or .safetensors embeddings"
+    )
+    p.add_argument(
+        "--conditions",
+        help="network conditions besides the text (Wan I2V, Cosmos Video2World): a .safetensors file of "
+        "cond.NAME tensors, one row per prompt",
     )
     p.add_argument("--out", required=True, help="dataset directory (created; an existing one is continued)")
     p.add_argument("--shape", help="latent shape of one sample C,T,H,W (e.g. 16,21,60,104: 81 frames at 480p)")

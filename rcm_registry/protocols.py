@@ -15,6 +15,10 @@ Conventions used throughout:
 * Any component's config class may define ``check_recipe(recipe, where) -> list[str]``: problems it
   finds with the rest of the validated recipe (``where`` is the phase name for losses, the section's
   YAML path otherwise). The validator calls it once everything else is valid.
+* A network's config class may define ``condition_shapes(latent_shape) -> {key: per-sample shape}``: the
+  condition keys besides ``text`` the network needs for latents of ``latent_shape`` (C, T, H, W), with
+  None for a size that may vary (e.g. Wan2.1 I2V: ``image`` and ``image_latent``). ``rcm synth`` checks
+  the conditions it is given against it.
 """
 
 from __future__ import annotations

@@ -50,6 +50,16 @@ file and the key); ``sha256`` is checked when a shard is read if the dataset ask
 goes to shard ``i // shard_size`` and its noise comes from a generator seeded with ``(seed, i)``, so the
 output does not depend on how often the command was interrupted: shards are written under a temporary
 name and renamed, and a restart skips every shard already present.
+
+Conditions besides the text. A network conditioned on more than the prompt (Wan2.1 I2V: ``image``, the
+CLIP image tokens, and ``image_latent``, the mask and first-frame latents; Cosmos-Predict2 Video2World:
+``condition_latents`` and ``condition_mask``) says so through its config's
+``condition_shapes(latent_shape)``. No codec computes these, so they come with the prompts: ``cond.NAME``
+tensors with one row per prompt, in a ``--prompts`` ``.safetensors`` file or a separate ``--conditions``
+``.safetensors`` file. ``rcm synth`` checks that every condition the network needs is there with its
+shape, gives them to the teacher (both CFG branches, as the ``latent_shards`` dataset does in training)
+and stores them in the shards as ``cond.NAME``, rounded to the store dtype (the teacher sees the stored
+values). A network whose config has no ``condition_shapes`` gets whatever conditions are given.
 """
 
 from __future__ import annotations
@@ -431,6 +441,11 @@ class PromptSet:
     text_mask: Tensor | None = None
     negative_text: Tensor | None = None
     negative_mask: Tensor | None = None
+    #: Per-prompt network conditions besides the text, by condition name (``cond.NAME`` in the files), (N, ...).
+    conditions: dict[str, Tensor] = attrs.field(factory=dict)
+    #: The ``--conditions`` file they came from, and its sha256 (None: none, or in the prompts file).
+    conditions_source: Path | None = None
+    conditions_sha256: str | None = None
 
     def __len__(self) -> int:
         if self.captions is not None:
@@ -442,7 +457,8 @@ class PromptSet:
 def read_prompts(path: Path) -> PromptSet:
     """``.txt``: one prompt per non-empty line; ``.jsonl``: one object with ``prompt`` per line;
     ``.safetensors``: ``text`` (N, L, D), optional ``text_mask`` (N, L), ``negative_text`` (1, L, D),
-    ``negative_text_mask`` (1, L), and optional metadata ``captions`` (a JSON list)."""
+    ``negative_text_mask`` (1, L), ``cond.NAME`` (N, ...) network conditions besides the text, and
+    optional metadata ``captions`` (a JSON list)."""
     if not path.is_file():
         raise UserError(f"--prompts {path}: no such file")
     digest = file_sha256(path)
@@ -470,7 +486,14 @@ def read_prompts(path: Path) -> PromptSet:
             negative.ndim != 3 or negative.shape[0] != 1 or negative.shape[2] != text.shape[2]
         ):
             raise UserError(f"--prompts {path} [negative_text]: expected (1, L, {text.shape[2]})")
+        known = {"text", "text_mask", "negative_text", "negative_text_mask"}
+        unknown = [k for k in tensors if k not in known and not k.startswith(COND_PREFIX)]
+        if unknown:
+            raise UserError(
+                f"--prompts {path}: unexpected tensors {', '.join(unknown)} (conditions are named {COND_PREFIX}NAME)"
+            )
         prompts = PromptSet(source=path, sha256=digest, captions=captions, text=text, text_mask=mask)
+        prompts.conditions = _conditions_of(f"--prompts {path}", tensors, int(text.shape[0]))
         prompts.negative_text = negative
         prompts.negative_mask = tensors.get("negative_text_mask")
         if prompts.text_mask is None:
@@ -495,6 +518,94 @@ def read_prompts(path: Path) -> PromptSet:
     if not captions:
         raise UserError(f"--prompts {path}: no prompts")
     return PromptSet(source=path, sha256=digest, captions=captions)
+
+
+def _conditions_of(where: str, tensors: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
+    """The ``cond.NAME`` tensors of a file by NAME, each checked to hold one row per prompt."""
+    out: dict[str, Tensor] = {}
+    problems = []
+    for key, value in tensors.items():
+        if not key.startswith(COND_PREFIX):
+            continue
+        name = key[len(COND_PREFIX) :]
+        if not name or name == "text":
+            problems.append(f"{where} [{key}]: not a condition name (the text comes from the prompts)")
+        elif value.ndim < 1 or value.shape[0] != n:
+            problems.append(f"{where} [{key}]: shape {list(value.shape)}, expected one row per prompt ({n}, ...)")
+        else:
+            out[name] = value
+    if problems:
+        raise UserError("\n".join(problems))
+    return out
+
+
+def read_conditions(path: Path, prompts: PromptSet) -> None:
+    """Add the ``cond.NAME`` tensors of ``path`` (``--conditions``; one row per prompt) to ``prompts``."""
+    if not path.is_file():
+        raise UserError(f"--conditions {path}: no such file")
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"--conditions {path}: not a readable safetensors file ({exc})") from None
+    other = [k for k in tensors if not k.startswith(COND_PREFIX)]
+    if other or not tensors:
+        found = f"found {', '.join(other)}" if other else "found none"
+        raise UserError(f"--conditions {path}: expected {COND_PREFIX}NAME tensors, one row per prompt ({found})")
+    conditions = _conditions_of(f"--conditions {path}", tensors, len(prompts))
+    both = sorted(set(conditions) & set(prompts.conditions))
+    if both:
+        raise UserError(f"--conditions {path}: {', '.join(both)} also given in --prompts {prompts.source}")
+    prompts.conditions.update(conditions)
+    prompts.conditions_source = path
+    prompts.conditions_sha256 = file_sha256(path)
+
+
+def network_conditions(spec: Any, latent_shape: Sequence[int]) -> dict[str, tuple[int | None, ...]] | None:
+    """Per-sample shapes of the conditions besides ``text`` that a network needs (None in a size: any), from
+    its config's ``condition_shapes``; None when the config does not say."""
+    method = getattr(spec.config, "condition_shapes", None)
+    if method is None:
+        return None
+    return {key: tuple(shape) for key, shape in method(tuple(latent_shape)).items()}
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if v is None else str(v) for v in shape) + ")"
+
+
+def check_conditions(
+    role: str, spec: Any, needs: Mapping[str, Sequence[int | None]] | None, given: Mapping[str, Tensor]
+) -> None:
+    """A :class:`UserError` naming every condition the network needs but is not given, or gets but does not
+    take, and every per-sample shape that does not fit."""
+    who = f"networks.{role} ({spec.name})"
+    problems = []
+    if needs is not None:
+        missing = [k for k in needs if k not in given]
+        if missing:
+            wanted = ", ".join(f"{COND_PREFIX}{k} {_shape_text(needs[k])}" for k in missing)
+            problems.append(
+                f"{who} is conditioned on more than the text: rcm synth needs {wanted} per prompt, and no codec "
+                "computes them. Give them as tensors with one row per prompt, in prompt order, in "
+                "--conditions FILE.safetensors (or in a --prompts .safetensors file)"
+            )
+        for key in given:
+            if key not in needs:
+                takes = f" (it takes: {', '.join(needs)})" if needs else " (it takes the text only)"
+                problems.append(f"{COND_PREFIX}{key}: {who} takes no condition {key!r}{takes}")
+    for key, value in given.items():
+        want = needs.get(key) if needs is not None else None
+        got = tuple(value.shape[1:])
+        if want is not None and (
+            len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True))
+        ):
+            problems.append(
+                f"{COND_PREFIX}{key}: {list(got)} per prompt, {who} takes {_shape_text(want)} at this --shape"
+            )
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 # -- teacher sampling ---------------------------------------------------------------------------------
@@ -706,7 +817,12 @@ def _settings_record(settings: SynthSettings, prompts: PromptSet, teacher: str, 
     record["shape"] = list(settings.shape)
     record["guidance"] = guidance
     record.update(prompts_sha256=prompts.sha256, prompts=len(prompts), teacher=teacher)
+    record.update(conditions=sorted(prompts.conditions), conditions_sha256=prompts.conditions_sha256)
     return record
+
+
+#: Settings that synth.json files written before they existed lack, with the value they had then.
+_SETTINGS_DEFAULTS: dict[str, Any] = {"conditions": [], "conditions_sha256": None}
 
 
 def _check_settings(out: Path, record: dict[str, Any]) -> None:
@@ -720,6 +836,7 @@ def _check_settings(out: Path, record: dict[str, Any]) -> None:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not readable ({exc})") from None
+    saved = {**_SETTINGS_DEFAULTS, **saved}
     diff = [f"{k}: {saved.get(k)!r} then, {record.get(k)!r} now" for k in record if saved.get(k) != record.get(k)]
     if diff:
         raise UserError(
@@ -789,10 +906,11 @@ def synthesise(
             "the recipe has no `codecs.text` to encode the prompts: add one (e.g. "
             "`codecs: {text: {use: umt5, path: ...}}`) or pass precomputed embeddings as --prompts FILE.safetensors"
         )
+    net_role = recipe.networks[role]
+    check_conditions(role, net_role.spec, network_conditions(net_role.spec, settings.shape), prompts.conditions)
     wrapper = wrapper_spec.build()
     guidance = settings.guidance if settings.guidance is not None else float(getattr(wrapper, "guidance", 1.0))
     settings = attrs.evolve(settings, precision=settings.precision or recipe.body.run.precision)
-    net_role = recipe.networks[role]
     record = _settings_record(settings, prompts, net_role.spec.name, guidance)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, record)
@@ -826,6 +944,8 @@ def synthesise(
         "precision": settings.precision,
         "prompts": prompts.source.name,
     }
+    if prompts.conditions:
+        info["conditions"] = sorted(prompts.conditions)
     captions = prompts.captions is not None
     todo = [k for k in range(n_shards) if k not in entries]
     if max_shards is not None:
@@ -867,11 +987,14 @@ def synthesise(
         for b0 in range(first, first + count, settings.batch_size):
             ids = list(range(b0, min(b0 + settings.batch_size, first + count)))
             text, mask = _embed(prompts, ids, encoder, dev)
+            extras = _stored_conditions(prompts, ids, store)
             with autocast(dev, settings.precision or "fp32"):
-                latents = _sample(net, wrapper, solver, text, negative, guidance, ids, settings, dev)
+                latents = _sample(net, wrapper, solver, text, negative, guidance, ids, settings, dev, extras)
             parts["latents"].append(latents.to(store).cpu())
             parts["text"].append(text.to(store).cpu())
             parts["text_mask"].append(mask.to(torch.bool).cpu())
+            for key, value in extras.items():
+                parts.setdefault(COND_PREFIX + key, []).append(value)
             done += len(ids)
             if bar is not None:
                 bar.update(done, {})
@@ -895,6 +1018,14 @@ def _embed(prompts: PromptSet, ids: list[int], encoder: Any, device: torch.devic
     with torch.no_grad():
         text, mask = encoder.encode([prompts.captions[i] for i in ids])
     return text, mask
+
+
+def _stored_conditions(prompts: PromptSet, ids: list[int], store: torch.dtype) -> dict[str, Tensor]:
+    """The conditions of prompts ``ids`` as the shards store them (floating point in the store dtype)."""
+    return {
+        key: (value[ids].to(store) if value.is_floating_point() else value[ids]).contiguous()
+        for key, value in prompts.conditions.items()
+    }
 
 
 def _negative(
@@ -940,10 +1071,17 @@ def _sample(
     ids: list[int],
     settings: SynthSettings,
     device: torch.device,
+    extras: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     b = len(ids)
-    condition = {"text": text}
-    null = {"text": negative[0].to(device=device, dtype=text.dtype).expand(b, -1, -1)} if negative is not None else None
+    # The conditions besides the text go to both CFG branches, as the latent_shards dataset gives them.
+    extra = {
+        k: (v.to(device, torch.float32) if v.is_floating_point() else v.to(device)) for k, v in (extras or {}).items()
+    }
+    condition = {"text": text, **extra}
+    null = None
+    if negative is not None:
+        null = {"text": negative[0].to(device=device, dtype=text.dtype).expand(b, -1, -1), **extra}
     noise = []
     for i in ids:
         g = torch.Generator(device=device).manual_seed(_noise_seed(settings.seed, i))

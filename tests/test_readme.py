@@ -37,3 +37,42 @@ def test_every_cli_command_in_the_readme_table_exists() -> None:
 def test_recipe_paths_mentioned_exist() -> None:
     for path in set(re.findall(r"recipes/[\w./-]+\.yaml", README)):
         assert (ROOT / path).is_file(), path
+
+
+def readme_components() -> set[tuple[str, str, str]]:
+    """(plugin, kind, name) of the README's Components list: one bullet per plugin, ``- `PLUGIN` ...``, then
+    ``**kind** `name`, `name`; **kind** ...``; text in parentheses is commentary."""
+    section = README.split("\n## Components\n", 1)[1]
+    lines = section[section.index("\n- `") + 1 :].split("\n\n", 1)[0].splitlines()
+    bullets: list[str] = []
+    for line in lines:
+        if line.startswith("- "):
+            bullets.append(line[2:])
+        else:  # a continuation line
+            bullets[-1] += " " + line.strip()
+    found = set()
+    for bullet in bullets:
+        match = re.fullmatch(r"`([\w.-]+)`(.*)", bullet)
+        assert match, f"a Components bullet must start with its plugin's name in backticks: {bullet[:60]!r}"
+        plugin, rest = match.groups()
+        rest = re.sub(r"\([^()]*\)", "", rest)
+        for kind, names in re.findall(r"\*\*(\w+)\*\*([^*]*)", rest):
+            found |= {(plugin, kind, name) for name in re.findall(r"`([^`]+)`", names)}
+    return found
+
+
+def test_components_list_is_the_registry() -> None:
+    """Every built-in component is listed under the plugin that registers it, and nothing else is."""
+    import rcm_registry as rr
+
+    reg = rr.registry()
+    builtin = {
+        (info.name, kind, name)
+        for info in reg.plugins
+        if info.distribution == "rcm-registry"
+        for kind, name in info.components
+    }
+    listed = readme_components()
+    assert {p for p, _, _ in builtin} == {p for p, _, _ in listed}  # one bullet per plugin, digits included
+    assert sorted(builtin - listed) == [], "registered but not in the README"
+    assert sorted(listed - builtin) == [], "in the README but not registered (or under another plugin or kind)"

@@ -306,3 +306,126 @@ def test_time_grid() -> None:
     assert grid == sorted(grid, reverse=True)
     capped = synth.time_grid(50, 5.0, sigma_max=80.0)
     assert capped[0] == pytest.approx(float(torch.atan(torch.tensor(80.0)))) and len(capped) < 51
+
+
+# -- conditions besides the text (image-to-video, video-to-world) -------------------------------------
+
+I2V = ("recipes/wan2.1/t2v_tiny_rcm.yaml", "{use: wan2.1-i2v, size: tiny, attention: {use: math}}")
+V2W = ("recipes/cosmos-predict2/t2i_tiny_rcm.yaml", "{use: cosmos-predict2-v2w, size: tiny, attention: {use: math}}")
+T2V = ("recipes/wan2.1/t2v_tiny_rcm.yaml", "{use: wan2.1-t2v, size: tiny, attention: {use: math}}")
+
+
+def tiny_recipe(tmp_path: Path, family: tuple[str, str]) -> str:
+    """A tiny recipe with the given teacher (no weights: seeded) training on latent shards."""
+    base, teacher = family
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"base: {ROOT / base}\nnetworks:\n  teacher: {teacher}\n"
+        "data: {use: latent_shards, path: '???', shuffle_window: 2}\n"
+    )
+    return str(path)
+
+
+def embeddings(path: Path, n: int, dim: int) -> Path:
+    text = torch.randn(n, 6, dim, generator=torch.Generator().manual_seed(1))
+    text[:, 4:] = 0
+    save_file({"text": text, "negative_text": torch.zeros(1, 6, dim)}, str(path))
+    return path
+
+
+def i2v_conditions(path: Path, n: int, seed: int = 2, latent_channels: int = 20) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "cond.image": torch.randn(n, 3, 24, generator=g),  # tiny I2V: CLIP tokens of width 24
+        "cond.image_latent": torch.randn(n, latent_channels, 3, 4, 4, generator=g),  # 36 − 16 channels
+    }
+    save_file(tensors, str(path))
+    return tensors
+
+
+def tiny_synth(recipe: str, prompts: Path, out: Path, *extra: str) -> list[str]:
+    args = ["synth", recipe, "--prompts", str(prompts), "--out", str(out), "--shape", SHAPE, "--steps", "3"]
+    return [*args, "--shard-size", "2", "--no-progress", *extra]
+
+
+def test_synth_for_a_network_with_more_conditions_than_text_names_what_is_missing(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, I2V)
+    prompts = embeddings(tmp_path / "prompts.safetensors", 3, 32)
+    out = tmp_path / "data"
+    missing = run_cli(*tiny_synth(recipe, prompts, out))
+    assert missing.code == 2
+    assert "networks.teacher (wan2.1-i2v) is conditioned on more than the text" in missing.err
+    assert "cond.image (*, 24), cond.image_latent (20, 3, 4, 4) per prompt" in missing.err
+    assert "--conditions FILE.safetensors" in missing.err
+    assert not out.exists()  # refused before anything is written
+
+    wrong = tmp_path / "wrong.safetensors"
+    i2v_conditions(wrong, 3, latent_channels=16)
+    shaped = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(wrong)))
+    assert shaped.code == 2 and "cond.image_latent: [16, 3, 4, 4] per prompt" in shaped.err and not out.exists()
+
+    rows = tmp_path / "rows.safetensors"
+    save_file({"cond.image": torch.zeros(2, 3, 24)}, str(rows))
+    counted = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(rows)))
+    assert counted.code == 2 and "[cond.image]: shape [2, 3, 24], expected one row per prompt (3, ...)" in counted.err
+
+    conditions = tmp_path / "conditions.safetensors"
+    i2v_conditions(conditions, 3)
+    t2v = run_cli(*tiny_synth(tiny_recipe(tmp_path, T2V), prompts, out, "--conditions", str(conditions)))
+    assert t2v.code == 2 and "cond.image: networks.teacher (wan2.1-t2v) takes no condition 'image'" in t2v.err
+
+
+def test_i2v_synth_stores_the_image_conditions_and_training_reads_them(tmp_path: Path) -> None:
+    from rcm_plugins.data.latent_shards_dataset import open_dataset
+
+    recipe = tiny_recipe(tmp_path, I2V)
+    prompts = embeddings(tmp_path / "prompts.safetensors", 3, 32)
+    conditions = i2v_conditions(tmp_path / "conditions.safetensors", 3)
+    out = tmp_path / "data"
+    result = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(tmp_path / "conditions.safetensors")))
+    assert result.code == 0, result.err
+    index = synth.ShardIndex.read(out)
+    assert index.tensors["cond.image"] == synth.TensorSpec("bfloat16", (3, 24))
+    assert index.tensors["cond.image_latent"] == synth.TensorSpec("bfloat16", (20, 3, 4, 4))
+    assert index.info["conditions"] == ["image", "image_latent"]
+    shards = [load_file(str(out / e.file)) for e in index.shards]
+    for key in ("cond.image", "cond.image_latent"):
+        assert torch.equal(torch.cat([s[key] for s in shards]), conditions[key].to(torch.bfloat16))
+
+    # The teacher saw them: other image conditions, other samples from the same noise.
+    other = tmp_path / "other.safetensors"
+    i2v_conditions(other, 3, seed=3)
+    out2 = tmp_path / "data2"
+    assert run_cli(*tiny_synth(recipe, prompts, out2, "--conditions", str(other))).code == 0
+    assert not torch.equal(load_file(str(out2 / index.shards[0].file))["latents"], shards[0]["latents"])
+    # Continuing a dataset with other conditions would mix them.
+    mixed = run_cli(*tiny_synth(recipe, prompts, out2, "--conditions", str(tmp_path / "conditions.safetensors")))
+    assert mixed.code == 2 and "conditions_sha256" in mixed.err
+
+    dataset = open_dataset(out, prefetch=0)
+    batch = dataset.next_batch(2, torch.Generator())
+    assert set(batch.condition) == {"text", "image", "image_latent"} and set(batch.null_condition) == set(
+        batch.condition
+    )
+    dataset.close()
+    trained = run_cli("run", recipe, "--set", f"data.path={out}", "--out", str(tmp_path / "run"), "--no-progress")
+    assert trained.code == 0, trained.err
+
+
+def test_v2w_synth_keeps_the_conditioning_frames(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, V2W)
+    prompts = embeddings(tmp_path / "prompts.safetensors", 3, 24)
+    latents = torch.randn(3, 16, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(3, 1, 3, 4, 4)
+    mask[:, :, 0] = 1.0  # the first latent frame conditions the rest
+    conditions = tmp_path / "conditions.safetensors"
+    save_file({"cond.condition_latents": latents, "cond.condition_mask": mask}, str(conditions))
+    out = tmp_path / "data"
+    result = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(conditions)))
+    assert result.code == 0, result.err
+    index = synth.ShardIndex.read(out)
+    stored = torch.cat([load_file(str(out / e.file))["latents"] for e in index.shards])
+    # cosmos_edm replaces the prediction on conditioning frames by the clean latents: the teacher got them.
+    assert torch.equal(stored[:, :, 0], latents[:, :, 0].to(torch.bfloat16))
+    assert not torch.equal(stored[:, :, 1:], latents[:, :, 1:].to(torch.bfloat16))
+    assert index.tensors["cond.condition_mask"].shape == (1, 3, 4, 4)

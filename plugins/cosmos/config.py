@@ -103,6 +103,10 @@ class CosmosT2IConfig:
     v2w = False
     default_fps = None
 
+    def condition_shapes(self, latent_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
+        """Per-sample shapes of the conditions besides ``text`` (``rcm synth`` checks it can give them)."""
+        return {}
+
 
 @attrs.define(kw_only=True)
 class CosmosV2WConfig(CosmosT2IConfig):
@@ -110,6 +114,11 @@ class CosmosV2WConfig(CosmosT2IConfig):
 
     v2w = True
     default_fps = V2W_FPS
+
+    def condition_shapes(self, latent_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
+        """``condition_latents``: clean latents, read on the conditioning frames; ``condition_mask``: 1 on
+        those frames (see the ``cosmos_edm`` teacher)."""
+        return {"condition_latents": tuple(latent_shape), "condition_mask": (1, *latent_shape[1:])}
 
 
 _ARCH_FIELDS = tuple(f.name for f in attrs.fields(CosmosArch))

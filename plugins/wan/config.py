@@ -96,6 +96,10 @@ class WanT2VConfig:
         """Heads of every attention (context parallel must divide it); read from config.json with weights."""
         return resolve_arch(self).num_heads
 
+    def condition_shapes(self, latent_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
+        """Per-sample shapes of the conditions besides ``text`` (``rcm synth`` checks it can give them)."""
+        return {}
+
 
 @attrs.define(kw_only=True)
 class WanI2VConfig(WanT2VConfig):
@@ -105,6 +109,13 @@ class WanI2VConfig(WanT2VConfig):
     image_dim: int | None = _optional_positive()
 
     i2v = True
+
+    def condition_shapes(self, latent_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
+        """``image``: CLIP image tokens (any number of them); ``image_latent``: the conditioning latents
+        (4 mask channels and the encoded first frame, as Wan's I2V pipeline builds them)."""
+        arch = resolve_arch(self)
+        channels, *rest = latent_shape
+        return {"image": (None, arch.image_dim), "image_latent": (arch.in_channels - channels, *rest)}
 
 
 _ARCH_FIELDS = tuple(f.name for f in attrs.fields(WanArch))
