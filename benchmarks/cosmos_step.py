@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _pass_table import HEADER, pass_rows
 
 import rcm_registry as rr
 from rcm_registry.jvp import jvp
@@ -111,18 +112,7 @@ def step_table(args: argparse.Namespace) -> str:
         ("forward + backward", forward_backward(False)),
         ("forward + backward, activation checkpointing", forward_backward(True)),
     ]
-    rows = []
-    for name, fn in passes:
-        try:
-            ms, peak = _timed(fn, args.warmup, args.repeats, cuda)
-            rows.append(f"| {name} | {ms:.1f} | {'–' if peak is None else f'{peak:.2f}'} |")
-        except torch.cuda.OutOfMemoryError:
-            rows.append(f"| {name} | out of memory | – |")
-        except rr.UserError as exc:  # e.g. a backend without forward-mode AD asked for a JVP
-            rows.append(f"| {name} | not supported: {str(exc).splitlines()[0][:120]} | – |")
-        net.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.empty_cache()
+    rows = pass_rows(passes, lambda fn: _timed(fn, args.warmup, args.repeats, cuda), net)
 
     device = torch.cuda.get_device_name() if cuda else args.device
     weights = "" if weights_gib is None else f"; weights {weights_gib:.2f} GiB"
@@ -132,8 +122,7 @@ def step_table(args: argparse.Namespace) -> str:
         f"`{attention}`; {device}, torch {torch.__version__}; median of {args.repeats} after {args.warmup} "
         f"warm-up{weights}.",
         "",
-        "| pass | time (ms) | peak memory (GiB) |",
-        "|---|---:|---:|",
+        *HEADER,
     ]
     return "\n".join(head + rows)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rcm_plugins.common.fused_ops import fused_kernels
 from torch.autograd import forward_ad
 
 import rcm_registry as rr
@@ -201,19 +202,31 @@ def step_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[
         ("student forward + backward (activation checkpointing)", student_fwd_bwd),
         ("critic step (1-step rollout, fake forward + backward, AdamW)", critic_step),
     ]
-    ms: dict[str, float] = {}
+    # Every pass twice, side by side: token-wise ops (norms, modulation, gated residuals, q/k norm + RoPE)
+    # as eager PyTorch, then as the fused Triton kernels.
+    ms: dict[str, dict[str, float]] = {"eager": {}, "fused": {}}
     for name, fn in passes:
-        try:
-            ms[name] = time_ms(fn, args.warmup, args.reps)
-        except torch.cuda.OutOfMemoryError:
-            ms[name] = math.nan
-        print(f"  {name}: {ms[name]:.1f} ms", flush=True)
-        empty_cache()
-    unit = ms[passes[0][0]]
-    lines = ["| pass | ms | × forward |", "|---|---:|---:|"]
-    lines += [f"| {name} | {v:.1f} | {v / unit:.2f} |" for name, v in ms.items()]
-    step = ms[passes[1][0]] + ms[passes[2][0]] + ms[passes[3][0]]
-    lines.append(f"| sCM student step (CFG target + JVP + forward/backward) | {step:.1f} | {step / unit:.2f} |")
+        for mode, table in ms.items():
+            with fused_kernels(mode == "fused"):
+                try:
+                    table[name] = time_ms(fn, args.warmup, args.reps)
+                except torch.cuda.OutOfMemoryError:
+                    table[name] = math.nan
+            print(f"  {name}, {mode} token ops: {table[name]:.1f} ms", flush=True)
+            empty_cache()
+    step_name = "sCM student step (CFG target + JVP + forward/backward)"
+    for table in ms.values():
+        table[step_name] = table[passes[1][0]] + table[passes[2][0]] + table[passes[3][0]]
+    unit = {mode: table[passes[0][0]] for mode, table in ms.items()}
+    lines = [
+        "| pass | eager token ops, ms | × forward | fused token ops, ms | × forward | speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ms["eager"]:
+        e, f = ms["eager"][name], ms["fused"][name]
+        lines.append(
+            f"| {name} | {e:.1f} | {e / unit['eager']:.2f} | {f:.1f} | {f / unit['fused']:.2f} | {e / f:.2f}× |"
+        )
     optimizer.zero_grad(set_to_none=True)
     empty_cache()
     return lines, ms
@@ -261,7 +274,10 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
     net.zero_grad(set_to_none=True)
     err_tangent, err_grad = rel(tan_fused, tan_sep), rel(g_fused, g_sep)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else math.nan
-    del g_sep, g_fused
+    with fused_kernels(False):  # the kernels' tangent against eager forward-mode AD's
+        _, tan_eager = jvp(student_F, (x_t, t), (dx, cs))
+    err_kernels = rel(tan_sep, tan_eager)
+    del g_sep, g_fused, tan_eager
 
     def run(fn: Callable[[], Any]) -> Callable[[], None]:
         def call() -> None:
@@ -273,27 +289,34 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
     def fwd_bwd() -> None:
         (student_F(x_t, t).float() - inp.target).square().sum().backward()
 
-    ms = {
-        "forward + backward": time_ms(run(fwd_bwd), args.warmup, args.reps),
-        "JVP pass (no graph)": time_ms(lambda: jvp(student_F, (x_t, t), (dx, cs)), args.warmup, args.reps),
-        "fused: dual forward with graph + backward": time_ms(run(fused), args.warmup, args.reps),
-    }
-    ms["separate: forward + backward, then JVP pass"] = ms["forward + backward"] + ms["JVP pass (no graph)"]
-    ratio = ms["fused: dual forward with graph + backward"] / ms["separate: forward + backward, then JVP pass"]
+    ms: dict[str, dict[str, float]] = {}
+    for mode in ("eager", "fused"):
+        with fused_kernels(mode == "fused"):
+            m = {
+                "forward + backward": time_ms(run(fwd_bwd), args.warmup, args.reps),
+                "JVP pass (no graph)": time_ms(lambda: jvp(student_F, (x_t, t), (dx, cs)), args.warmup, args.reps),
+                "fused: dual forward with graph + backward": time_ms(run(fused), args.warmup, args.reps),
+            }
+        m["separate: forward + backward, then JVP pass"] = m["forward + backward"] + m["JVP pass (no graph)"]
+        m["ratio"] = m["fused: dual forward with graph + backward"] / m["separate: forward + backward, then JVP pass"]
+        ms[mode] = m
+    e, f = ms["eager"], ms["fused"]
     lines = [
         f"Wan2.1-1.3B width, first {args.fused_blocks} of 30 blocks, no activation checkpointing.",
         "",
-        "| pass | ms |",
-        "|---|---:|",
-        *[f"| {k} | {v:.1f} |" for k, v in ms.items()],
-        f"| **fused / separate** | **{ratio:.2f}×** |",
+        "| pass | eager token ops, ms | fused token ops, ms |",
+        "|---|---:|---:|",
+        *[f"| {k} | {e[k]:.1f} | {f[k]:.1f} |" for k in e if k != "ratio"],
+        f"| **fused / separate** | **{e['ratio']:.2f}×** | **{f['ratio']:.2f}×** |",
         "",
-        f"Fused vs separate: tangent relative L2 {err_tangent:.1e}, parameter gradient {err_grad:.1e} (bf16); "
-        f"peak memory {peak_gib:.1f} GiB.",
+        f"Fused vs separate (fused token ops): tangent relative L2 {err_tangent:.1e}, parameter gradient "
+        f"{err_grad:.1e} (bf16); kernels' tangent vs eager forward-mode AD {err_kernels:.1e}; peak memory "
+        f"{peak_gib:.1f} GiB.",
     ]
     net.cpu()  # frees its GPU memory for the sections after this one
     empty_cache()
-    return lines, {**ms, "ratio": ratio, "err_tangent": err_tangent, "err_grad": err_grad, "peak_gib": peak_gib}
+    numbers = {"eager": e, "fused": f, "err_tangent": err_tangent, "err_grad": err_grad, "err_kernels": err_kernels}
+    return lines, {**numbers, "peak_gib": peak_gib}
 
 
 # -- 4. sampling --------------------------------------------------------------------------------------

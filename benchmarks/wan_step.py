@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _pass_table import HEADER, pass_rows
 
 import rcm_registry as rr
 from rcm_registry.jvp import jvp
@@ -116,17 +117,7 @@ def _step_table(args: argparse.Namespace) -> str:
         ("forward + backward", forward_backward(False)),
         ("forward + backward, activation checkpointing", forward_backward(True)),
     ]
-    rows = []
-    for name, fn in passes:
-        try:
-            ms, peak = _time_cuda(fn, args.warmup, args.repeats)
-            rows.append(f"| {name} | {ms:.1f} | {peak:.2f} |")
-        except torch.cuda.OutOfMemoryError:
-            rows.append(f"| {name} | out of memory | – |")
-        except rr.UserError as exc:  # e.g. a backend without forward-mode AD asked for a JVP
-            rows.append(f"| {name} | not supported: {str(exc).splitlines()[0][:120]} | – |")
-        net.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+    rows = pass_rows(passes, lambda fn: _time_cuda(fn, args.warmup, args.repeats), net)
 
     head = [
         f"Wan2.1-{args.size} (random weights, {net.arch.num_layers} blocks), bf16, B={args.batch}, latents "
@@ -134,8 +125,7 @@ def _step_table(args: argparse.Namespace) -> str:
         f"{args.text_len}; attention `{attention}`; {torch.cuda.get_device_name()}, torch {torch.__version__}; "
         f"median of {args.repeats} after {args.warmup} warm-up; weights {weights_gib:.2f} GiB.",
         "",
-        "| pass | time (ms) | peak memory (GiB) |",
-        "|---|---:|---:|",
+        *HEADER,
     ]
     return "\n".join(head + rows)
 

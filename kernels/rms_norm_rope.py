@@ -26,65 +26,71 @@ from torch import Tensor
 
 
 @triton.jit
+def _split_pairs(t, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr):
+    # A (BLOCK_H, 2·BLOCK_P) tile in the order _channels loads it → the two members of each rotation pair.
+    if INTERLEAVED:
+        return tl.split(tl.reshape(t, (BLOCK_H, BLOCK_P, 2)))
+    else:
+        return tl.split(tl.permute(tl.reshape(t, (BLOCK_H, 2, BLOCK_P)), (0, 2, 1)))
+
+
+@triton.jit
+def _join_pairs(a, b, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr):
+    if INTERLEAVED:
+        return tl.reshape(tl.join(a, b), (BLOCK_H, 2 * BLOCK_P))
+    else:
+        return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (BLOCK_H, 2 * BLOCK_P))
+
+
+@triton.jit
 def _rms_norm_rope(
     X, TX, W, COS, SIN, Y,
     S, H, HEAD_DIM, eps,
     TANGENT: tl.constexpr, PER_HEAD: tl.constexpr, W_PER_HEAD: tl.constexpr, ROPE: tl.constexpr,
     INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
+    # Whole rows are loaded contiguously and split into pair members in registers (strided loads of every
+    # other bf16 channel would run at a fraction of the bandwidth). Column c of a tile holds channel c
+    # (interleaved pairs), or channel (c // BLOCK_P)·D/2 + c % BLOCK_P (halves), so that the tile reshapes
+    # exactly into pairs even when D/2 is not a power of two.
     row = tl.program_id(0).to(tl.int64)
     pairs = HEAD_DIM // 2
     h = tl.arange(0, BLOCK_H)[:, None]
-    p = tl.arange(0, BLOCK_P)[None, :]
-    mask = (h < H) & (p < pairs)
+    c = tl.arange(0, 2 * BLOCK_P)[None, :]
     if INTERLEAVED:
-        c1 = 2 * p
-        c2 = c1 + 1
+        ch = c
+        mask = (h < H) & (c < HEAD_DIM)
     else:
-        c1 = p
-        c2 = p + pairs
-    base = X + row * H * HEAD_DIM + h * HEAD_DIM
-    x1 = tl.load(base + c1, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + c2, mask=mask, other=0.0).to(tl.float32)
+        ch = (c // BLOCK_P) * pairs + c % BLOCK_P
+        mask = (h < H) & (c % BLOCK_P < pairs)
+    offs = h * HEAD_DIM + ch
+    x = tl.load(X + row * H * HEAD_DIM + offs, mask=mask, other=0.0).to(tl.float32)
     if PER_HEAD:
-        r = 1.0 / tl.sqrt(tl.sum(x1 * x1 + x2 * x2, axis=1) / HEAD_DIM + eps)[:, None]
+        r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
     else:
-        r = 1.0 / tl.sqrt(tl.sum(tl.sum(x1 * x1 + x2 * x2, axis=1), axis=0) / (H * HEAD_DIM) + eps)
-    n1 = x1 * r
-    n2 = x2 * r
+        r = 1.0 / tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / (H * HEAD_DIM) + eps)
+    v = x * r
     if TANGENT:
-        tbase = TX + row * H * HEAD_DIM + h * HEAD_DIM
-        t1 = tl.load(tbase + c1, mask=mask, other=0.0).to(tl.float32)
-        t2 = tl.load(tbase + c2, mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(TX + row * H * HEAD_DIM + offs, mask=mask, other=0.0).to(tl.float32)
         if PER_HEAD:
-            m = (tl.sum(n1 * t1 + n2 * t2, axis=1) / HEAD_DIM)[:, None]
+            m = (tl.sum(v * t, axis=1) / HEAD_DIM)[:, None]
         else:
-            m = tl.sum(tl.sum(n1 * t1 + n2 * t2, axis=1), axis=0) / (H * HEAD_DIM)
-        v1 = r * (t1 - n1 * m)
-        v2 = r * (t2 - n2 * m)
-    else:
-        v1 = n1
-        v2 = n2
+            m = tl.sum(tl.sum(v * t, axis=1), axis=0) / (H * HEAD_DIM)
+        v = r * (t - v * m)
     if W_PER_HEAD:
-        w1 = tl.load(W + c1, mask=p < pairs, other=0.0).to(tl.float32)
-        w2 = tl.load(W + c2, mask=p < pairs, other=0.0).to(tl.float32)
+        w = tl.load(W + ch, mask=mask, other=0.0).to(tl.float32)
     else:
-        w1 = tl.load(W + h * HEAD_DIM + c1, mask=mask, other=0.0).to(tl.float32)
-        w2 = tl.load(W + h * HEAD_DIM + c2, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
     out_ty = Y.dtype.element_ty
-    y1 = (v1 * w1).to(out_ty)
-    y2 = (v2 * w2).to(out_ty)
+    y = (v * w).to(out_ty)
     if ROPE:
+        p = tl.arange(0, BLOCK_P)[None, :]
         s = row % S
-        c = tl.load(COS + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
+        cs = tl.load(COS + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
         sn = tl.load(SIN + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
-        a1 = y1.to(tl.float32)
-        a2 = y2.to(tl.float32)
-        y1 = (a1 * c - a2 * sn).to(out_ty)
-        y2 = (a1 * sn + a2 * c).to(out_ty)
-    obase = Y + row * H * HEAD_DIM + h * HEAD_DIM
-    tl.store(obase + c1, y1, mask=mask)
-    tl.store(obase + c2, y2, mask=mask)
+        y1, y2 = _split_pairs(y.to(tl.float32), BLOCK_H, BLOCK_P, INTERLEAVED)
+        y = _join_pairs(y1 * cs - y2 * sn, y1 * sn + y2 * cs, BLOCK_H, BLOCK_P, INTERLEAVED).to(out_ty)
+    tl.store(Y + row * H * HEAD_DIM + offs, y, mask=mask)
 
 
 def _launch(
