@@ -6,7 +6,9 @@ RoPE. In eager PyTorch each is a chain of full-size float32 kernels, and under f
 tangent pass) the chain roughly triples, because every op also runs its tangent rule on its own. Here each
 op is one ``torch.autograd.Function`` whose forward is one Triton kernel and whose ``jvp`` is one more, so
 dual tensors (``rcm_registry.jvp``, ``torch.func.jvp``) and the fused "primal with grad + tangent" pass both
-take the fused path; the backward recomputes the reference in PyTorch and differentiates it.
+take the fused path; its backward recomputes the reference in PyTorch and differentiates it. Calls without
+tangents or graph (inference, the teacher) run the forward kernel alone; a plain forward that records a
+graph keeps the eager ops, whose own backward costs less than recomputing (see ``_route``).
 
 Elsewhere (CPU, float64, no Triton, or with :func:`fused_kernels` switched off) every op is its plain-torch
 reference, numerically the same ops the networks always ran, so CPU results and float64 reference runs do
@@ -16,6 +18,7 @@ not change. The references are also what the tests hold the kernels to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from rcm_plugins.common.layers import compute_dtype, rms_norm
 from rcm_plugins.common.rope import apply_rope_halves, apply_rope_interleaved
 from torch import Tensor
+from torch.autograd import forward_ad
 
 __all__ = ["fused_kernels", "gated_residual", "modulated_layer_norm", "rms_norm_rope"]
 
@@ -44,6 +48,7 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
+@functools.cache
 def _kernel_module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"rcm_kernels.{name}")
@@ -53,6 +58,27 @@ def _kernel_module(name: str) -> ModuleType | None:
 
 def _use_kernels(x: Tensor) -> bool:
     return _enabled and x.is_cuda and x.dtype in _KERNEL_DTYPES and _kernel_module("triton_common") is not None
+
+
+def _functorch_wrapped(t: Tensor) -> bool:
+    # torch.func transforms wrap tensors instead of making them dual; the autograd op handles those.
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _route(*tensors: Tensor | None) -> str:
+    """``kernel``: no tangents and no graph (inference, the teacher): the forward kernel alone. ``function``:
+    dual tensors (the JVP pass, the fused pass): the autograd op. ``reference``: elsewhere, and for a plain
+    forward that records a graph, where eager autograd's backward is cheaper than the op's recomputation."""
+    x = tensors[0]
+    assert x is not None
+    if not _use_kernels(x):
+        return "reference"
+    present = [t for t in tensors if t is not None]
+    if any(forward_ad.unpack_dual(t).tangent is not None or _functorch_wrapped(t) for t in present):
+        return "function"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return "reference"
+    return "kernel"
 
 
 def _reference_vjp(
@@ -124,8 +150,11 @@ def modulated_layer_norm(x: Tensor, mul: Tensor, add: Tensor, eps: float, groups
     Bt ∈ {1, B}, one vector per sample and group of S/G consecutive tokens (a DiT modulation: mul is
     ``1 + scale``, add the shift).
     """
-    if _use_kernels(x):
+    route = _route(x, mul, add)
+    if route == "function":
         return _LayerNormAffine.apply(x, mul, add, eps, groups)  # type: ignore[no-any-return]
+    if route == "kernel":
+        return _LayerNormAffine.forward(x, mul, add, eps, groups)
     return _layer_norm_affine_reference(x, mul, add, eps, groups)
 
 
@@ -167,8 +196,11 @@ class _GatedResidual(torch.autograd.Function):
 
 def gated_residual(x: Tensor, a: Tensor, gate: Tensor, groups: int = 1) -> Tensor:
     """``x + a·gate`` in gate's dtype (at least float32), rounded to x's dtype; gate (Bt, G, D) as above."""
-    if _use_kernels(x) and a.dtype == x.dtype:
+    route = _route(x, a, gate) if a.dtype == x.dtype else "reference"
+    if route == "function":
         return _GatedResidual.apply(x, a, gate, groups)  # type: ignore[no-any-return]
+    if route == "kernel":
+        return _GatedResidual.forward(x, a, gate, groups)
     return _gated_residual_reference(x, a, gate, groups)
 
 
@@ -243,6 +275,9 @@ def rms_norm_rope(
     (Cosmos). ``rope`` is (cos, sin), each holding (S, D/2) values; None skips the rotation.
     """
     cos, sin = rope if rope is not None else (None, None)
-    if _use_kernels(x):
+    route = _route(x, weight, cos, sin)
+    if route == "function":
         return _RmsNormRope.apply(x, weight, cos, sin, eps, per_head, interleaved)  # type: ignore[no-any-return]
+    if route == "kernel":
+        return _RmsNormRope.forward(x, weight, cos, sin, eps, per_head, interleaved)
     return _rms_norm_rope_reference(x, weight, cos, sin, eps, per_head, interleaved)

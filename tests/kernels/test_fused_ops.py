@@ -191,6 +191,22 @@ def test_ops_jvp_and_fused_pass_match_the_reference(name: str) -> None:
         assert rel_err(leaf.grad, ref.grad) < 1e-5
 
 
+@pytest.mark.usefixtures("kernels_everywhere")
+def test_route_sends_duals_to_the_op_inference_to_the_kernel_and_graphs_to_the_reference() -> None:
+    x, w = torch.randn(1, 4, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    assert FO._route(x, w) == "kernel"
+    with torch.no_grad():
+        assert FO._route(x, w.requires_grad_()) == "kernel"
+    assert FO._route(x, w) == "reference"  # records a graph: eager autograd
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        assert FO._route(dual, w) == "function"
+    routes = []
+    torch.func.jvp(lambda a: routes.append(FO._route(a, None)) or a, (x,), (x,))
+    assert routes == ["function"]
+    assert FO._route(x.double(), None) == "reference"
+
+
 def test_ops_use_the_references_off_cuda() -> None:
     x = torch.randn(1, 4, 8)
     if DEVICE.type == "cpu":
