@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "digits_table.md")
     parser.add_argument("--grid", type=Path, default=ROOT / "digits_grid.png")
+    parser.add_argument("--device", default="cpu", help="where the runs sample (cuda for the wider networks)")
     args = parser.parse_args()
 
     started = time.time()
@@ -106,7 +107,7 @@ def main() -> None:
     table: list[tuple[str, int, int, list[dict[str, float]], list[float]]] = []
     pictures: list[tuple[str, torch.Tensor]] = []
 
-    teacher = open_run(args.runs / "teacher", device="cpu")
+    teacher = open_run(args.runs / "teacher", device=args.device)
     guidance = teacher.recipe.body.sample.config.guidance
     dataset = teacher.dataset
     # The data itself, scored like a model (a random subset per seed): the floor each metric can reach.
@@ -139,7 +140,7 @@ def main() -> None:
         nfe = args.teacher_steps * (1 if other == 1.0 else 2)
         measure(teacher, name, args.teacher_steps, nfe, guidance=other)
     for method in args.methods:
-        run = open_run(args.runs / method, device="cpu")
+        run = open_run(args.runs / method, device=args.device)
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
