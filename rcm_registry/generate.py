@@ -199,6 +199,19 @@ class Generated:
     seconds: float  # sampling wall time
 
 
+def check_text_only(role: str, spec: Any, shape: Sequence[int]) -> None:
+    """Generation gives the network its text condition alone: refuse networks that need more (I2V, V2W)."""
+    from rcm_registry.synth import network_conditions
+
+    needs = network_conditions(spec, shape) or {}
+    if needs:
+        raise UserError(
+            f"network {role} ({spec.name}) needs the conditions {', '.join(sorted(needs))} besides the text, "
+            "and rcm generate encodes only the prompt; sample it from a program with those conditions "
+            "(rcm synth takes them with --conditions)"
+        )
+
+
 def generate(
     gen: GenerationModel,
     prompt: str,
@@ -221,6 +234,7 @@ def generate(
             "the run's recipe has no codecs.text to encode the prompt: pass e.g. "
             "--set 'codecs.text={use: umt5, path: /models/text_encoder}'"
         )
+    check_text_only(gen.role, gen.recipe.networks[gen.role].spec, shape)
     if decode and "vae" not in gen.codecs:
         raise UserError(
             "the run's recipe has no codecs.vae to decode the latents: pass --latents-only (and a .safetensors "

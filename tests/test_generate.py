@@ -161,3 +161,17 @@ def test_a_damaged_shard_stops_the_run_before_training(world: dict[str, Path], t
     assert result.code == 2
     assert "shard-000001.safetensors: truncated" in result.err
     assert latest_checkpoint(run) is None and not (run / "metrics.jsonl").exists()
+
+
+def test_generate_refuses_networks_that_need_more_than_text() -> None:
+    from types import SimpleNamespace
+
+    from rcm_plugins.wan.config import WanI2VConfig, WanT2VConfig
+
+    from rcm_registry.errors import UserError
+    from rcm_registry.generate import check_text_only
+
+    check_text_only("student", SimpleNamespace(name="wan2.1-t2v", config=WanT2VConfig(size="tiny")), (16, 3, 4, 4))
+    i2v = SimpleNamespace(name="wan2.1-i2v", config=WanI2VConfig(size="tiny"))
+    with pytest.raises(UserError, match=r"network student \(wan2.1-i2v\) needs the conditions image, image_latent"):
+        check_text_only("student", i2v, (16, 3, 4, 4))
