@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, group_operand, row_launch
+from rcm_kernels.triton_common import device_context, group_operand, row_launch, token_groups
 from torch import Tensor
 
 
@@ -48,11 +48,7 @@ def _launch(
     x: Tensor, a: Tensor | None, gate: Tensor, tx: Tensor | None, ta: Tensor | None, tgate: Tensor | None,
     groups: int, *, primal: bool,
 ) -> Tensor:  # fmt: skip
-    if x.dim() != 3:
-        raise ValueError(f"expected tokens (B, S, D), got shape {tuple(x.shape)}")
-    b, s, d = x.shape
-    if groups < 1 or s % groups:
-        raise ValueError(f"{s} tokens cannot be split into {groups} equal groups")
+    b, s, d, per_group = token_groups(x, groups)
     for name, t in (("a", a), ("tx", tx), ("ta", ta)):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, x {tuple(x.shape)}")
@@ -66,7 +62,7 @@ def _launch(
         _gated_residual[(b * s,)](
             ref if x is None else x, ref if a is None else a, gate, ref if tx is None else tx,
             ref if ta is None else ta, gate if tgate is None else tgate, y,
-            s, d, s // groups, gate_sb, tgate_sb,
+            s, d, per_group, gate_sb, tgate_sb,
             HAS_X=x is not None, HAS_A=a is not None and (primal or tgate is not None), HAS_TX=tx is not None,
             HAS_TA=ta is not None, HAS_TGATE=tgate is not None, **row_launch(d),
         )  # fmt: skip

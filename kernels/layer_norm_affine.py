@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, group_operand, row_launch
+from rcm_kernels.triton_common import device_context, group_operand, row_launch, token_groups
 from torch import Tensor
 
 
@@ -81,25 +81,12 @@ def _layer_norm_affine_jvp(
     tl.store(TY + row * D + offs, ty.to(TY.dtype.element_ty), mask=mask)
 
 
-def _rows(x: Tensor) -> tuple[Tensor, int, int, int]:
-    if x.dim() != 3:
-        raise ValueError(f"expected tokens (B, S, D), got shape {tuple(x.shape)}")
-    b, s, d = x.shape
-    return x.contiguous(), b, s, d
-
-
-def _groups(s: int, groups: int) -> int:
-    if groups < 1 or s % groups:
-        raise ValueError(f"{s} tokens cannot be split into {groups} equal groups")
-    return s // groups
-
-
 def layer_norm_affine(
     x: Tensor, mul: Tensor | None, add: Tensor | None, eps: float, groups: int = 1, out_dtype: torch.dtype | None = None
 ) -> Tensor:
     """``LN(x)·mul + add`` for tokens x (B, S, D); see the module docstring for the operand shapes."""
-    x, b, s, d = _rows(x)
-    per_group = _groups(s, groups)
+    b, s, d, per_group = token_groups(x, groups)
+    x = x.contiguous()
     mul, mul_sb = group_operand(mul, b, groups, d, "mul")
     add, add_sb = group_operand(add, b, groups, d, "add")
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
@@ -123,8 +110,8 @@ def layer_norm_affine_jvp(
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The tangent of :func:`layer_norm_affine` along (tx, tmul, tadd); ``None`` means a zero tangent."""
-    x, b, s, d = _rows(x)
-    per_group = _groups(s, groups)
+    b, s, d, per_group = token_groups(x, groups)
+    x = x.contiguous()
     if tx is not None:
         if tx.shape != x.shape:
             raise ValueError(f"tx has shape {tuple(tx.shape)}, x {tuple(x.shape)}")

@@ -54,6 +54,16 @@ def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def token_groups(x: Tensor, groups: int) -> tuple[int, int, int, int]:
+    """(B, S, D, S/G) of tokens x split into ``groups`` equal runs of consecutive tokens per sample."""
+    if x.dim() != 3:
+        raise ValueError(f"expected tokens (B, S, D), got shape {tuple(x.shape)}")
+    b, s, d = x.shape
+    if groups < 1 or s % groups:
+        raise ValueError(f"{s} tokens cannot be split into {groups} equal groups")
+    return b, s, d, s // groups
+
+
 def group_operand(t: Tensor | None, batch: int, groups: int, dim: int, name: str) -> tuple[Tensor | None, int]:
     """A per-(sample, token group) operand as a contiguous (Bt, G, D) tensor and its batch stride.
 

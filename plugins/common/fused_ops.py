@@ -99,7 +99,7 @@ def _reference_vjp(
     return tuple(None if t is None else next(grads) for t in leaves)
 
 
-def _group_view(t: Tensor, groups: int) -> Tensor:
+def _group_view(t: Tensor) -> Tensor:
     """(Bt, G, D) → (Bt, G, 1, D), broadcasting over the tokens of each group; (D,) unchanged."""
     return t if t.dim() == 1 else t.unsqueeze(2)
 
@@ -113,7 +113,7 @@ def _layer_norm_affine_reference(x: Tensor, mul: Tensor, add: Tensor, eps: float
     if mul.dim() == 1:  # an affine LayerNorm: the fused weight/bias form of F.layer_norm
         return F.layer_norm(x.to(cd), (d,), mul.to(cd), add.to(cd), eps).to(x.dtype)
     n = F.layer_norm(x.to(cd), (d,), eps=eps).unflatten(1, (groups, -1))
-    return (n * _group_view(mul, groups) + _group_view(add, groups)).flatten(1, 2).to(x.dtype)
+    return (n * _group_view(mul) + _group_view(add)).flatten(1, 2).to(x.dtype)
 
 
 class _LayerNormAffine(torch.autograd.Function):
@@ -163,7 +163,7 @@ def modulated_layer_norm(x: Tensor, mul: Tensor, add: Tensor, eps: float, groups
 
 def _gated_residual_reference(x: Tensor, a: Tensor, gate: Tensor, groups: int) -> Tensor:
     td = gate.dtype
-    gated = (a.to(td).unflatten(1, (groups, -1)) * _group_view(gate, groups)).flatten(1, 2)
+    gated = (a.to(td).unflatten(1, (groups, -1)) * _group_view(gate)).flatten(1, 2)
     return (x.to(td) + gated).to(x.dtype)
 
 
