@@ -1,11 +1,13 @@
 """Writing a transformer network (or its state dict) as a diffusers or native checkpoint directory.
 
 Shared by every network family: a family describes its two layouts with :class:`Layouts`, and
-:func:`export_network` checks the state dict is complete, converts it and writes it atomically.
+:func:`export_network` checks the state dict is complete, converts it and writes it atomically; a network
+class gets its ``net.export(...)`` (what ``rcm export`` calls) from :class:`ExportableNetwork`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +38,27 @@ class Layouts:
 def export_network(
     layouts: Layouts,
     source: nn.Module | Mapping[str, Tensor],
-    out: str | Path,
+    out: str | os.PathLike[str],
     *,
-    format: Format,
-    arch: Any,
-    dtype: torch.dtype | None,
-    overwrite: bool,
-    max_shard_bytes: int,
+    format: Format = "diffusers",
+    arch: Any = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = weights.DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write ``source`` in ``format``; the directory appears complete or not at all."""
+    """Write ``source`` in ``format``; the directory appears complete or not at all (written under a
+    temporary name, then renamed).
+
+    Args:
+        layouts: the network family's layouts.
+        source: a ``layouts.network`` (its ``arch`` is used) or a state dict in our/native layout.
+        out: the directory to create.
+        format: ``diffusers`` or ``native``.
+        arch: required when ``source`` is a state dict.
+        dtype: cast floating tensors (e.g. ``torch.bfloat16``); default keeps their dtype.
+        overwrite: replace an existing ``out``.
+        max_shard_bytes: split into shards with an index above this size.
+    """
     if format not in ("diffusers", "native"):
         raise ValueError(f"format must be 'diffusers' or 'native', got {format!r}")
     family = layouts.network.__name__
@@ -68,3 +82,29 @@ def export_network(
     return weights.write_checkpoint_directory(
         state, config, out, overwrite=overwrite, max_shard_bytes=max_shard_bytes, dtype=dtype
     )
+
+
+class ExportableNetwork:
+    """Gives a network class ``net.export(out, format=..., dtype=..., overwrite=...)``.
+
+    The family's checkpoint module imports its network module (the layouts name the network class), so
+    the class finds its layouts through :meth:`checkpoint_layouts`, which imports them when called.
+    """
+
+    @classmethod
+    def checkpoint_layouts(cls) -> Layouts:
+        raise NotImplementedError(f"{cls.__name__} does not say where its checkpoint layouts are")
+
+    def export(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        format: Format = "diffusers",
+        dtype: torch.dtype | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write this network as a diffusers or native checkpoint directory of its family.
+
+        See :func:`export_network`; the directory appears complete or not at all.
+        """
+        return export_network(self.checkpoint_layouts(), self, out, format=format, dtype=dtype, overwrite=overwrite)

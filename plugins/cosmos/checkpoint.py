@@ -14,13 +14,21 @@ recomputed or meaningless outside training and are ignored on load and not writt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from rcm_plugins.common.export import Format, Layouts, export_network
-from rcm_plugins.common.keys import convert_key, strip_shared_prefix
+from rcm_plugins.common.keys import KeyMap
+from rcm_plugins.common.loading import (
+    WeightsFormat,
+    arch_from_config_file,
+    checked_arch,
+    load_state,
+    read_state,
+)
 from rcm_plugins.cosmos.model import CosmosArch, CosmosNetwork
 from torch import Tensor, nn
 
@@ -63,26 +71,12 @@ for _native, _diffusers in (("self_attn", "attn1"), ("cross_attn", "attn2")):
         _BLOCK[f"{_native}.{_a}"] = f"{_diffusers}.{_b}"
     for _a, _b in (("q_norm", "norm_q"), ("k_norm", "norm_k")):
         _BLOCK[f"{_native}.{_a}"] = f"{_diffusers}.{_b}"
-_TOP_BACK = {v: k for k, v in _TOP.items()}
-_BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
 
-
-def native_to_diffusers_key(key: str) -> str:
-    """A native (= our) parameter name in diffusers' layout; unknown names pass through unchanged."""
-    return convert_key(key, _TOP, _BLOCK, blocks_from="blocks", blocks_to="transformer_blocks")
-
-
-def diffusers_to_native_key(key: str) -> str:
-    """A diffusers parameter name in the native (= our) layout; unknown names pass through unchanged."""
-    return convert_key(key, _TOP_BACK, _BLOCK_BACK, blocks_from="transformer_blocks", blocks_to="blocks")
-
-
-def to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {native_to_diffusers_key(k): v for k, v in state_dict.items()}
-
-
-def from_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {diffusers_to_native_key(k): v for k, v in state_dict.items()}
+KEYS = KeyMap(_TOP, _BLOCK, native_blocks="blocks", diffusers_blocks="transformer_blocks")
+native_to_diffusers_key = KEYS.native_to_diffusers_key
+diffusers_to_native_key = KEYS.diffusers_to_native_key
+to_diffusers = KEYS.to_diffusers
+from_diffusers = KEYS.from_diffusers
 
 
 # -- config.json -----------------------------------------------------------------------------------------
@@ -152,7 +146,8 @@ def arch_from_diffusers_config(
     in_channels, out_channels = int(c["in_channels"]), int(c["out_channels"])
     if v2w is None:
         v2w = in_channels == out_channels + 1
-    return _arch(
+    return checked_arch(
+        CosmosArch,
         source,
         num_heads=int(c["num_attention_heads"]),
         head_dim=int(c["attention_head_dim"]),
@@ -209,7 +204,8 @@ def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.
         raise CheckpointError(f"{source}: pos_emb_cls {config['pos_emb_cls']!r} is not supported (rope3d)")
     dim, heads = int(config.get("model_channels", 2048)), int(config.get("num_heads", 16))
     spatial = int(config.get("patch_spatial", 2))
-    return _arch(
+    return checked_arch(
+        CosmosArch,
         source,
         num_heads=heads,
         head_dim=dim // heads,
@@ -233,13 +229,6 @@ def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.
     )
 
 
-def _arch(source: str, **fields: Any) -> CosmosArch:
-    try:
-        return CosmosArch(**fields)
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}") from exc
-
-
 # -- reading -----------------------------------------------------------------------------------------------
 
 
@@ -255,39 +244,26 @@ def detect_format(path: str | Path, state_dict: Mapping[str, Tensor] | None = No
     return "native"
 
 
-def arch_from_checkpoint(
-    path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto", *, v2w: bool | None = None
-) -> CosmosArch:
+def arch_from_checkpoint(path: str | Path, format: WeightsFormat = "auto", *, v2w: bool | None = None) -> CosmosArch:
     """The architecture described by the config.json of a checkpoint directory (or next to a file)."""
-    p = Path(path)
-    config = weights.read_config(p)
-    if config is None:
-        raise CheckpointError(
-            f"{p}: no config.json to take the architecture from: give `size` (2B, 14B, tiny) or the "
-            "architecture fields in the network config"
-        )
-    source = str(p / weights.CONFIG_NAME if p.is_dir() else p.parent / weights.CONFIG_NAME)
-    kind = format if format != "auto" else detect_format(p)
-    if config.get("_class_name") == DIFFUSERS_CLASS or (kind == "diffusers" and "_class_name" not in config):
-        return arch_from_diffusers_config(config, v2w=v2w, source=source)
-    return arch_from_native_config(config, source=source)
+    return arch_from_config_file(
+        path,
+        format,
+        diffusers_class=DIFFUSERS_CLASS,
+        detect_format=detect_format,
+        from_diffusers=functools.partial(arch_from_diffusers_config, v2w=v2w),
+        from_native=arch_from_native_config,
+        sizes="2B, 14B, tiny",
+    )
 
 
-def read_checkpoint(
-    path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto"
-) -> tuple[dict[str, Tensor], Format]:
+def read_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> tuple[dict[str, Tensor], Format]:
     """Read a Cosmos checkpoint as it is stored (wrapper prefixes stripped) and say which layout it is in."""
-    state = strip_shared_prefix(weights.read_state_dict(path), _FOREIGN_PREFIXES)
-    kind: Format = detect_format(path, state) if format == "auto" else format
-    return state, kind  # type: ignore[return-value]
+    return read_state(path, format, prefixes=_FOREIGN_PREFIXES, detect_format=detect_format)
 
 
 def load_weights(
-    net: CosmosNetwork,
-    path: str | Path,
-    format: Literal["auto", "native", "diffusers"] = "auto",
-    *,
-    assign: bool = False,
+    net: CosmosNetwork, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False
 ) -> Format:
     """Load a native or diffusers checkpoint into ``net`` strictly; returns the layout it was in.
 
@@ -295,14 +271,7 @@ def load_weights(
     named as they are in the file.
     """
     state, kind = read_checkpoint(path, format)
-    source = weights.describe(path)
-    if kind == "diffusers":
-        expected = {native_to_diffusers_key(k): v.shape for k, v in net.state_dict().items()}
-        weights.check_state_dict(expected, state, source=source)
-        state = from_diffusers(state)
-        weights.load_strict(net, state, source=source, assign=assign)
-    else:
-        weights.load_strict(net, state, source=source, assign=assign, ignore_unexpected=NATIVE_IGNORED)
+    load_state(net, state, kind, keys=KEYS, source=weights.describe(path), assign=assign, native_ignored=NATIVE_IGNORED)
     return kind
 
 
@@ -329,14 +298,8 @@ def export(
     Note: diffusers builds the q/k RMSNorm with eps 1e-5 where the original uses 1e-6; a diffusers export
     cannot record the difference (a relative change of the outputs far below bf16 resolution).
 
-    Args:
-        source: a :class:`CosmosNetwork` (its ``arch`` is used) or a state dict in our/native layout.
-        out: the directory to create.
-        format: ``diffusers`` or ``native``.
-        arch: required when ``source`` is a state dict.
-        dtype: cast floating tensors (e.g. ``torch.bfloat16``); default keeps their dtype.
-        overwrite: replace an existing ``out``.
-        max_shard_bytes: split into shards with an index above this size.
+    ``source`` is a :class:`CosmosNetwork` or a state dict in our layout; the other arguments as for
+    :func:`rcm_plugins.common.export.export_network`.
     """
     return export_network(
         LAYOUTS, source, out, format=format, arch=arch, dtype=dtype, overwrite=overwrite,

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
-import torch
+from rcm_plugins.common.network_config import (
+    CheckpointWeights,
+    arch_fields,
+    build_network,
+    check_architecture_source,
+    check_kind,
+    optional_positive,
+    reads_weights_config,
+)
 from rcm_plugins.cosmos import checkpoint
 from rcm_plugins.cosmos.model import CosmosArch, CosmosNetwork
 
 from rcm_registry import schema
-from rcm_registry.errors import CheckpointError
 from rcm_registry.schema import ComponentSpec
 
 Size = Literal["2B", "14B", "tiny"]
@@ -44,19 +51,10 @@ def preset(size: str, *, v2w: bool) -> dict[str, Any]:
     return {**_BACKBONES[size], "rope_scale": _ROPE_SCALE[size, v2w], "condition_mask": v2w}
 
 
-@attrs.define
-class CosmosWeights:
-    """Where the weights come from. ``format: auto`` tells diffusers and native layouts apart."""
-
-    path: str
-    format: Literal["auto", "native", "diffusers"] = "auto"
-
+#: Where the weights come from (the same for every network family).
+CosmosWeights = CheckpointWeights
 
 _REQUIRED = ("num_heads", "head_dim", "num_layers")
-
-
-def _optional_positive() -> Any:
-    return attrs.field(default=None, validator=schema.positive)
 
 
 @attrs.define(kw_only=True)
@@ -64,23 +62,23 @@ class CosmosT2IConfig:
     """A Cosmos-Predict2 network: a ``size`` (or the weights' config.json) plus optional overrides."""
 
     size: Size | None = None
-    num_heads: int | None = _optional_positive()
-    head_dim: int | None = _optional_positive()
-    num_layers: int | None = _optional_positive()
-    in_channels: int | None = _optional_positive()
-    out_channels: int | None = _optional_positive()
-    mlp_ratio: float | None = _optional_positive()
-    text_dim: int | None = _optional_positive()
-    adaln_lora_dim: int | None = _optional_positive()
-    max_size: tuple[int, int, int] | None = _optional_positive()
-    patch_size: tuple[int, int, int] | None = _optional_positive()
+    num_heads: int | None = optional_positive()
+    head_dim: int | None = optional_positive()
+    num_layers: int | None = optional_positive()
+    in_channels: int | None = optional_positive()
+    out_channels: int | None = optional_positive()
+    mlp_ratio: float | None = optional_positive()
+    text_dim: int | None = optional_positive()
+    adaln_lora_dim: int | None = optional_positive()
+    max_size: tuple[int, int, int] | None = optional_positive()
+    patch_size: tuple[int, int, int] | None = optional_positive()
     #: RoPE extrapolation ratios (time, height, width).
-    rope_scale: tuple[float, float, float] | None = _optional_positive()
+    rope_scale: tuple[float, float, float] | None = optional_positive()
     concat_padding_mask: bool | None = None
     learnable_pos_embed: bool | None = None
-    qk_norm_eps: float | None = _optional_positive()
+    qk_norm_eps: float | None = optional_positive()
     #: Frame rate for the temporal RoPE positions when a call passes none (None: unscaled, as for images).
-    fps: float | None = _optional_positive()
+    fps: float | None = optional_positive()
     #: The attention backend every attention of the network calls.
     attention: ComponentSpec = schema.component(  # noqa: RUF009 (returns an attrs.field)
         "attention", default={"use": "sdpa"}
@@ -90,13 +88,7 @@ class CosmosT2IConfig:
     activation_checkpointing: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.size is None and self.weights is None:
-            absent = [f for f in _REQUIRED if getattr(self, f) is None]
-            if absent:
-                raise ValueError(
-                    "give `size` (2B, 14B, tiny), `weights` (a checkpoint with config.json), or all of "
-                    f"{', '.join(_REQUIRED)} (missing: {', '.join(absent)})"
-                )
+        check_architecture_source(self, _REQUIRED, get_args(Size))
         if self.head_dim is not None and (self.head_dim % 2 or self.head_dim < 12):
             raise ValueError(f"head_dim {self.head_dim} must be even and >= 12 (3-D RoPE)")
 
@@ -121,53 +113,36 @@ class CosmosV2WConfig(CosmosT2IConfig):
         return {"condition_latents": tuple(latent_shape), "condition_mask": (1, *latent_shape[1:])}
 
 
-_ARCH_FIELDS = tuple(f.name for f in attrs.fields(CosmosArch))
-
-
 def resolve_arch(config: CosmosT2IConfig) -> CosmosArch:
     """The architecture: ``size`` preset, else the weights' config.json, else the fields; fields override."""
-    base: dict[str, Any] = {"condition_mask": config.v2w}
-    if config.size is not None:
-        base.update(preset(config.size, v2w=config.v2w))
-    elif config.weights is not None and not _fully_specified(config):
-        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format, v2w=config.v2w)
-        base.update({f: getattr(found, f) for f in _ARCH_FIELDS})
-    overrides = {f: getattr(config, f) for f in _ARCH_FIELDS if getattr(config, f, None) is not None}
+    v2w = config.v2w
+    fields = arch_fields(
+        config,
+        CosmosArch,
+        _REQUIRED,
+        defaults={"condition_mask": v2w},
+        preset=lambda size: preset(size, v2w=v2w),
+        from_weights=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format, v2w=v2w),
+    )
     try:
-        return CosmosArch(**{**base, **overrides})
+        return CosmosArch(**fields)
     except ValueError as exc:
         raise ValueError(f"inconsistent architecture: {exc}") from exc
-
-
-def _fully_specified(config: CosmosT2IConfig) -> bool:
-    return all(getattr(config, f) is not None for f in _REQUIRED)
 
 
 def build(config: CosmosT2IConfig) -> CosmosNetwork:
     """Build the network; with weights, on the meta device first so the parameters are allocated once."""
     arch = resolve_arch(config)
-    from_file = config.weights is not None and config.size is None and not _fully_specified(config)
-    if from_file:
-        _check_kind(config)
+    if reads_weights_config(config, _REQUIRED):
+        # A diffusers config tells T2I from V2W by its channel count (read here without a v2w hint).
+        assert config.weights is not None
+        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
+        names = ("cosmos-predict2-t2i", "cosmos-predict2-v2w")
+        check_kind(config.weights.path, wanted=config.v2w, found=found.v2w, names=names)
     attention = config.attention.build()
-    options = {
-        "fps": config.fps if config.fps is not None else config.default_fps,
-        "activation_checkpointing": config.activation_checkpointing,
-    }
-    if config.weights is None:
-        return CosmosNetwork(arch, attention, **options)
-    with torch.device("meta"):
-        net = CosmosNetwork(arch, attention, **options)
-    checkpoint.load_weights(net, config.weights.path, config.weights.format, assign=True)
-    return net
-
-
-def _check_kind(config: CosmosT2IConfig) -> None:
-    """A diffusers config tells T2I from V2W by its channel count; refuse to build the other kind."""
-    assert config.weights is not None
-    found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
-    if found.v2w != config.v2w:
-        want, other = ("cosmos-predict2-v2w", "cosmos-predict2-t2i")
-        if not config.v2w:
-            want, other = other, want
-        raise CheckpointError(f"{config.weights.path}: this is a checkpoint for {other}, not {want}")
+    fps = config.fps if config.fps is not None else config.default_fps
+    return build_network(
+        lambda: CosmosNetwork(arch, attention, fps=fps, activation_checkpointing=config.activation_checkpointing),
+        config.weights,
+        checkpoint.load_weights,
+    )

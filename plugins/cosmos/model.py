@@ -30,14 +30,14 @@ float32; RoPE angles are formed in float64. No complex tensors, so ``torch.autog
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
+from rcm_plugins.common.inputs import check_latents, check_tokens
 from rcm_plugins.common.layers import (
     RMSNorm,
     UpcastLayerNorm,
@@ -294,7 +294,7 @@ class _Sinusoid(nn.Module):
     """Placeholder for the original's parameter-free ``Timesteps`` module (``t_embedder.0``)."""
 
 
-class CosmosNetwork(nn.Module):
+class CosmosNetwork(ExportableNetwork, nn.Module):
     """Cosmos-Predict2 transformer: ``net(x, timestep, text, condition_mask=None, padding_mask=None, fps=None)``.
 
     Args:
@@ -426,36 +426,20 @@ class CosmosNetwork(nn.Module):
         out = tokens.reshape(b, f, h, w, ph, pw, pt, -1).permute(0, 7, 1, 6, 2, 4, 3, 5)
         return out.reshape(b, -1, f * pt, h * ph, w * pw)
 
-    def export(
-        self,
-        out: str | os.PathLike[str],
-        *,
-        format: Literal["diffusers", "native"] = "diffusers",
-        dtype: torch.dtype | None = None,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write this network as a diffusers or native Cosmos-Predict2 checkpoint directory.
+    @classmethod
+    def checkpoint_layouts(cls) -> Layouts:
+        """The Cosmos-Predict2 layouts that ``export`` (from :class:`ExportableNetwork`) writes."""
+        from rcm_plugins.cosmos.checkpoint import LAYOUTS  # the checkpoint module imports this one
 
-        See :func:`rcm_plugins.cosmos.checkpoint.export`; the directory appears complete or not at all.
-        """
-        from rcm_plugins.cosmos.checkpoint import export  # the checkpoint module imports this one
-
-        return export(self, out, format=format, dtype=dtype, overwrite=overwrite)
+        return LAYOUTS
 
     def _check_inputs(self, x: Tensor, timestep: Tensor, text: Tensor, condition_mask: Tensor | None) -> None:
         arch = self.arch
-        if x.ndim != 5:
-            raise ValueError(f"x must be (B, C, T, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != arch.in_channels:
-            raise ValueError(f"x has {x.shape[1]} channels, the network takes {arch.in_channels}")
-        for n, p, axis in zip(x.shape[2:], arch.patch_size, "THW", strict=True):
-            if n % p:
-                raise ValueError(f"x size {n} along {axis} is not divisible by the patch size {p}")
+        check_latents(x, arch.in_channels, arch.patch_size)
         b, frames = x.shape[0], x.shape[2] // arch.patch_size[0]
         if timestep.shape not in ((b,), (b, frames)):
             raise ValueError(f"timestep must have shape ({b},) or ({b}, {frames}), got {tuple(timestep.shape)}")
-        if text.ndim != 3 or text.shape[0] != b or text.shape[2] != arch.text_dim:
-            raise ValueError(f"text must be (B={b}, L, {arch.text_dim}), got {tuple(text.shape)}")
+        check_tokens("text", text, b, arch.text_dim)
         if condition_mask is not None:
             if not arch.condition_mask:
                 raise ValueError("this is a Text2Image network: it takes no condition_mask (use cosmos-predict2-v2w)")

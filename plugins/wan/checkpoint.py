@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from rcm_plugins.common.export import Format, Layouts, export_network
-from rcm_plugins.common.keys import convert_key, strip_shared_prefix
+from rcm_plugins.common.keys import KeyMap
+from rcm_plugins.common.loading import (
+    WeightsFormat,
+    arch_from_config_file,
+    checked_arch,
+    load_state,
+    read_state,
+)
 from rcm_plugins.wan.model import WanArch, WanNetwork
 from torch import Tensor, nn
 
@@ -66,30 +73,14 @@ _BLOCK = {
     "ffn.2": "ffn.net.2",
     "modulation": "scale_shift_table",
 }
-_TOP_BACK = {v: k for k, v in _TOP.items()}
-_BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
 #: Keys some diffusers I2V checkpoints carry that WanTransformer3DModel itself ignores on load.
 DIFFUSERS_IGNORED = (r"\.norm_added_q\.",)
 
-
-def native_to_diffusers_key(key: str) -> str:
-    """A native (= our) parameter name in diffusers' layout; unknown names pass through unchanged."""
-    return convert_key(key, _TOP, _BLOCK)
-
-
-def diffusers_to_native_key(key: str) -> str:
-    """A diffusers parameter name in the native (= our) layout; unknown names pass through unchanged."""
-    return convert_key(key, _TOP_BACK, _BLOCK_BACK)
-
-
-def to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a native/our state dict into the diffusers layout."""
-    return {native_to_diffusers_key(k): v for k, v in state_dict.items()}
-
-
-def from_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a diffusers state dict into the native/our layout."""
-    return {diffusers_to_native_key(k): v for k, v in state_dict.items()}
+KEYS = KeyMap(_TOP, _BLOCK)
+native_to_diffusers_key = KEYS.native_to_diffusers_key
+diffusers_to_native_key = KEYS.diffusers_to_native_key
+to_diffusers = KEYS.to_diffusers
+from_diffusers = KEYS.from_diffusers
 
 
 # -- config.json -----------------------------------------------------------------------------------------
@@ -154,7 +145,8 @@ def arch_from_diffusers_config(config: Mapping[str, Any], *, source: str = "conf
         problems.append("image_dim and added_kv_proj_dim must be given together (I2V) or not at all (T2V)")
     if problems:
         raise CheckpointError(f"{source}: unsupported Wan configuration: " + "; ".join(problems))
-    return _arch(
+    return checked_arch(
+        WanArch,
         source,
         dim=dim,
         ffn_dim=int(c["ffn_dim"]),
@@ -203,7 +195,8 @@ def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.
     if not config.get("qk_norm", True):
         raise CheckpointError(f"{source}: qk_norm false is not supported")
     image_dim = config.get("image_dim") or (1280 if model_type == "i2v" else None)
-    return _arch(
+    return checked_arch(
+        WanArch,
         source,
         dim=int(config.get("dim", 2048)),
         ffn_dim=int(config.get("ffn_dim", 8192)),
@@ -218,13 +211,6 @@ def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.
         cross_attn_norm=bool(config.get("cross_attn_norm", True)),
         image_dim=None if image_dim is None else int(image_dim),
     )
-
-
-def _arch(source: str, **fields: Any) -> WanArch:
-    try:
-        return WanArch(**fields)
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}") from exc
 
 
 # -- reading -----------------------------------------------------------------------------------------------
@@ -247,51 +233,34 @@ def detect_format(path: str | Path, state_dict: Mapping[str, Tensor] | None = No
     return "native"
 
 
-def arch_from_checkpoint(path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto") -> WanArch:
+def arch_from_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> WanArch:
     """The architecture described by the config.json of a checkpoint directory (or next to a file)."""
-    p = Path(path)
-    config = weights.read_config(p)
-    if config is None:
-        raise CheckpointError(
-            f"{p}: no config.json to take the architecture from: give `size` (1.3B, 14B, tiny) or the "
-            "architecture fields in the network config"
-        )
-    source = str(p / weights.CONFIG_NAME if p.is_dir() else p.parent / weights.CONFIG_NAME)
-    kind = format if format != "auto" else detect_format(p)
-    if config.get("_class_name") == DIFFUSERS_CLASS or (kind == "diffusers" and "_class_name" not in config):
-        return arch_from_diffusers_config(config, source=source)
-    return arch_from_native_config(config, source=source)
+    return arch_from_config_file(
+        path,
+        format,
+        diffusers_class=DIFFUSERS_CLASS,
+        detect_format=detect_format,
+        from_diffusers=arch_from_diffusers_config,
+        from_native=arch_from_native_config,
+        sizes="1.3B, 14B, tiny",
+    )
 
 
-def read_checkpoint(
-    path: str | Path, format: Literal["auto", "native", "diffusers"] = "auto"
-) -> tuple[dict[str, Tensor], Format]:
+def read_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> tuple[dict[str, Tensor], Format]:
     """Read a Wan checkpoint as it is stored, and say which key layout it is in."""
-    state = strip_shared_prefix(weights.read_state_dict(path), (_FOREIGN_PREFIX,))
-    kind: Format = detect_format(path, state) if format == "auto" else format
-    return state, kind
+    return read_state(path, format, prefixes=(_FOREIGN_PREFIX,), detect_format=detect_format)
 
 
-def load_weights(
-    net: WanNetwork,
-    path: str | Path,
-    format: Literal["auto", "native", "diffusers"] = "auto",
-    *,
-    assign: bool = False,
-) -> Format:
+def load_weights(net: WanNetwork, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False) -> Format:
     """Load a native or diffusers checkpoint into ``net`` strictly; returns the layout it was in.
 
     Every missing, unexpected or mis-shaped key is reported in one :class:`CheckpointError`, with the
     keys named as they are in the file.
     """
     state, kind = read_checkpoint(path, format)
-    source = weights.describe(path)
-    own = net.state_dict()
-    if kind == "diffusers":
-        expected = {native_to_diffusers_key(k): v.shape for k, v in own.items()}
-        weights.check_state_dict(expected, state, source=source, ignore_unexpected=DIFFUSERS_IGNORED)
-        state = from_diffusers({k: v for k, v in state.items() if k in expected})
-    weights.load_strict(net, state, source=source, assign=assign)
+    load_state(
+        net, state, kind, keys=KEYS, source=weights.describe(path), assign=assign, diffusers_ignored=DIFFUSERS_IGNORED
+    )
     return kind
 
 
@@ -313,16 +282,8 @@ def export(
     ``format="diffusers"`` writes config.json and ``diffusion_pytorch_model*.safetensors`` loadable by
     ``diffusers.WanTransformer3DModel.from_pretrained(out)``; ``format="native"`` writes the native Wan2.1
     key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code). The
-    directory appears complete or not at all (written under a temporary name, then renamed).
-
-    Args:
-        source: a :class:`WanNetwork` (its ``arch`` is used) or a state dict in our/native layout.
-        out: the directory to create.
-        format: ``diffusers`` or ``native``.
-        arch: required when ``source`` is a state dict.
-        dtype: cast floating tensors (e.g. ``torch.bfloat16``); default keeps their dtype.
-        overwrite: replace an existing ``out``.
-        max_shard_bytes: split into shards with an index above this size.
+    directory appears complete or not at all. ``source`` is a :class:`WanNetwork` or a state dict in our
+    layout; the other arguments as for :func:`rcm_plugins.common.export.export_network`.
     """
     return export_network(
         LAYOUTS, source, out, format=format, arch=arch, dtype=dtype, overwrite=overwrite,

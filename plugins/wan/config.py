@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
-import torch
+from rcm_plugins.common.network_config import (
+    CheckpointWeights,
+    arch_fields,
+    build_network,
+    check_architecture_source,
+    check_kind,
+    optional_positive,
+    reads_weights_config,
+)
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.model import WanArch, WanNetwork
 
 from rcm_registry import schema
-from rcm_registry.errors import CheckpointError
 from rcm_registry.schema import ComponentSpec
 
 Size = Literal["1.3B", "14B", "tiny"]
@@ -38,19 +45,10 @@ def preset(size: str, *, i2v: bool) -> dict[str, Any]:
     return {**_BACKBONES[size], **(_I2V_EXTRA[size] if i2v else {})}
 
 
-@attrs.define
-class WanWeights:
-    """Where the weights come from. ``format: auto`` tells diffusers and native layouts apart."""
-
-    path: str
-    format: Literal["auto", "native", "diffusers"] = "auto"
-
+#: Where the weights come from (the same for every network family).
+WanWeights = CheckpointWeights
 
 _REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers")
-
-
-def _optional_positive() -> Any:
-    return attrs.field(default=None, validator=schema.positive)
 
 
 @attrs.define(kw_only=True)
@@ -58,16 +56,16 @@ class WanT2VConfig:
     """A Wan2.1 network: a ``size`` (or the weights' config.json) plus optional overrides of any field."""
 
     size: Size | None = None
-    dim: int | None = _optional_positive()
-    ffn_dim: int | None = _optional_positive()
-    num_heads: int | None = _optional_positive()
-    num_layers: int | None = _optional_positive()
-    in_channels: int | None = _optional_positive()
-    out_channels: int | None = _optional_positive()
-    text_dim: int | None = _optional_positive()
-    freq_dim: int | None = _optional_positive()
-    patch_size: tuple[int, int, int] | None = _optional_positive()
-    eps: float | None = _optional_positive()
+    dim: int | None = optional_positive()
+    ffn_dim: int | None = optional_positive()
+    num_heads: int | None = optional_positive()
+    num_layers: int | None = optional_positive()
+    in_channels: int | None = optional_positive()
+    out_channels: int | None = optional_positive()
+    text_dim: int | None = optional_positive()
+    freq_dim: int | None = optional_positive()
+    patch_size: tuple[int, int, int] | None = optional_positive()
+    eps: float | None = optional_positive()
     cross_attn_norm: bool | None = None
     #: The attention backend every attention of the network calls.
     attention: ComponentSpec = schema.component(  # noqa: RUF009 (returns an attrs.field)
@@ -78,13 +76,7 @@ class WanT2VConfig:
     activation_checkpointing: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.size is None and self.weights is None:
-            absent = [f for f in _REQUIRED if getattr(self, f) is None]
-            if absent:
-                raise ValueError(
-                    "give `size` (1.3B, 14B, tiny), `weights` (a checkpoint with config.json), or all of "
-                    f"{', '.join(_REQUIRED)} (missing: {', '.join(absent)})"
-                )
+        check_architecture_source(self, _REQUIRED, get_args(Size))
         if self.dim is not None and self.num_heads is not None and self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.freq_dim is not None and self.freq_dim % 2:
@@ -106,7 +98,7 @@ class WanI2VConfig(WanT2VConfig):
     """A Wan2.1 image-to-video network (text and CLIP image tokens, conditioning latents in the input)."""
 
     #: Width of the CLIP image tokens.
-    image_dim: int | None = _optional_positive()
+    image_dim: int | None = optional_positive()
 
     i2v = True
 
@@ -118,46 +110,32 @@ class WanI2VConfig(WanT2VConfig):
         return {"image": (None, arch.image_dim), "image_latent": (arch.in_channels - channels, *rest)}
 
 
-_ARCH_FIELDS = tuple(f.name for f in attrs.fields(WanArch))
-
-
 def resolve_arch(config: WanT2VConfig) -> WanArch:
     """The architecture: ``size`` preset, else the weights' config.json, else the fields; fields override."""
     i2v = config.i2v
-    base: dict[str, Any] = {"image_dim": 1280, "in_channels": 36} if i2v else {}
-    if config.size is not None:
-        base.update(preset(config.size, i2v=i2v))
-    elif config.weights is not None and not _fully_specified(config):
-        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
-        base.update({f: getattr(found, f) for f in _ARCH_FIELDS})
-    overrides = {f: getattr(config, f) for f in _ARCH_FIELDS if getattr(config, f, None) is not None}
-    fields = {**base, **overrides}
+    fields = arch_fields(
+        config,
+        WanArch,
+        _REQUIRED,
+        defaults={"image_dim": 1280, "in_channels": 36} if i2v else {},
+        preset=lambda size: preset(size, i2v=i2v),
+        from_weights=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format),
+    )
     if not i2v:
         fields["image_dim"] = None
     return WanArch(**fields)
 
 
-def _fully_specified(config: WanT2VConfig) -> bool:
-    return all(getattr(config, f) is not None for f in _REQUIRED)
-
-
 def build(config: WanT2VConfig) -> WanNetwork:
     """Build the network; with weights, on the meta device first so the parameters are allocated once."""
     arch = resolve_arch(config)
-    from_file = config.weights is not None and config.size is None and not _fully_specified(config)
-    if from_file and config.i2v != _checkpoint_is_i2v(config):
-        want, other = ("wan2.1-i2v", "wan2.1-t2v") if config.i2v else ("wan2.1-t2v", "wan2.1-i2v")
-        raise CheckpointError(f"{config.weights.path}: this is a checkpoint for {other}, not {want}")
+    if reads_weights_config(config, _REQUIRED):
+        assert config.weights is not None
+        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
+        check_kind(config.weights.path, wanted=config.i2v, found=found.i2v, names=("wan2.1-t2v", "wan2.1-i2v"))
     attention = config.attention.build()
-    options = {"activation_checkpointing": config.activation_checkpointing}
-    if config.weights is None:
-        return WanNetwork(arch, attention, **options)
-    with torch.device("meta"):
-        net = WanNetwork(arch, attention, **options)
-    checkpoint.load_weights(net, config.weights.path, config.weights.format, assign=True)
-    return net
-
-
-def _checkpoint_is_i2v(config: WanT2VConfig) -> bool:
-    assert config.weights is not None
-    return checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format).i2v
+    return build_network(
+        lambda: WanNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),
+        config.weights,
+        checkpoint.load_weights,
+    )

@@ -19,14 +19,14 @@ the attention backend does.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
+from rcm_plugins.common.inputs import check_latents, check_tokens
 from rcm_plugins.common.layers import (
     RMSNorm,
     UpcastLayerNorm,
@@ -92,7 +92,9 @@ def _norm_rope(norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> 
     return rms_norm_rope(x, norm.weight, rope, norm.eps, per_head=False, interleaved=True)
 
 
-class SelfAttention(nn.Module):
+class _Projections(nn.Module):
+    """The q, k, v and output projections and the q/k RMS norms both of Wan's attentions have (native names)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -103,6 +105,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
+
+class SelfAttention(_Projections):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
         q = _norm_rope(self.norm_q, self.q(x).unflatten(-1, heads), rope)
@@ -111,21 +115,14 @@ class SelfAttention(nn.Module):
         return self.o(merge_heads(attn(heads_first(q), heads_first(k), heads_first(v))))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention from video tokens to text tokens; with ``image=True`` also to CLIP image tokens.
 
     The two attentions share the queries and are summed before the output projection.
     """
 
     def __init__(self, dim: int, num_heads: int, eps: float, *, image: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        super().__init__(dim, num_heads, eps)
         if image:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
@@ -221,7 +218,7 @@ class ImageProjection(nn.Module):
         return self.proj(image)
 
 
-class WanNetwork(nn.Module):
+class WanNetwork(ExportableNetwork, nn.Module):
     """Wan2.1 transformer: ``net(x, timestep, text, image=None, image_latent=None)``.
 
     Args:
@@ -340,41 +337,24 @@ class WanNetwork(nn.Module):
             out = sp.gather(out, 1)
         return self.unpatchify(out, grid).to(x.dtype)  # type: ignore[arg-type]
 
-    def export(
-        self,
-        out: str | os.PathLike[str],
-        *,
-        format: Literal["diffusers", "native"] = "diffusers",
-        dtype: torch.dtype | None = None,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write this network as a diffusers or native Wan2.1 checkpoint directory.
+    @classmethod
+    def checkpoint_layouts(cls) -> Layouts:
+        """The Wan2.1 layouts that ``export`` (from :class:`ExportableNetwork`) writes."""
+        from rcm_plugins.wan.checkpoint import LAYOUTS  # the checkpoint module imports this one
 
-        See :func:`rcm_plugins.wan.checkpoint.export`; the directory appears complete or not at all.
-        """
-        from rcm_plugins.wan.checkpoint import export  # the checkpoint module imports this one
-
-        return export(self, out, format=format, dtype=dtype, overwrite=overwrite)
+        return LAYOUTS
 
     def _check_inputs(self, x: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> None:
         arch = self.arch
-        if x.ndim != 5:
-            raise ValueError(f"x must be (B, C, T, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != arch.in_channels:
-            hint = " (pass the conditioning latents as image_latent=...)" if arch.i2v else ""
-            raise ValueError(f"x has {x.shape[1]} channels, the network takes {arch.in_channels}{hint}")
-        for n, p, axis in zip(x.shape[2:], arch.patch_size, "THW", strict=True):
-            if n % p:
-                raise ValueError(f"x size {n} along {axis} is not divisible by the patch size {p}")
+        hint = " (pass the conditioning latents as image_latent=...)" if arch.i2v else ""
+        check_latents(x, arch.in_channels, arch.patch_size, hint=hint)
         if timestep.shape != (x.shape[0],):
             raise ValueError(f"timestep must have shape ({x.shape[0]},), got {tuple(timestep.shape)}")
-        if text.ndim != 3 or text.shape[0] != x.shape[0] or text.shape[2] != arch.text_dim:
-            raise ValueError(f"text must be (B={x.shape[0]}, L, {arch.text_dim}), got {tuple(text.shape)}")
+        check_tokens("text", text, x.shape[0], arch.text_dim)
         if arch.i2v:
             if image is None:
                 raise ValueError("the I2V network needs image= (CLIP image tokens)")
-            if image.ndim != 3 or image.shape[0] != x.shape[0] or image.shape[2] != arch.image_dim:
-                raise ValueError(f"image must be (B={x.shape[0]}, N, {arch.image_dim}), got {tuple(image.shape)}")
+            check_tokens("image", image, x.shape[0], arch.image_dim, length="N")
         elif image is not None:
             raise ValueError("this is a text-to-video network: it takes no image= (use wan2.1-i2v)")
 

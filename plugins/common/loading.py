@@ -1,0 +1,104 @@
+"""Reading a network family's checkpoint: the architecture from its config.json, the tensors into the network.
+
+Shared by every network family. A family knows its own config.json dialects and key tables; what is the
+same for all of them lives here: which dialect a config.json is in, reporting a bad architecture against
+the file it came from, stripping wrapper prefixes, and strict loading in either key layout, so that every
+missing, unexpected or mis-shaped key is named as it is in the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from rcm_plugins.common.export import Format
+from rcm_plugins.common.keys import KeyMap, strip_shared_prefix
+from torch import Tensor, nn
+
+from rcm_registry import weights
+from rcm_registry.errors import CheckpointError
+
+#: The ``format`` a recipe may give for its weights: ``auto`` tells the two layouts apart.
+WeightsFormat = Literal["auto", "native", "diffusers"]
+
+A = TypeVar("A")
+
+
+def checked_arch(arch: Callable[..., A], source: str, **fields: Any) -> A:
+    """``arch(**fields)``, its ValueError (an inconsistent architecture) turned into a CheckpointError that
+    names ``source``, the config.json the fields were read from."""
+    try:
+        return arch(**fields)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+def arch_from_config_file(
+    path: str | Path,
+    format: WeightsFormat,
+    *,
+    diffusers_class: str,
+    detect_format: Callable[[Path], Format],
+    from_diffusers: Callable[..., A],
+    from_native: Callable[..., A],
+    sizes: str,
+) -> A:
+    """The architecture described by the config.json of a checkpoint directory (or next to a file).
+
+    A config.json naming ``diffusers_class``, or one without ``_class_name`` in a checkpoint read as
+    diffusers, goes to ``from_diffusers(config, source=...)``; any other to ``from_native``. ``sizes``
+    lists the family's named sizes for the error when there is no config.json.
+    """
+    p = Path(path)
+    config = weights.read_config(p)
+    if config is None:
+        raise CheckpointError(
+            f"{p}: no config.json to take the architecture from: give `size` ({sizes}) or the "
+            "architecture fields in the network config"
+        )
+    source = str(p / weights.CONFIG_NAME if p.is_dir() else p.parent / weights.CONFIG_NAME)
+    kind = format if format != "auto" else detect_format(p)
+    if config.get("_class_name") == diffusers_class or (kind == "diffusers" and "_class_name" not in config):
+        return from_diffusers(config, source=source)
+    return from_native(config, source=source)
+
+
+def read_state(
+    path: str | Path,
+    format: WeightsFormat,
+    *,
+    prefixes: tuple[str, ...],
+    detect_format: Callable[[str | Path, Mapping[str, Tensor]], Format],
+) -> tuple[dict[str, Tensor], Format]:
+    """A checkpoint's tensors as stored, without the first wrapper prefix of ``prefixes`` every key
+    carries, and the key layout they are in (``format``, or detected from the file and the keys)."""
+    state = strip_shared_prefix(weights.read_state_dict(path), prefixes)
+    kind: Format = format if format != "auto" else detect_format(path, state)
+    return state, kind
+
+
+def load_state(
+    net: nn.Module,
+    state: Mapping[str, Tensor],
+    kind: Format,
+    *,
+    keys: KeyMap,
+    source: str,
+    assign: bool,
+    diffusers_ignored: Sequence[str] = (),
+    native_ignored: Sequence[str] = (),
+) -> None:
+    """Load ``state`` (in the ``kind`` layout) into ``net`` strictly.
+
+    Diffusers keys are checked in diffusers' own names before renaming, so the error names them as they
+    are in the file. ``diffusers_ignored`` / ``native_ignored``: regular expressions of keys a file of that
+    layout may carry that are not network parameters.
+    """
+    if kind == "diffusers":
+        expected = {keys.native_to_diffusers_key(k): v.shape for k, v in net.state_dict().items()}
+        weights.check_state_dict(expected, state, source=source, ignore_unexpected=diffusers_ignored)
+        state = keys.from_diffusers({k: v for k, v in state.items() if k in expected})
+        weights.load_strict(net, state, source=source, assign=assign)
+    else:
+        weights.load_strict(net, state, source=source, assign=assign, ignore_unexpected=native_ignored)

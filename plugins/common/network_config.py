@@ -1,0 +1,109 @@
+"""The recipe-config plumbing every network family shares, from config fields to a built network.
+
+A family's config names a ``size`` preset, or ``weights`` whose config.json gives the architecture, or
+every required architecture field; any field set besides overrides what the size or the file says. The
+rules (and their error messages) are the same for every family; what differs is passed in: the family's
+architecture class, presets, config.json reader and component names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import torch
+from rcm_plugins.common.loading import WeightsFormat
+
+from rcm_registry import schema
+from rcm_registry.errors import CheckpointError
+
+N = TypeVar("N")
+
+
+@attrs.define
+class CheckpointWeights:
+    """Where the weights come from. ``format: auto`` tells diffusers and native layouts apart."""
+
+    path: str
+    format: WeightsFormat = "auto"
+
+
+class NetworkConfig(Protocol):
+    """What these helpers read of a family's config (read-only, so that a Literal ``size`` fits)."""
+
+    @property
+    def size(self) -> str | None: ...
+
+    @property
+    def weights(self) -> CheckpointWeights | None: ...
+
+
+def optional_positive() -> Any:
+    """An architecture field: None (taken from the size or the weights) unless the recipe sets it, > 0."""
+    return attrs.field(default=None, validator=schema.positive)
+
+
+def check_architecture_source(config: NetworkConfig, required: tuple[str, ...], sizes: Iterable[str]) -> None:
+    """Refuse a config that gives neither a size, nor weights, nor every one of the ``required`` fields."""
+    if config.size is None and config.weights is None:
+        absent = [f for f in required if getattr(config, f) is None]
+        if absent:
+            raise ValueError(
+                f"give `size` ({', '.join(sizes)}), `weights` (a checkpoint with config.json), or all of "
+                f"{', '.join(required)} (missing: {', '.join(absent)})"
+            )
+
+
+def reads_weights_config(config: NetworkConfig, required: tuple[str, ...]) -> bool:
+    """Whether the architecture comes from the weights' config.json: weights, no size, and some of the
+    ``required`` fields unset (with all of them set, the fields alone describe it)."""
+    return (
+        config.weights is not None and config.size is None and not all(getattr(config, f) is not None for f in required)
+    )
+
+
+def arch_fields(
+    config: NetworkConfig,
+    arch: type,
+    required: tuple[str, ...],
+    *,
+    defaults: Mapping[str, Any],
+    preset: Callable[[str], Mapping[str, Any]],
+    from_weights: Callable[[CheckpointWeights], Any],
+) -> dict[str, Any]:
+    """The fields of the attrs class ``arch``: ``defaults``, then the ``size`` preset, else the weights'
+    config.json (``from_weights``, an ``arch`` instance); then every field the config sets overrides them.
+
+    Fields of ``arch`` that the config does not have (derived ones, such as a kind flag) are not overrides.
+    """
+    names = tuple(f.name for f in attrs.fields(arch))
+    fields = dict(defaults)
+    if config.size is not None:
+        fields.update(preset(config.size))
+    elif reads_weights_config(config, required):
+        assert config.weights is not None
+        found = from_weights(config.weights)
+        fields.update({f: getattr(found, f) for f in names})
+    fields.update({f: getattr(config, f) for f in names if getattr(config, f, None) is not None})
+    return fields
+
+
+def check_kind(path: str, *, wanted: bool, found: bool, names: tuple[str, str]) -> None:
+    """Refuse a checkpoint of the family's other kind (T2V weights for the I2V network, ...).
+
+    ``names``: the component names of the kind without and with the flag that ``wanted``/``found`` give.
+    """
+    if found != wanted:
+        raise CheckpointError(f"{path}: this is a checkpoint for {names[found]}, not {names[wanted]}")
+
+
+def build_network(make: Callable[[], N], weights: CheckpointWeights | None, load_weights: Callable[..., object]) -> N:
+    """``make()``; with weights, on the meta device first so the parameters are allocated once, when
+    ``load_weights(net, path, format, assign=True)`` puts the file's tensors in their place."""
+    if weights is None:
+        return make()
+    with torch.device("meta"):
+        net = make()
+    load_weights(net, weights.path, weights.format, assign=True)
+    return net
