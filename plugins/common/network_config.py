@@ -89,13 +89,25 @@ def arch_fields(
     return fields
 
 
-def check_kind(path: str, *, wanted: bool, found: bool, names: tuple[str, str]) -> None:
-    """Refuse a checkpoint of the family's other kind (T2V weights for the I2V network, ...).
+def check_weights_kind(
+    config: NetworkConfig,
+    required: tuple[str, ...],
+    *,
+    wanted: bool,
+    found: Callable[[CheckpointWeights], bool],
+    names: tuple[str, str],
+) -> None:
+    """Refuse weights of the family's other kind (T2V weights for the I2V network, ...) when the
+    architecture comes from their config.json: the layers would not fit, and the error would not say why.
 
-    ``names``: the component names of the kind without and with the flag that ``wanted``/``found`` give.
+    ``wanted``: the config's kind flag; ``found(weights)``: the flag the weights' config.json gives;
+    ``names``: the component names of the kind without and with the flag.
     """
-    if found != wanted:
-        raise CheckpointError(f"{path}: this is a checkpoint for {names[found]}, not {names[wanted]}")
+    if reads_weights_config(config, required):
+        assert config.weights is not None
+        kind = found(config.weights)
+        if kind != wanted:
+            raise CheckpointError(f"{config.weights.path}: this is a checkpoint for {names[kind]}, not {names[wanted]}")
 
 
 def build_network(make: Callable[[], N], weights: CheckpointWeights | None, load_weights: Callable[..., object]) -> N:

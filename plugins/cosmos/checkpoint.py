@@ -72,6 +72,7 @@ for _native, _diffusers in (("self_attn", "attn1"), ("cross_attn", "attn2")):
     for _a, _b in (("q_norm", "norm_q"), ("k_norm", "norm_k")):
         _BLOCK[f"{_native}.{_a}"] = f"{_diffusers}.{_b}"
 
+#: Both directions between the layouts; the module-level names below are the public renaming API.
 KEYS = KeyMap(_TOP, _BLOCK, native_blocks="blocks", diffusers_blocks="transformer_blocks")
 native_to_diffusers_key = KEYS.native_to_diffusers_key
 diffusers_to_native_key = KEYS.diffusers_to_native_key

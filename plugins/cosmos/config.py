@@ -10,9 +10,8 @@ from rcm_plugins.common.network_config import (
     arch_fields,
     build_network,
     check_architecture_source,
-    check_kind,
+    check_weights_kind,
     optional_positive,
-    reads_weights_config,
 )
 from rcm_plugins.cosmos import checkpoint
 from rcm_plugins.cosmos.model import CosmosArch, CosmosNetwork
@@ -133,12 +132,14 @@ def resolve_arch(config: CosmosT2IConfig) -> CosmosArch:
 def build(config: CosmosT2IConfig) -> CosmosNetwork:
     """Build the network; with weights, on the meta device first so the parameters are allocated once."""
     arch = resolve_arch(config)
-    if reads_weights_config(config, _REQUIRED):
+    check_weights_kind(
+        config,
+        _REQUIRED,
+        wanted=config.v2w,
         # A diffusers config tells T2I from V2W by its channel count (read here without a v2w hint).
-        assert config.weights is not None
-        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
-        names = ("cosmos-predict2-t2i", "cosmos-predict2-v2w")
-        check_kind(config.weights.path, wanted=config.v2w, found=found.v2w, names=names)
+        found=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format).v2w,
+        names=("cosmos-predict2-t2i", "cosmos-predict2-v2w"),
+    )
     attention = config.attention.build()
     fps = config.fps if config.fps is not None else config.default_fps
     return build_network(

@@ -76,6 +76,7 @@ _BLOCK = {
 #: Keys some diffusers I2V checkpoints carry that WanTransformer3DModel itself ignores on load.
 DIFFUSERS_IGNORED = (r"\.norm_added_q\.",)
 
+#: Both directions between the layouts; the module-level names below are the public renaming API.
 KEYS = KeyMap(_TOP, _BLOCK)
 native_to_diffusers_key = KEYS.native_to_diffusers_key
 diffusers_to_native_key = KEYS.diffusers_to_native_key

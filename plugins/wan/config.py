@@ -10,9 +10,8 @@ from rcm_plugins.common.network_config import (
     arch_fields,
     build_network,
     check_architecture_source,
-    check_kind,
+    check_weights_kind,
     optional_positive,
-    reads_weights_config,
 )
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.model import WanArch, WanNetwork
@@ -129,10 +128,13 @@ def resolve_arch(config: WanT2VConfig) -> WanArch:
 def build(config: WanT2VConfig) -> WanNetwork:
     """Build the network; with weights, on the meta device first so the parameters are allocated once."""
     arch = resolve_arch(config)
-    if reads_weights_config(config, _REQUIRED):
-        assert config.weights is not None
-        found = checkpoint.arch_from_checkpoint(config.weights.path, config.weights.format)
-        check_kind(config.weights.path, wanted=config.i2v, found=found.i2v, names=("wan2.1-t2v", "wan2.1-i2v"))
+    check_weights_kind(
+        config,
+        _REQUIRED,
+        wanted=config.i2v,
+        found=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format).i2v,
+        names=("wan2.1-t2v", "wan2.1-i2v"),
+    )
     attention = config.attention.build()
     return build_network(
         lambda: WanNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),

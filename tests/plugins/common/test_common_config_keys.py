@@ -9,7 +9,7 @@ from rcm_plugins.common.network_config import (
     CheckpointWeights,
     arch_fields,
     check_architecture_source,
-    check_kind,
+    check_weights_kind,
     reads_weights_config,
 )
 
@@ -72,6 +72,11 @@ def test_config_and_kind_errors_say_what_to_give() -> None:
     with pytest.raises(ValueError, match=r"give `size` \(a, b\).*all of width, depth \(missing: depth\)"):
         check_architecture_source(_Config(width=4), ("width", "depth"), ("a", "b"))
     check_architecture_source(_Config(size="a"), ("width", "depth"), ("a", "b"))
+    names = ("net-t2v", "net-i2v")
+    from_file = _Config(weights=CheckpointWeights("ckpt"), width=4)
     with pytest.raises(CheckpointError, match="ckpt: this is a checkpoint for net-t2v, not net-i2v"):
-        check_kind("ckpt", wanted=True, found=False, names=("net-t2v", "net-i2v"))
-    check_kind("ckpt", wanted=False, found=False, names=("net-t2v", "net-i2v"))
+        check_weights_kind(from_file, ("width", "depth"), wanted=True, found=lambda w: False, names=names)
+    check_weights_kind(from_file, ("width", "depth"), wanted=False, found=lambda w: False, names=names)
+    # Architecture from the size: the weights' config.json is not read.
+    sized = _Config(size="a", weights=CheckpointWeights("ckpt"))
+    check_weights_kind(sized, ("width", "depth"), wanted=True, found=lambda w: False, names=names)
