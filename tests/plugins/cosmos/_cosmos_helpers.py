@@ -1,4 +1,4 @@
-"""Shared by the Cosmos tests: tiny diffusers reference models, float64 reference runs, error measure."""
+"""Shared by the Cosmos tests: tiny diffusers reference models, float64 reference runs."""
 
 from __future__ import annotations
 
@@ -10,19 +10,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from network_testkit import random_reference
 from torch import Tensor
-
-import rcm_registry as rr
 
 pytest.importorskip("diffusers")
 from diffusers import CosmosTransformer3DModel
 from diffusers.models.transformers import transformer_cosmos
-
-
-def rel_err(a: Tensor, b: Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64."""
-    a64, b64 = a.detach().double(), b.detach().double()
-    return ((a64 - b64).norm() / b64.norm()).item()
 
 
 def diffusers_kwargs(
@@ -58,13 +51,7 @@ def diffusers_kwargs(
 
 def make_reference(kwargs: dict[str, Any], seed: int) -> CosmosTransformer3DModel:
     """A diffusers Cosmos model whose every parameter is random (norm weights and position tables too)."""
-    torch.manual_seed(seed)
-    model = CosmosTransformer3DModel(**kwargs).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model
+    return random_reference(CosmosTransformer3DModel, kwargs, seed)
 
 
 def _is_float32(dtype: Any) -> bool:
@@ -163,10 +150,6 @@ def run_reference(
             padding_mask=None if padding_mask is None else padding_mask.to(dtype),
             return_dict=False,
         )[0]
-
-
-def build(name: str, **config: Any) -> Any:
-    return rr.registry().build("network", name, **config)
 
 
 transformer_module = transformer_cosmos

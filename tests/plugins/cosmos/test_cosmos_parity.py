@@ -14,15 +14,14 @@ from typing import Any
 import pytest
 import torch
 from _cosmos_helpers import (
-    build,
     diffusers_kwargs,
     float64_diffusers,
     make_reference,
     nearest_resize_stand_in,
-    rel_err,
     run_reference,
     transformer_module,
 )
+from network_testkit import build, rel_err
 from rcm_plugins.cosmos import checkpoint
 from safetensors.torch import save_file
 

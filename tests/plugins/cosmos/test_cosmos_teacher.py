@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from _cosmos_helpers import build, rel_err
+from network_testkit import build, rel_err
 
 import rcm_registry as rr
 

@@ -1,4 +1,4 @@
-"""Shared by the Wan tests: tiny diffusers reference models, float64 reference runs, error measure."""
+"""Shared by the Wan tests: tiny diffusers reference models, float64 reference runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import torch
+from network_testkit import random_reference
 from rcm_plugins.common.diffusers_interop import from_pretrained_strict
 from torch import Tensor
-
-import rcm_registry as rr
 
 pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel
@@ -20,12 +19,6 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 #: Text length the diffusers I2V model requires (it splits image from text tokens at len − 512).
 DIFFUSERS_I2V_TEXT = 512
-
-
-def rel_err(a: Tensor, b: Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64."""
-    a64, b64 = a.detach().double(), b.detach().double()
-    return ((a64 - b64).norm() / b64.norm()).item()
 
 
 def diffusers_kwargs(
@@ -61,13 +54,7 @@ def diffusers_kwargs(
 
 def make_reference(kwargs: dict[str, Any], seed: int) -> WanTransformer3DModel:
     """A diffusers Wan model whose every parameter is random (norm weights too, not just ones/zeros)."""
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(**kwargs).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model
+    return random_reference(WanTransformer3DModel, kwargs, seed)
 
 
 @contextlib.contextmanager
@@ -106,10 +93,6 @@ def run_reference(
             return_dict=False,
         )[0]
     return out
-
-
-def build(name: str, **config: Any) -> Any:
-    return rr.registry().build("network", name, **config)
 
 
 def save_reference(model: WanTransformer3DModel, directory: Path) -> Path:

@@ -6,10 +6,18 @@ from typing import Any
 
 import pytest
 import torch
-from _wan_helpers import build, rel_err
-from torch.autograd import forward_ad
+from network_testkit import JvpChecks, build, rel_err
 
 from rcm_registry.jvp import jvp
+
+
+class TestWanJvp(JvpChecks):
+    kinds = ("wan2.1-t2v", "wan2.1-i2v")
+    timestep_scale = 1000.0
+    time_step = 1e-4
+
+    def setup(self, name: str, seed: int) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return _setup(name, seed)
 
 
 def _setup(name: str, seed: int) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -29,61 +37,6 @@ def _setup(name: str, seed: int) -> tuple[Any, dict[str, torch.Tensor], dict[str
     # Tangents on every input, as the sCM tangent moves x and t (and tests the conditioning paths too).
     tangents = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in primals.items()}
     return net, primals, tangents
-
-
-@pytest.mark.parametrize("name", ["wan2.1-t2v", "wan2.1-i2v"])
-def test_forward_ad_matches_torch_func_jvp_and_finite_differences(name: str) -> None:
-    net, primals, tangents = _setup(name, seed=7)
-    keys = list(primals)
-
-    def f(*args: torch.Tensor) -> torch.Tensor:
-        return net(**dict(zip(keys, args, strict=True)))
-
-    args = tuple(primals[k] for k in keys)
-    dirs = tuple(tangents[k] for k in keys)
-    with torch.no_grad():
-        out = f(*args)
-    func_out, func_tangent = torch.func.jvp(f, args, dirs)
-
-    with torch.no_grad(), forward_ad.dual_level():
-        dual = f(*(forward_ad.make_dual(a, d) for a, d in zip(args, dirs, strict=True)))
-        fw_out, fw_tangent = forward_ad.unpack_dual(dual)
-    _, eng_tangent = jvp(f, args, dirs)
-
-    assert fw_tangent is not None and fw_tangent.abs().max() > 0
-    assert rel_err(fw_out, out) <= 1e-14 and rel_err(func_out, out) <= 1e-14
-    assert rel_err(fw_tangent, func_tangent) <= 1e-10
-    assert rel_err(eng_tangent, func_tangent) <= 1e-10
-    # Both AD modes could drop the same tangent path (a stray detach): central differences cannot.
-    h = 1e-5
-    with torch.no_grad():
-        plus = f(*(a + h * d for a, d in zip(args, dirs, strict=True)))
-        minus = f(*(a - h * d for a, d in zip(args, dirs, strict=True)))
-    assert rel_err(fw_tangent, (plus - minus) / (2 * h)) <= 1e-6
-
-
-def test_time_tangent_alone_is_right() -> None:
-    """The time path (float32-rounded frequencies, sinusoid, MLP, modulation) carries its own tangent."""
-    net, primals, _ = _setup("wan2.1-t2v", seed=8)
-    dt = torch.ones_like(primals["timestep"])
-
-    def f(t: torch.Tensor) -> torch.Tensor:
-        return net(primals["x"], t, primals["text"])
-
-    _, tangent = torch.func.jvp(f, (primals["timestep"],), (dt,))
-    h = 1e-4
-    with torch.no_grad():
-        fd = (f(primals["timestep"] + h) - f(primals["timestep"] - h)) / (2 * h)
-    assert tangent.abs().max() > 0
-    assert rel_err(tangent, fd) <= 1e-6
-
-
-def test_sdpa_backend_refuses_dual_tensors_through_the_network() -> None:
-    """The network reaches attention only through its configured backend: sdpa's dual check fires."""
-    net = build("wan2.1-t2v", size="tiny", attention={"use": "sdpa"}).eval()
-    x, t, text = torch.randn(1, 16, 1, 4, 4), torch.rand(1) * 1000, torch.randn(1, 3, 32)
-    with pytest.raises(Exception, match="forward-mode AD"):
-        jvp(lambda x_: net(x_, t, text), (x,), (torch.randn_like(x),))
 
 
 def test_bf16_jvp_error_is_small() -> None:

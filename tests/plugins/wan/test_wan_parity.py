@@ -9,13 +9,12 @@ import pytest
 import torch
 from _wan_helpers import (
     DIFFUSERS_I2V_TEXT,
-    build,
     diffusers_kwargs,
     float64_diffusers,
     make_reference,
-    rel_err,
     run_reference,
 )
+from network_testkit import build, rel_err
 from rcm_plugins.wan import checkpoint
 from safetensors.torch import save_file
 
