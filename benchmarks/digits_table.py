@@ -103,7 +103,10 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
     guidance = teacher.recipe.body.sample.config.guidance
     dataset = teacher.dataset
 
-    def measure(run: LoadedRun, name: str, steps: int, nfe: int, **overrides: float) -> None:
+    def measure(run: LoadedRun, name: str, steps: int, nfe: int, **overrides: object) -> None:
+        # One small untimed call first, so the row's wall time holds no one-off set-up (CUDA context and
+        # library loading, kernel compilation on the first call of a process).
+        draw(run, 10, steps=steps, seed=0, **overrides)
         per_seed, seconds = [], []
         for seed in args.seeds:
             result = draw(run, args.num, steps=steps, seed=seed, **overrides)
@@ -137,6 +140,12 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
+        if args.alt_mid_times:
+            # The same student with another sampler schedule: the multi-step rows depend on it.
+            label = "/".join(f"{t:g}" for t in args.alt_mid_times)
+            for steps in (s for s in args.steps if 1 < s <= len(args.alt_mid_times) + 1):
+                name = f"{NAMES.get(method, method)}, mid times {label}"
+                measure(run, name, steps, steps, mid_times=list(args.alt_mid_times))
     return table, pictures
 
 
@@ -213,6 +222,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the runs sample (cuda for the wider networks)")
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help="leave out the data and teacher rows"
+    )
+    parser.add_argument(
+        "--alt-mid-times", type=float, nargs="+", help="extra multi-step rows per student with these sampler mid times"
     )
     parser.add_argument("--save-rows", type=Path, help="also write the rows as JSON, for --from-rows")
     parser.add_argument(

@@ -10,7 +10,8 @@
 #                                                               # teacher run packed as OUT/teacher.tar.part-*
 #   cat dir/teacher.tar.part-* | tar x                          # on the next machine, from the repo root
 #   OUT=dir REFERENCE=1 bash benchmarks/digits_wide_gpu.sh students rcm scm   # students side by side, then
-#                                                               # their rows (and the data/teacher rows)
+#                                                               # their rows (and the data/teacher rows;
+#                                                               # TABLE_ARGS adds digits_table.py options)
 #   python benchmarks/digits_table.py --from-rows dir1/rows.json dir2/rows.json ...   # the table
 #
 # Students trained side by side share the GPU; the steps are bound by kernel launches at this size, so
@@ -65,7 +66,8 @@ case ${1:-all} in
     for pid in "${pids[@]}"; do wait "$pid"; done
     reference=()
     [[ ${REFERENCE:-0} == 1 ]] || reference=(--no-reference)
-    python benchmarks/digits_table.py "${table[@]}" --methods "$@" "${reference[@]}" \
+    read -ra extra <<< "${TABLE_ARGS:-}"
+    python benchmarks/digits_table.py "${table[@]}" --methods "$@" "${reference[@]}" "${extra[@]}" \
       --save-rows "$out/rows.json" --out "$out/digits_wide_table.md" --grid "$out/digits_wide_grid.png"
     ;;
   all)
