@@ -56,10 +56,14 @@ SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
 }
 
 FWD_SWEEP = [
-    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0),  # rescale on every max growth (FlashAttention-2)
     K.LaunchConfig(128, 64, 8, 2),
+    K.LaunchConfig(128, 64, 8, 2, tma=True),  # key/value tiles through tensor descriptors
+    K.LaunchConfig(128, 64, 8, 3, tma=True),
+    K.LaunchConfig(128, 128, 8, 2, tma=True),
     K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0),
-    K.LaunchConfig(64, 64, 4, 2),
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 64, 4, 3, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True),
 ]
 BWD_SWEEP = [
     KB.BackwardConfig(128, 32, 128, 32, 8, 3, atomic_dq=False),
@@ -132,6 +136,10 @@ def bench_shape(name: str, reps: int, sweep: str | None) -> dict[str, Any]:
     # (2× on the fast path) this kernel's matmuls, so this ratio bounds what tuning the JVP alone can reach.
     row["triton_fwd_ms"] = time_ms(lambda: K.attention_jvp_forward(q, k, v), reps)
     row["triton_fwd_over_sdpa"] = row["triton_fwd_ms"] / row["sdpa_fwd_ms"]
+    if sweep in ("all", "fwd"):
+        tma = K.default_config(d, q.dtype, False, q.device)._replace(tma=True)
+        ms = time_ms(lambda: K.attention_jvp_forward(q, k, v, config=tma), reps)
+        print(f"  {name} plain fwd {row['triton_fwd_ms']:.2f} ms, with {tma}: {ms:.2f} ms", flush=True)
 
     configs = FWD_SWEEP if sweep in ("all", "fwd") else [None]
     fwd_runs = []

@@ -41,6 +41,26 @@ def interpreter_active() -> bool:
     return type(dot).__name__ == "InterpretedFunction"
 
 
+def tma_loads_possible(q: Tensor, tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether tiles of these (B, H, S, D) tensors can be loaded through tensor descriptors.
+
+    The copy engine needs a compiled kernel on compute capability 9.0+, a contiguous last dim, 16-byte
+    aligned addresses and strides, and a block as wide as the head dim (a power of two here).
+    """
+    if interpreter_active() or not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    d = q.shape[-1]
+    if d != triton.next_power_of_2(d):
+        return False
+    for t in tensors:
+        if t is None:
+            continue
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
 def dot_flags(dtype: torch.dtype) -> dict[str, Any]:
     """Launch constants for :func:`dot`: fp32 inputs get true fp32 products (TF32 would cost three digits)."""
     return {
