@@ -76,10 +76,11 @@ CASES = [
     (2, 1, 77, 130, 16),
     (1, 1, 129, 65, 128),
     (1, 2, 33, 47, 40),
+    (1, 1, 70, 33, 256),
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", CASES, ids=lambda s: "x".join(map(str, s)))
 def test_jvp_matches_float64(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     q, k, v, tq, tk, tv = inputs(*shape, dtype, seed=hash(shape) % 1000)
