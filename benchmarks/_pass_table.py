@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from rcm_plugins.common.fused_ops import fused_kernels
+from rcm_plugins.common.layers import generic_linear_jvp
 
 import rcm_registry as rr
 
@@ -26,6 +27,19 @@ def _cell(fn: Callable[[], Any], timer: Timer) -> str:
         return "out of memory | –"
     except rr.UserError as exc:  # e.g. a backend without forward-mode AD asked for a JVP
         return f"not supported: {str(exc).splitlines()[0][:80]} | –"
+
+
+def generic_linear(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with PyTorch's forward-mode rule for linear layers (two matmuls a tangent), for comparison."""
+
+    def run() -> Any:
+        with generic_linear_jvp():
+            return fn()
+
+    return run
+
+
+GENERIC_LINEAR_ROW = "JVP, PyTorch's linear tangent rule (a second matmul against zero weights' tangent)"
 
 
 def pass_rows(passes: list[tuple[str, Callable[[], Any]]], timer: Timer, net: Any) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _pass_table import HEADER, pass_rows
+from _pass_table import GENERIC_LINEAR_ROW, HEADER, generic_linear, pass_rows
 
 import rcm_registry as rr
 from rcm_registry.jvp import jvp
@@ -109,6 +109,7 @@ def step_table(args: argparse.Namespace) -> str:
     passes = [
         ("forward", forward),
         ("JVP (forward AD, tangents on x and t)", tangent),
+        (GENERIC_LINEAR_ROW, generic_linear(tangent)),
         ("forward + backward", forward_backward(False)),
         ("forward + backward, activation checkpointing", forward_backward(True)),
     ]

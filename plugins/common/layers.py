@@ -7,11 +7,14 @@ Everything is plain differentiable torch ops, so forward-mode AD (dual tensors, 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -19,10 +22,52 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+_generic_linear_jvp = False
+
+
+def _tangent(t: Tensor | None) -> Tensor | None:
+    return None if t is None else forward_ad.unpack_dual(t).tangent
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` whose forward-mode derivative is one matmul when only the input carries a tangent.
+
+    PyTorch's rule for ``addmm``/``mm`` is ``tx·Wᵀ + x·tWᵀ``, and a weight without tangent enters it as a
+    zero tensor that ``mm`` materialises: every linear layer of a JVP pass then runs two full matmuls for
+    its tangent (and adds zeros) where ``tx·Wᵀ`` alone is the answer. The weights of a network under the
+    sCM JVP never carry tangents, so this is where the pass spends most of its non-attention time. The
+    result is the same to the bit; dual tensors of ``torch.func.jvp`` (functorch levels) and tangents on
+    the weights take PyTorch's rule.
+    """
+    tangent = _tangent(x)
+    if tangent is None or _generic_linear_jvp or _tangent(weight) is not None or _tangent(bias) is not None:
+        return F.linear(x, weight, bias)
+    primal = forward_ad.unpack_dual(x).primal
+    return forward_ad.make_dual(F.linear(primal, weight, bias), F.linear(tangent, weight))
+
+
+@contextlib.contextmanager
+def generic_linear_jvp() -> Iterator[None]:
+    """Inside, :func:`linear` leaves dual tensors to PyTorch's rule (for benchmarks that compare both)."""
+    global _generic_linear_jvp
+    previous, _generic_linear_jvp = _generic_linear_jvp, True
+    try:
+        yield
+    finally:
+        _generic_linear_jvp = previous
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) with the one-matmul tangent of :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 def linear_in(x: Tensor, layer: nn.Linear, dtype: torch.dtype) -> Tensor:
     """``layer(x)`` computed in ``dtype`` whatever the parameters are stored in (for the float32 time path)."""
     bias = layer.bias.to(dtype) if layer.bias is not None else None
-    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+    return linear(x.to(dtype), layer.weight.to(dtype), bias)
 
 
 class UpcastLayerNorm(nn.LayerNorm):

@@ -39,6 +39,7 @@ from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.inputs import check_latents, check_tokens
 from rcm_plugins.common.layers import (
+    Linear,
     RMSNorm,
     UpcastLayerNorm,
     compute_dtype,
@@ -141,7 +142,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         # Index 0 is the parameter-free rearrangement, so the linear map is ``proj.1`` as in native files.
         self.proj = nn.Sequential(
-            Patchify(arch.patch_size), nn.Linear(arch.embed_channels * math.prod(arch.patch_size), arch.dim, bias=False)
+            Patchify(arch.patch_size), Linear(arch.embed_channels * math.prod(arch.patch_size), arch.dim, bias=False)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,8 +154,8 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(dim, dim, bias=False)
-        self.linear_2 = nn.Linear(dim, 3 * dim, bias=False)
+        self.linear_1 = Linear(dim, dim, bias=False)
+        self.linear_2 = Linear(dim, 3 * dim, bias=False)
 
 
 def _norm_rope(norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -170,10 +171,10 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         inner = num_heads * head_dim
         kv_in = dim if context_dim is None else context_dim
-        self.q_proj = nn.Linear(dim, inner, bias=False)
-        self.k_proj = nn.Linear(kv_in, inner, bias=False)
-        self.v_proj = nn.Linear(kv_in, inner, bias=False)
-        self.output_proj = nn.Linear(inner, dim, bias=False)
+        self.q_proj = Linear(dim, inner, bias=False)
+        self.k_proj = Linear(kv_in, inner, bias=False)
+        self.v_proj = Linear(kv_in, inner, bias=False)
+        self.output_proj = Linear(inner, dim, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
 
@@ -189,8 +190,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.layer1 = nn.Linear(dim, hidden, bias=False)
-        self.layer2 = nn.Linear(hidden, dim, bias=False)
+        self.layer1 = Linear(dim, hidden, bias=False)
+        self.layer2 = Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer2(F.gelu(self.layer1(x)))
@@ -198,7 +199,7 @@ class FeedForward(nn.Module):
 
 def _adaln(dim: int, rank: int, chunks: int) -> nn.Sequential:
     """SiLU → D → rank → chunks·D, bias-free: one AdaLN-LoRA modulation head."""
-    return nn.Sequential(nn.SiLU(), nn.Linear(dim, rank, bias=False), nn.Linear(rank, chunks * dim, bias=False))
+    return nn.Sequential(nn.SiLU(), Linear(dim, rank, bias=False), Linear(rank, chunks * dim, bias=False))
 
 
 def _modulation(head: nn.Sequential, e: Tensor, lora: Tensor) -> Tensor:
@@ -259,7 +260,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.dim = arch.dim
         self.layer_norm = UpcastLayerNorm(arch.dim, eps=1e-6, elementwise_affine=False)
-        self.linear = nn.Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size), bias=False)
+        self.linear = Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size), bias=False)
         self.adaln_modulation = _adaln(arch.dim, arch.adaln_lora_dim, 2)
 
     def forward(self, x: Tensor, e: Tensor, lora: Tensor) -> Tensor:

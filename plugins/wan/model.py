@@ -28,10 +28,12 @@ from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.inputs import check_latents, check_tokens
 from rcm_plugins.common.layers import (
+    Linear,
     RMSNorm,
     UpcastLayerNorm,
     compute_dtype,
     heads_first,
+    linear,
     merge_heads,
     sinusoidal_embedding,
 )
@@ -98,10 +100,10 @@ class _Projections(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
@@ -124,8 +126,8 @@ class CrossAttention(_Projections):
     def __init__(self, dim: int, num_heads: int, eps: float, *, image: bool) -> None:
         super().__init__(dim, num_heads, eps)
         if image:
-            self.k_img = nn.Linear(dim, dim)
-            self.v_img = nn.Linear(dim, dim)
+            self.k_img = Linear(dim, dim)
+            self.v_img = Linear(dim, dim)
             self.norm_k_img = RMSNorm(dim, eps)
 
     def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None, attn: Attn) -> Tensor:
@@ -153,9 +155,7 @@ class WanBlock(nn.Module):
         )
         self.cross_attn = CrossAttention(dim, arch.num_heads, arch.eps, image=arch.i2v)
         self.norm2 = UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(arch.ffn_dim, dim)
-        )
+        self.ffn = nn.Sequential(Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), Linear(arch.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
@@ -192,7 +192,7 @@ class Head(nn.Module):
     def __init__(self, arch: WanArch) -> None:
         super().__init__()
         self.norm = UpcastLayerNorm(arch.dim, eps=arch.eps, elementwise_affine=False)
-        self.head = nn.Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size))
+        self.head = Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim) / arch.dim**0.5)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
@@ -208,9 +208,9 @@ class ImageProjection(nn.Module):
         super().__init__()
         self.proj = nn.Sequential(
             UpcastLayerNorm(image_dim),
-            nn.Linear(image_dim, image_dim),
+            Linear(image_dim, image_dim),
             nn.GELU(),
-            nn.Linear(image_dim, dim),
+            Linear(image_dim, dim),
             UpcastLayerNorm(dim),
         )
 
@@ -240,11 +240,9 @@ class WanNetwork(ExportableNetwork, nn.Module):
         self.sequence_parallel: Any = None
         dim = arch.dim
         self.patch_embedding = nn.Conv3d(arch.in_channels, dim, kernel_size=arch.patch_size, stride=arch.patch_size)
-        self.text_embedding = nn.Sequential(
-            nn.Linear(arch.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
-        )
-        self.time_embedding = nn.Sequential(nn.Linear(arch.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.text_embedding = nn.Sequential(Linear(arch.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
+        self.time_embedding = nn.Sequential(Linear(arch.freq_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(WanBlock(arch) for _ in range(arch.num_layers))
         self.head = Head(arch)
         if arch.image_dim is not None:
@@ -269,7 +267,7 @@ class WanNetwork(ExportableNetwork, nn.Module):
         patches = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
         patches = patches.reshape(b, -1, c * pt * ph * pw)
         weight = self.patch_embedding.weight
-        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.patch_embedding.bias)
+        return linear(patches, weight.reshape(weight.shape[0], -1), self.patch_embedding.bias)
 
     def unpatchify(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """(B, S, pt·ph·pw·C) → (B, C, T, H, W); the head's features are patch-major, channel-minor."""
