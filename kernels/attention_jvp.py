@@ -116,6 +116,33 @@ def default_config(head_dim: int, dtype: torch.dtype, has_tkv: bool, device: tor
 
 
 @triton.jit
+def _key_tile(
+    DESC,
+    PTR,
+    stride_n,
+    stride_d,
+    b,
+    h,
+    start_n,
+    n_k,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK_N: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
+    # One (BLOCK_N, D) tile of keys, values or their tangents: through the tensor descriptor, whose copy
+    # engine fills rows past n_k with zeros (their scores are masked by the caller), or by pointers.
+    if USE_TMA:
+        return DESC.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+    else:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = PTR + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d
+        return load_rows(ptrs, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, BLOCK_D != HEAD_DIM)
+
+
+@triton.jit
 def _jvp_tile(
     acc_o,
     acc_t,
@@ -159,16 +186,8 @@ def _jvp_tile(
     RESCALE_THRESHOLD: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    if USE_TMA:
-        # The copy engine fills rows past n_k with zeros; their scores are masked below as before.
-        k = KD.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-    else:
-        k = load_rows(
-            K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
-        )
+    k = _key_tile(KD, K, stride_kn, stride_kd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
     kt = tl.trans(k)
     s = dot(q, kt, None, PRECISION, DOT_UPCAST)
     if MASK_N:
@@ -203,28 +222,14 @@ def _jvp_tile(
         if HAS_TS:
             r_i = r_i * alpha
         m_i = m_new
-    if USE_TMA:
-        v = VD.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-    else:
-        v = load_rows(
-            V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
-        )
+    v = _key_tile(VD, V, stride_vn, stride_vd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
     p_in = p.to(v.dtype)
     acc_o = dot(p_in, v, acc_o, PRECISION, DOT_UPCAST)
     if HAS_TS:
         if HAS_TK:
-            if USE_TMA:
-                tk = TKD.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-            else:
-                tk = load_rows(
-                    TK + offs_n[:, None] * stride_tkn + offs_d[None, :] * stride_tkd,
-                    offs_n,
-                    n_k,
-                    offs_d,
-                    HEAD_DIM,
-                    MASK_N,
-                    MASK_D,
-                )
+            tk = _key_tile(
+                TKD, TK, stride_tkn, stride_tkd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA
+            )
             ts = dot(q, tl.trans(tk), None, PRECISION, DOT_UPCAST)
             if HAS_TQ:
                 ts = dot(tq, kt, ts, PRECISION, DOT_UPCAST)
@@ -235,18 +240,7 @@ def _jvp_tile(
         r_i = r_i + tl.sum(pts, 1)
         acc_t = dot(pts.to(v.dtype), v, acc_t, PRECISION, DOT_UPCAST)
     if HAS_TV:
-        if USE_TMA:
-            tv = TVD.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-        else:
-            tv = load_rows(
-                TV + offs_n[:, None] * stride_tvn + offs_d[None, :] * stride_tvd,
-                offs_n,
-                n_k,
-                offs_d,
-                HEAD_DIM,
-                MASK_N,
-                MASK_D,
-            )
+        tv = _key_tile(TVD, TV, stride_tvn, stride_tvd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
         acc_t = dot(p_in, tv, acc_t, PRECISION, DOT_UPCAST)
     return acc_o, acc_t, m_i, l_i, r_i
 
