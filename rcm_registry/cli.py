@@ -240,6 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         save_video,
         to_frames,
     )
+    from rcm_registry.synth import load_conditions
 
     out = Path(args.out)
     latents_only = args.latents_only or out.suffix == ".safetensors"
@@ -257,6 +258,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
     )
     shape = latent_shape(gen, _ints(args.shape, "--shape"), args.frames, args.height, args.width)
+    conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
     sample = gen.recipe.body.sample
     total = args.steps or (getattr(sample.config, "steps", 1) if sample is not None else 1)
     bar = None if args.no_progress else Progress(total, every=1)
@@ -267,6 +269,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
+        conditions=conditions,
         decode=not latents_only,
         progress=bar,
     )
@@ -436,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latents-only", action="store_true", help="write the latents (.safetensors), no decoding")
     p.add_argument("--negative-prompt", default="", help="only used by samplers with guidance")
+    p.add_argument(
+        "--conditions",
+        metavar="FILE.safetensors",
+        help="the network's inputs besides the text (Wan I2V, Cosmos V2W) as cond.NAME tensors of one row",
+    )
     p.add_argument("--shape", help="latent shape C,T,H,W (default: the training data's)")
     p.add_argument("--frames", type=int, default=None, help="video frames (with --height, --width; needs the VAE)")
     p.add_argument("--height", type=int, default=None)

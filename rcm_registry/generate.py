@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,17 +199,20 @@ class Generated:
     seconds: float  # sampling wall time
 
 
-def check_text_only(role: str, spec: Any, shape: Sequence[int]) -> None:
-    """Generation gives the network its text condition alone: refuse networks that need more (I2V, V2W)."""
-    from rcm_registry.synth import network_conditions
+#: How ``rcm generate`` takes the conditions besides the text (for the error when they are missing).
+GENERATE_CONDITIONS = (
+    "rcm generate",
+    "Give them as tensors with one row, in --conditions FILE.safetensors (the format rcm synth reads, e.g. "
+    "one row of a file made for it)",
+)
 
-    needs = network_conditions(spec, shape) or {}
-    if needs:
-        raise UserError(
-            f"network {role} ({spec.name}) needs the conditions {', '.join(sorted(needs))} besides the text, "
-            "and rcm generate encodes only the prompt; sample it from a program with those conditions "
-            "(rcm synth takes them with --conditions)"
-        )
+
+def check_generation_conditions(role: str, spec: Any, shape: Sequence[int], given: Mapping[str, Tensor]) -> None:
+    """Every condition besides the text that the network needs (Wan I2V, Cosmos V2W) given, none it does not
+    take, shapes fitting ``shape``: else one :class:`UserError` naming them all."""
+    from rcm_registry.synth import check_conditions, network_conditions
+
+    check_conditions(role, spec, network_conditions(spec, shape), given, GENERATE_CONDITIONS)
 
 
 def generate(
@@ -220,13 +223,19 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     negative_prompt: str = "",
+    conditions: Mapping[str, Tensor] | None = None,
     decode: bool = True,
     progress: Any = None,
 ) -> Generated:
-    """Sample one video for ``prompt`` with the recipe's sampler (``steps`` overriding its step count)."""
+    """Sample one video for ``prompt`` with the recipe's sampler (``steps`` overriding its step count).
+
+    ``conditions`` are the network's inputs besides the text, one row each (``cond.NAME`` of a
+    ``--conditions`` file); they go to both CFG branches, as in training and ``rcm synth``.
+    """
     from rcm_registry.engine.context import SampleContext
     from rcm_registry.engine.sampling import LoadedRun, sampler_with_steps
     from rcm_registry.engine.trainer import autocast
+    from rcm_registry.synth import conditions_on
 
     text_codec = gen.codecs.get("text")
     if text_codec is None:
@@ -234,7 +243,8 @@ def generate(
             "the run's recipe has no codecs.text to encode the prompt: pass e.g. "
             "--set 'codecs.text={use: umt5, path: /models/text_encoder}'"
         )
-    check_text_only(gen.role, gen.recipe.networks[gen.role].spec, shape)
+    conditions = dict(conditions or {})
+    check_generation_conditions(gen.role, gen.recipe.networks[gen.role].spec, shape, conditions)
     if decode and "vae" not in gen.codecs:
         raise UserError(
             "the run's recipe has no codecs.vae to decode the latents: pass --latents-only (and a .safetensors "
@@ -263,12 +273,13 @@ def generate(
         if progress is not None:
             progress.update(min(calls, progress.total), {})
 
+    extra = conditions_on(gen.device, conditions)
     ctx = SampleContext(
         net=_Counting(gen.net, tick),
         shape=(1, *shape),
-        condition={"text": text.to(gen.device)},
+        condition={"text": text.to(gen.device), **extra},
         generator=torch.Generator(device=gen.device).manual_seed(seed),
-        null_condition={"text": null.to(gen.device)},
+        null_condition={"text": null.to(gen.device), **extra},
         schedule=gen.schedule,
         teacher=gen.teacher,
         device=gen.device,

@@ -539,8 +539,8 @@ def _conditions_of(where: str, tensors: Mapping[str, Tensor], n: int) -> dict[st
     return out
 
 
-def read_conditions(path: Path, prompts: PromptSet) -> None:
-    """Add the ``cond.NAME`` tensors of ``path`` (``--conditions``; one row per prompt) to ``prompts``."""
+def load_conditions(path: Path, n: int) -> dict[str, Tensor]:
+    """The ``cond.NAME`` tensors of a ``--conditions`` file by NAME, each holding ``n`` rows (one per prompt)."""
     if not path.is_file():
         raise UserError(f"--conditions {path}: no such file")
     from safetensors.torch import load_file
@@ -553,7 +553,12 @@ def read_conditions(path: Path, prompts: PromptSet) -> None:
     if other or not tensors:
         found = f"found {', '.join(other)}" if other else "found none"
         raise UserError(f"--conditions {path}: expected {COND_PREFIX}NAME tensors, one row per prompt ({found})")
-    conditions = _conditions_of(f"--conditions {path}", tensors, len(prompts))
+    return _conditions_of(f"--conditions {path}", tensors, n)
+
+
+def read_conditions(path: Path, prompts: PromptSet) -> None:
+    """Add the ``cond.NAME`` tensors of ``path`` (``--conditions``; one row per prompt) to ``prompts``."""
+    conditions = load_conditions(path, len(prompts))
     both = sorted(set(conditions) & set(prompts.conditions))
     if both:
         raise UserError(f"--conditions {path}: {', '.join(both)} also given in --prompts {prompts.source}")
@@ -575,21 +580,34 @@ def _shape_text(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("*" if v is None else str(v) for v in shape) + ")"
 
 
+#: Where ``rcm synth`` takes the conditions besides the text from.
+SYNTH_CONDITIONS = (
+    "rcm synth",
+    "Give them as tensors with one row per prompt, in prompt order, in --conditions FILE.safetensors "
+    "(or in a --prompts .safetensors file)",
+)
+
+
 def check_conditions(
-    role: str, spec: Any, needs: Mapping[str, Sequence[int | None]] | None, given: Mapping[str, Tensor]
+    role: str,
+    spec: Any,
+    needs: Mapping[str, Sequence[int | None]] | None,
+    given: Mapping[str, Tensor],
+    command: tuple[str, str] = SYNTH_CONDITIONS,
 ) -> None:
     """A :class:`UserError` naming every condition the network needs but is not given, or gets but does not
-    take, and every per-sample shape that does not fit."""
+    take, and every per-sample shape that does not fit. ``command`` is (name, how to give them) for the
+    message."""
     who = f"networks.{role} ({spec.name})"
+    name, how = command
     problems = []
     if needs is not None:
         missing = [k for k in needs if k not in given]
         if missing:
             wanted = ", ".join(f"{COND_PREFIX}{k} {_shape_text(needs[k])}" for k in missing)
             problems.append(
-                f"{who} is conditioned on more than the text: rcm synth needs {wanted} per prompt, and no codec "
-                "computes them. Give them as tensors with one row per prompt, in prompt order, in "
-                "--conditions FILE.safetensors (or in a --prompts .safetensors file)"
+                f"{who} is conditioned on more than the text: {name} needs {wanted} per prompt, and no codec "
+                f"computes them. {how}"
             )
         for key in given:
             if key not in needs:
@@ -1061,6 +1079,12 @@ def _negative(
     return text, mask
 
 
+def conditions_on(device: torch.device, conditions: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Conditions besides the text on ``device``, floating ones in float32 (as the latent_shards dataset
+    gives them to training, whatever they were stored in)."""
+    return {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in conditions.items()}
+
+
 def _sample(
     net: nn.Module,
     wrapper: Any,
@@ -1075,9 +1099,7 @@ def _sample(
 ) -> Tensor:
     b = len(ids)
     # The conditions besides the text go to both CFG branches, as the latent_shards dataset gives them.
-    extra = {
-        k: (v.to(device, torch.float32) if v.is_floating_point() else v.to(device)) for k, v in (extras or {}).items()
-    }
+    extra = conditions_on(device, extras or {})
     condition = {"text": text, **extra}
     null = None
     if negative is not None:

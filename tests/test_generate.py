@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import rcm_registry as rr
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
@@ -37,7 +37,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     teacher = rr.registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
     paths["teacher"] = teacher.export(root / "teacher", format="native")
-    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    paths["prompts"] = root / "prompts.txt"
+    paths["prompts"].write_text("\n".join(PROMPTS) + "\n")
     paths["data"] = root / "data"
     shape = ",".join(map(str, LATENT))
     synth = run_cli(
@@ -163,15 +164,75 @@ def test_a_damaged_shard_stops_the_run_before_training(world: dict[str, Path], t
     assert latest_checkpoint(run) is None and not (run / "metrics.jsonl").exists()
 
 
-def test_generate_refuses_networks_that_need_more_than_text() -> None:
+def test_generation_conditions_are_checked_against_the_network() -> None:
     from types import SimpleNamespace
 
     from rcm_plugins.wan.config import WanI2VConfig, WanT2VConfig
 
     from rcm_registry.errors import UserError
-    from rcm_registry.generate import check_text_only
+    from rcm_registry.generate import check_generation_conditions
 
-    check_text_only("student", SimpleNamespace(name="wan2.1-t2v", config=WanT2VConfig(size="tiny")), (16, 3, 4, 4))
+    t2v = SimpleNamespace(name="wan2.1-t2v", config=WanT2VConfig(size="tiny"))
     i2v = SimpleNamespace(name="wan2.1-i2v", config=WanI2VConfig(size="tiny"))
-    with pytest.raises(UserError, match=r"network student \(wan2.1-i2v\) needs the conditions image, image_latent"):
-        check_text_only("student", i2v, (16, 3, 4, 4))
+    image = {"image": torch.zeros(1, 3, 24), "image_latent": torch.zeros(1, 20, 3, 4, 4)}
+    check_generation_conditions("student", t2v, LATENT, {})
+    check_generation_conditions("student", i2v, LATENT, image)
+    with pytest.raises(UserError, match=r"rcm generate needs cond.image \(\*, 24\), cond.image_latent") as missing:
+        check_generation_conditions("student", i2v, LATENT, {})
+    assert "--conditions FILE.safetensors" in str(missing.value)
+    with pytest.raises(UserError, match="takes no condition 'image'"):
+        check_generation_conditions("student", t2v, LATENT, {"image": image["image"]})
+    with pytest.raises(UserError, match=r"cond.image_latent: \[16, 3, 4, 4\] per prompt"):
+        check_generation_conditions("student", i2v, LATENT, {**image, "image_latent": torch.zeros(1, 16, 3, 4, 4)})
+
+
+@pytest.fixture(scope="module")
+def i2v_world(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Wan2.1 I2V rCM run on shards synthesised with image conditions, and a one-row conditions file."""
+    root = tmp_path_factory.mktemp("i2v")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(
+        f"base: {RECIPE}\n"
+        "networks:\n  teacher: {use: wan2.1-i2v, size: tiny, weights: null, attention: {use: math}}\n"
+    )
+    g = torch.Generator().manual_seed(5)
+    rows = {"cond.image": torch.randn(len(PROMPTS), 3, 24, generator=g),
+            "cond.image_latent": torch.randn(len(PROMPTS), 20, *LATENT[1:], generator=g)}  # fmt: skip
+    save_file(rows, str(root / "conditions.safetensors"))
+    save_file({k: v[:1].clone() for k, v in rows.items()}, str(root / "one.safetensors"))
+    codecs = ["--set", f"codecs.text.path={world['text_encoder']}", "--set", f"codecs.vae.path={world['vae']}"]
+    synth = run_cli(
+        "synth", str(recipe), "--prompts", str(world["prompts"]), "--out", str(root / "data"),
+        "--shape", ",".join(map(str, LATENT)), "--steps", "2", "--no-progress",
+        "--conditions", str(root / "conditions.safetensors"), *codecs,
+    )  # fmt: skip
+    assert synth.code == 0, synth.err
+    run = run_cli(
+        "run", str(recipe), "--out", str(root / "run"), "--no-progress", "--set", f"data.path={root / 'data'}",
+        "--set", "run.iterations=2", *codecs,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    return {"run": root / "run", "one": root / "one.safetensors", "all": root / "conditions.safetensors"}
+
+
+def test_generate_takes_the_conditions_besides_the_text(i2v_world: dict[str, Path], tmp_path: Path) -> None:
+    def call(out: str, *extra: str) -> tuple[int, str]:
+        result = run_cli(
+            "generate", str(i2v_world["run"]), "--prompt", "a red fox", "--out", str(tmp_path / out),
+            "--latents-only", "--steps", "2", "--no-progress", *extra,
+        )  # fmt: skip
+        return result.code, result.err
+
+    code, err = call("none.safetensors")
+    assert code == 2 and "cond.image" in err and "--conditions FILE.safetensors" in err
+    code, err = call("rows.safetensors", "--conditions", str(i2v_world["all"]))
+    assert code == 2 and "expected one row per prompt (1, ...)" in err
+    assert call("a.safetensors", "--conditions", str(i2v_world["one"]))[0] == 0
+    assert call("b.safetensors", "--conditions", str(i2v_world["one"]))[0] == 0
+    a, b = (load_file(str(tmp_path / n))["latents"] for n in ("a.safetensors", "b.safetensors"))
+    assert a.shape == LATENT and torch.isfinite(a).all() and torch.equal(a, b)
+    # The conditions reach the network: other image conditions, another sample from the same noise.
+    other = {k: v + 1.0 for k, v in load_file(str(i2v_world["one"])).items()}
+    save_file(other, str(tmp_path / "other.safetensors"))
+    assert call("c.safetensors", "--conditions", str(tmp_path / "other.safetensors"))[0] == 0
+    assert not torch.equal(a, load_file(str(tmp_path / "c.safetensors"))["latents"])
