@@ -51,9 +51,48 @@ def test_recipes_on_synthesised_data_declare_the_codecs_of_their_teacher(recipe:
     assert {k: v.name for k, v in checked.body.codecs.items()} == {"text": text, "vae": vae}
 
 
+@pytest.mark.parametrize("recipe", ON_SYNTH_DATA, ids=[str(p.relative_to(ROOT / "recipes")) for p in ON_SYNTH_DATA])
+def test_recipes_on_synthesised_data_leave_the_data_and_codec_paths_to_the_user(recipe: Path) -> None:
+    """``???``: `rcm validate`/`rcm run` name each path until it is given (`rcm synth` fills in data.path)."""
+    raw = load_recipe(recipe)
+    assert raw["data"]["path"] == MISSING
+    assert {name: codec["path"] for name, codec in raw["codecs"].items()} == {"text": MISSING, "vae": MISSING}
+
+
 def test_production_wan_recipes_train_on_synthesised_data() -> None:
     names = {str(p.relative_to(ROOT / "recipes")) for p in ON_SYNTH_DATA}
     assert {"wan2.1/t2v_1.3b_rcm.yaml", "wan2.1/t2v_14b_rcm.yaml"} <= names
+
+
+#: The Cosmos-Predict2 production recipes: teacher samples from `rcm synth`, codecs from one shared base.
+COSMOS_PRODUCTION = [
+    "cosmos-predict2/t2i_2b_rcm.yaml",
+    "cosmos-predict2/t2i_14b_rcm.yaml",
+    "cosmos-predict2/v2w_2b_rcm.yaml",
+]
+
+
+@pytest.mark.parametrize("name", COSMOS_PRODUCTION)
+def test_production_cosmos_recipes_train_on_synthesised_data_with_the_cosmos_codecs(name: str) -> None:
+    assert name in {str(p.relative_to(ROOT / "recipes")) for p in ON_SYNTH_DATA}
+    checked = validated(ROOT / "recipes" / name)
+    assert checked.body.data.name == "latent_shards"
+    assert {k: v.name for k, v in checked.body.codecs.items()} == {"text": "t5", "vae": "cosmos_vae"}
+    assert checked.body.codecs["text"].config.max_length == 512  # the T5 tokens of Cosmos' pipelines
+    base = load_recipe(ROOT / "recipes/_base/cosmos_predict2_codecs.yaml")
+    assert load_recipe(ROOT / "recipes" / name)["codecs"] == base["codecs"]
+
+
+def test_v2w_recipe_names_the_conditions_its_teacher_needs() -> None:
+    """The shapes its header gives for `rcm synth --conditions` are the network's at the training shape."""
+    from rcm_registry.synth import network_conditions
+
+    recipe = ROOT / "recipes/cosmos-predict2/v2w_2b_rcm.yaml"
+    needs = network_conditions(validated(recipe).networks["teacher"].spec, (16, 24, 88, 160))
+    assert needs == {"condition_latents": (16, 24, 88, 160), "condition_mask": (1, 24, 88, 160)}
+    header = recipe.read_text()
+    assert "--shape 16,24,88,160" in header and "--conditions" in header
+    assert "condition_latents (16 x 24 x 88 x 160" in header and "condition_mask (1 x 24 x 88 x 160" in header
 
 
 def test_there_are_recipes_for_every_family() -> None:
