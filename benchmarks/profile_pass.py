@@ -1,10 +1,10 @@
 """Where a network pass spends its GPU time: a kernel table from ``torch.profiler``.
 
 Builds Wan2.1-1.3B (480p, 31200 tokens) or Cosmos-Predict2-2B (1024², 4096 tokens) with random bf16 weights
-and a few blocks, runs the forward and the JVP pass (dual tensors on x and t, as sCM uses) under the
-profiler, and prints per pass the CUDA time split into attention kernels, matmuls and everything else, and
-the top kernels by total time. The per-block split is what tells whether the JVP's cost over a forward
-comes from attention, from the matmuls or from the elementwise, norm and modulation ops.
+and a few blocks, runs the forward, the JVP pass (dual tensors on x and t, as sCM uses) and a forward +
+backward under the profiler, and prints per pass the CUDA time split into attention kernels, matmuls and
+everything else, and the top kernels by total time. The per-block split is what tells whether a pass's cost
+over a forward comes from attention, from the matmuls or from the elementwise, norm and modulation ops.
 
     python benchmarks/profile_pass.py --network wan --blocks 2
     python benchmarks/profile_pass.py --network cosmos --blocks 4 --top 25
@@ -100,10 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     def tangent() -> None:
         jvp(lambda a, b: net(a, b, text), (x, t), (dx, dt))
 
+    def forward_backward() -> None:
+        net.train()
+        net(x, t, text).float().square().mean().backward()
+        net.zero_grad(set_to_none=True)
+        net.eval()
+
     gpu = torch.cuda.get_device_name()
     print(f"# {name} {size}, {args.blocks} blocks, latents {shape}, {gpu}, torch {torch.__version__}")
     _report("forward", _profile(forward, args.warmup), args.top)
     _report("JVP pass", _profile(tangent, args.warmup), args.top)
+    _report("forward + backward (graph-recording forward: eager token ops)", _profile(forward_backward, 1), args.top)
 
 
 if __name__ == "__main__":
