@@ -12,6 +12,14 @@ Cosmos-Predict2's per-frame one), or (D,) for a plain affine layer norm. Differe
 
 (mean(n) = 0, so centring tx inside the last mean is unnecessary). One program per token row; eager
 PyTorch spends about a dozen full-size fp32 kernels on the same tangent under forward-mode AD.
+
+The backward, for dy:
+
+    dn = dy·mul,   dx = r·(dn − mean dn − n·mean(dn·n)),   dmul = Σ dy·n,   dadd = Σ dy
+
+the sums over the tokens that share the operand's vector. One program per run of tokens of one group:
+it recomputes each row's statistics, writes dx, and keeps its partial sums in registers; the partials of
+a group's programs are added in fp32 afterwards.
 """
 
 from __future__ import annotations
@@ -129,3 +137,85 @@ def layer_norm_affine_jvp(
             **row_launch(d),
         )  # fmt: skip
     return ty
+
+
+@triton.jit
+def _layer_norm_affine_bwd(
+    X, MUL, DY, DX, DMUL, DADD,
+    S, D, tokens_per_group, groups, mul_sb, eps, rows_per_program,
+    NEED_DX: tl.constexpr, NEED_PARAMS: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    bg = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    b, g = bg // groups, bg % groups
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    m = _group_vector(MUL, b, g, mul_sb, D, offs, mask)
+    dmul = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dadd = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    start = part * rows_per_program
+    for i in range(0, rows_per_program):
+        # Rows past the group's end load as zeros (n = 0, dy = 0): they add nothing and store nothing.
+        rmask = mask & (start + i + offs * 0 < tokens_per_group)
+        row = b * S + g * tokens_per_group + start + i
+        n, r = _row_stats(X, row, D, eps, offs, rmask)
+        dy = tl.load(DY + row * D + offs, mask=rmask, other=0.0).to(tl.float32)
+        if NEED_PARAMS:
+            dmul += dy * n
+            dadd += dy
+        if NEED_DX:
+            dn = dy * m
+            dx = r * (dn - tl.sum(dn, axis=0) / D - n * (tl.sum(dn * n, axis=0) / D))
+            tl.store(DX + row * D + offs, dx.to(DX.dtype.element_ty), mask=rmask)
+    if NEED_PARAMS:
+        n_parts = tl.num_programs(1).to(tl.int64)
+        tl.store(DMUL + (bg * n_parts + part) * D + offs, dmul, mask=mask)
+        tl.store(DADD + (bg * n_parts + part) * D + offs, dadd, mask=mask)
+
+
+def _sum_to(partial: Tensor, like: Tensor) -> Tensor:
+    """(B, G, D) fp32 sums reduced to the operand's own shape ((D,) or (1, G, D)) and dtype."""
+    if like.dim() == 1:
+        return partial.sum((0, 1)).to(like.dtype)
+    if like.shape[0] == 1:
+        partial = partial.sum(0, keepdim=True)
+    return partial.to(like.dtype)
+
+
+def layer_norm_affine_backward(
+    x: Tensor,
+    mul: Tensor,
+    add: Tensor,
+    dy: Tensor,
+    eps: float,
+    groups: int = 1,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+    rows_per_program: int = 32,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients (dx, dmul, dadd) of :func:`layer_norm_affine` for ``dy``; None where ``needs`` says so.
+
+    ``mul`` and ``add`` as there ((D,) or (Bt, G, D)); their gradients come back in their shapes and dtypes.
+    """
+    b, s, d, per_group = token_groups(x, groups)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
+    x, dy = x.contiguous(), dy.contiguous()
+    mul_c, mul_sb = group_operand(mul, b, groups, d, "mul")
+    group_operand(add, b, groups, d, "add")
+    need_dx, need_params = needs[0], needs[1] or needs[2]
+    parts = triton.cdiv(per_group, rows_per_program)
+    dx = torch.empty_like(x) if need_dx else x
+    shape = (b * groups, parts, d) if need_params else (1,)
+    dmul = torch.empty(shape, dtype=torch.float32, device=x.device)
+    dadd = torch.empty(shape, dtype=torch.float32, device=x.device)
+    with device_context(x):
+        _layer_norm_affine_bwd[(b * groups, parts)](
+            x, mul_c, dy, dx, dmul, dadd,
+            s, d, per_group, groups, mul_sb, eps, rows_per_program,
+            NEED_DX=need_dx, NEED_PARAMS=need_params, **row_launch(d),
+        )  # fmt: skip
+    grads: list[Tensor | None] = [dx if need_dx else None, None, None]
+    if need_params:
+        grads[1] = _sum_to(dmul.sum(1).view(b, groups, d), mul) if needs[1] else None
+        grads[2] = _sum_to(dadd.sum(1).view(b, groups, d), add) if needs[2] else None
+    return grads[0], grads[1], grads[2]

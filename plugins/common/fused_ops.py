@@ -6,9 +6,11 @@ RoPE. In eager PyTorch each is a chain of full-size float32 kernels, and under f
 tangent pass) the chain roughly triples, because every op also runs its tangent rule on its own. Here each
 op is one ``torch.autograd.Function`` whose forward is one Triton kernel and whose ``jvp`` is one more, so
 dual tensors (``rcm_registry.jvp``, ``torch.func.jvp``) and the fused "primal with grad + tangent" pass both
-take the fused path; its backward recomputes the reference in PyTorch and differentiates it. Calls without
-tangents or graph (inference, the teacher) run the forward kernel alone; a plain forward that records a
-graph keeps the eager ops, whose own backward costs less than recomputing (see ``_route``).
+take the fused path. The modulated layer norm's backward is a Triton kernel too, so a forward that records
+a graph takes it as well; the other two ops' backward recomputes the reference in PyTorch and
+differentiates it, so for them such a forward keeps the eager ops, whose own backward costs less than
+recomputing (see ``_route``). Calls without tangents or graph (inference, the teacher) run the forward
+kernel alone.
 
 Elsewhere (CPU, float64, no Triton, or with :func:`fused_kernels` switched off) every op is its plain-torch
 reference, numerically the same ops the networks always ran, so CPU results and float64 reference runs do
@@ -65,10 +67,11 @@ def _functorch_wrapped(t: Tensor) -> bool:
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
-def _route(*tensors: Tensor | None) -> str:
+def _route(*tensors: Tensor | None, kernel_backward: bool = False) -> str:
     """``kernel``: no tangents and no graph (inference, the teacher): the forward kernel alone. ``function``:
     dual tensors (the JVP pass, the fused pass): the autograd op. ``reference``: elsewhere, and for a plain
-    forward that records a graph, where eager autograd's backward is cheaper than the op's recomputation."""
+    forward that records a graph where the op's backward recomputes the reference (eager autograd's own
+    backward is cheaper); an op with a ``kernel_backward`` takes its autograd op there too."""
     x = tensors[0]
     assert x is not None
     if not _use_kernels(x):
@@ -77,7 +80,7 @@ def _route(*tensors: Tensor | None) -> str:
     if any(forward_ad.unpack_dual(t).tangent is not None or _functorch_wrapped(t) for t in present):
         return "function"
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
-        return "reference"
+        return "function" if kernel_backward else "reference"
     return "kernel"
 
 
@@ -138,9 +141,13 @@ class _LayerNormAffine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        if grad is None:
+            return (None,) * 5
         x, mul, add = ctx.saved_tensors
-        ref = lambda x, m, a: _layer_norm_affine_reference(x, m, a, ctx.eps, ctx.groups)
-        return (*_reference_vjp(ref, (x, mul, add), grad), None, None)
+        kernels = _kernel_module("layer_norm_affine")
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        grads = kernels.layer_norm_affine_backward(x, mul, add, grad, ctx.eps, ctx.groups, needs)  # type: ignore[union-attr]
+        return (*grads, None, None)
 
 
 def modulated_layer_norm(x: Tensor, mul: Tensor, add: Tensor, eps: float, groups: int = 1) -> Tensor:
@@ -150,7 +157,7 @@ def modulated_layer_norm(x: Tensor, mul: Tensor, add: Tensor, eps: float, groups
     Bt ∈ {1, B}, one vector per sample and group of S/G consecutive tokens (a DiT modulation: mul is
     ``1 + scale``, add the shift).
     """
-    route = _route(x, mul, add)
+    route = _route(x, mul, add, kernel_backward=True)
     if route == "function":
         return _LayerNormAffine.apply(x, mul, add, eps, groups)  # type: ignore[no-any-return]
     if route == "kernel":

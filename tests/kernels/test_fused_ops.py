@@ -69,6 +69,31 @@ def test_layer_norm_affine_matches_float64(dtype: torch.dtype, b: int, s: int, d
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("b", "s", "d", "groups", "bm"), [*LN_CASES, (2, 70, 48, 1, 0)])
+def test_layer_norm_affine_backward_matches_float64(
+    dtype: torch.dtype, b: int, s: int, d: int, groups: int, bm: int
+) -> None:
+    # bm = 0: a plain affine layer norm, one (D,) weight and bias for every token. 70 tokens a group and
+    # 32 rows a program leave a partial last program.
+    g = torch.Generator().manual_seed(b * 10 + d)
+    x, dy = randn(b, s, d, gen=g, dtype=dtype, std=3.0), randn(b, s, d, gen=g, dtype=dtype)
+    shape = (d,) if bm == 0 else (bm, groups, d)
+    mul, add = randn(*shape, gen=g), randn(*shape, gen=g)
+    leaves = [t.double().requires_grad_() for t in (x, mul, add)]
+    FO._layer_norm_affine_reference(*leaves, 1e-6, groups).backward(dy.double())
+    dx, dmul, dadd = LN.layer_norm_affine_backward(x, mul, add, dy, 1e-6, groups)
+    assert dx is not None and dmul is not None and dadd is not None
+    assert (dx.dtype, dmul.shape, dadd.shape) == (dtype, mul.shape, add.shape)
+    for got, leaf in zip((dx, dmul, dadd), leaves, strict=True):
+        assert leaf.grad is not None
+        assert rel_err(got, leaf.grad) <= TOL[dtype]
+    only_x = LN.layer_norm_affine_backward(x, mul, add, dy, 1e-6, groups, needs=(True, False, False))
+    assert only_x[1] is None and only_x[2] is None and torch.equal(only_x[0], dx)
+    no_x = LN.layer_norm_affine_backward(x, mul, add, dy, 1e-6, groups, needs=(False, True, True))
+    assert no_x[0] is None and torch.equal(no_x[1], dmul)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("b", "s", "d", "groups", "bm"), LN_CASES)
 def test_gated_residual_matches_float64(dtype: torch.dtype, b: int, s: int, d: int, groups: int, bm: int) -> None:
     g = torch.Generator().manual_seed(b * 10 + d)
@@ -198,6 +223,7 @@ def test_route_sends_duals_to_the_op_inference_to_the_kernel_and_graphs_to_the_r
     with torch.no_grad():
         assert FO._route(x, w.requires_grad_()) == "kernel"
     assert FO._route(x, w) == "reference"  # records a graph: eager autograd
+    assert FO._route(x, w, kernel_backward=True) == "function"  # unless the op's backward is a kernel
     with torch.autograd.forward_ad.dual_level():
         dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
         assert FO._route(dual, w) == "function"
