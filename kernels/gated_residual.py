@@ -4,6 +4,9 @@ x and a are tokens (B, S, D) in the network's dtype; gate is given per (sample, 
 :mod:`rcm_kernels.layer_norm_affine`. Arithmetic in fp32, one rounding to x's dtype, which is what the
 reference networks do with their explicit float32 casts, in one kernel instead of five (seven more for the
 tangent under forward-mode AD).
+
+Backward for dy: dx = dy, da = dy·gate, dgate = Σ dy·a over the tokens that share the gate's vector; one
+program per run of tokens of a group, partial sums added in fp32 afterwards (as the layer norm's).
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, group_operand, row_launch, token_groups
+from rcm_kernels.triton_common import (
+    device_context,
+    group_operand,
+    group_partials,
+    row_launch,
+    sum_group_partials,
+    token_groups,
+)
 from torch import Tensor
 
 
@@ -87,3 +97,65 @@ def gated_residual_jvp(
     if tx is None and ta is None and tgate is None:
         return torch.zeros_like(x)
     return _launch(x, a, gate, tx, ta, tgate, groups, primal=False)
+
+
+@triton.jit
+def _gated_residual_bwd(
+    DY, A, GATE, DA, DGATE,
+    S, D, tokens_per_group, groups, gate_sb, rows_per_program,
+    NEED_DA: tl.constexpr, NEED_DGATE: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    bg = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    b, g = bg // groups, bg % groups
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    gate = tl.load(GATE + b * gate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+    dgate = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    start = part * rows_per_program
+    for i in range(0, rows_per_program):
+        rmask = mask & (start + i + offs * 0 < tokens_per_group)
+        row = b * S + g * tokens_per_group + start + i
+        dy = tl.load(DY + row * D + offs, mask=rmask, other=0.0).to(tl.float32)
+        if NEED_DA:
+            tl.store(DA + row * D + offs, (dy * gate).to(DA.dtype.element_ty), mask=rmask)
+        if NEED_DGATE:
+            dgate += dy * tl.load(A + row * D + offs, mask=rmask, other=0.0).to(tl.float32)
+    if NEED_DGATE:
+        tl.store(DGATE + (bg * tl.num_programs(1).to(tl.int64) + part) * D + offs, dgate, mask=mask)
+
+
+def gated_residual_backward(
+    a: Tensor,
+    gate: Tensor,
+    dy: Tensor,
+    groups: int = 1,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+    rows_per_program: int = 32,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients (dx, da, dgate) of :func:`gated_residual` for ``dy`` (x's dtype); None where ``needs`` says.
+
+    dx is ``dy`` itself (the residual passes it through unchanged); dgate comes back in gate's shape and dtype.
+    """
+    b, s, d, per_group = token_groups(dy, groups)
+    if a.shape != dy.shape:
+        raise ValueError(f"a has shape {tuple(a.shape)}, dy {tuple(dy.shape)}")
+    dy, a = dy.contiguous(), a.contiguous()
+    gate_c, gate_sb = group_operand(gate, b, groups, d, "gate")
+    need_da, need_dgate = needs[1], needs[2]
+    if not (need_da or need_dgate):
+        return (dy if needs[0] else None), None, None
+    parts = triton.cdiv(per_group, rows_per_program)
+    da = torch.empty_like(a) if need_da else a
+    dgate = group_partials(b, groups, parts if need_dgate else 0, d, dy.device)
+    with device_context(dy):
+        _gated_residual_bwd[(b * groups, parts)](
+            dy, a, gate_c, da, dgate,
+            s, d, per_group, groups, gate_sb, rows_per_program,
+            NEED_DA=need_da, NEED_DGATE=need_dgate, **row_launch(d),
+        )  # fmt: skip
+    return (
+        dy if needs[0] else None,
+        da if need_da else None,
+        sum_group_partials(dgate, b, groups, gate) if need_dgate else None,
+    )

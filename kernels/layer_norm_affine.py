@@ -27,7 +27,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, group_operand, row_launch, token_groups
+from rcm_kernels.triton_common import (
+    device_context,
+    group_operand,
+    group_partials,
+    row_launch,
+    sum_group_partials,
+    token_groups,
+)
 from torch import Tensor
 
 
@@ -173,15 +180,6 @@ def _layer_norm_affine_bwd(
         tl.store(DADD + (bg * n_parts + part) * D + offs, dadd, mask=mask)
 
 
-def _sum_to(partial: Tensor, like: Tensor) -> Tensor:
-    """(B, G, D) fp32 sums reduced to the operand's own shape ((D,) or (1, G, D)) and dtype."""
-    if like.dim() == 1:
-        return partial.sum((0, 1)).to(like.dtype)
-    if like.shape[0] == 1:
-        partial = partial.sum(0, keepdim=True)
-    return partial.to(like.dtype)
-
-
 def layer_norm_affine_backward(
     x: Tensor,
     mul: Tensor,
@@ -205,17 +203,15 @@ def layer_norm_affine_backward(
     need_dx, need_params = needs[0], needs[1] or needs[2]
     parts = triton.cdiv(per_group, rows_per_program)
     dx = torch.empty_like(x) if need_dx else x
-    shape = (b * groups, parts, d) if need_params else (1,)
-    dmul = torch.empty(shape, dtype=torch.float32, device=x.device)
-    dadd = torch.empty(shape, dtype=torch.float32, device=x.device)
+    dmul, dadd = (group_partials(b, groups, parts if need_params else 0, d, x.device) for _ in range(2))
     with device_context(x):
         _layer_norm_affine_bwd[(b * groups, parts)](
             x, mul_c, dy, dx, dmul, dadd,
             s, d, per_group, groups, mul_sb, eps, rows_per_program,
             NEED_DX=need_dx, NEED_PARAMS=need_params, **row_launch(d),
         )  # fmt: skip
-    grads: list[Tensor | None] = [dx if need_dx else None, None, None]
-    if need_params:
-        grads[1] = _sum_to(dmul.sum(1).view(b, groups, d), mul) if needs[1] else None
-        grads[2] = _sum_to(dadd.sum(1).view(b, groups, d), add) if needs[2] else None
-    return grads[0], grads[1], grads[2]
+    return (
+        dx if need_dx else None,
+        sum_group_partials(dmul, b, groups, mul) if needs[1] else None,
+        sum_group_partials(dadd, b, groups, add) if needs[2] else None,
+    )

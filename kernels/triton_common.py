@@ -104,3 +104,19 @@ def row_launch(dim: int) -> dict[str, int]:
     """Block and warp count for kernels that keep one token row of ``dim`` values in registers."""
     block = triton.next_power_of_2(dim)
     return {"BLOCK_D": block, "num_warps": max(1, min(16, block // 256))}
+
+
+def group_partials(batch: int, groups: int, parts: int, dim: int, device: torch.device) -> Tensor:
+    """An fp32 buffer for per-program partial sums of a per-(sample, group) operand's gradient: (B·G, P, D)."""
+    return torch.empty((batch * groups, parts, dim), dtype=torch.float32, device=device)
+
+
+def sum_group_partials(partial: Tensor, batch: int, groups: int, like: Tensor) -> Tensor:
+    """The partial sums of :func:`group_partials` added up into the gradient of ``like``: (D,) or (Bt, G, D)
+    as :func:`group_operand` accepts it, in ``like``'s dtype."""
+    total = partial.sum(1).view(batch, groups, -1)
+    if like.dim() == 1:
+        return total.sum((0, 1)).to(like.dtype)
+    if like.shape[0] == 1:
+        total = total.sum(0, keepdim=True)
+    return total.to(like.dtype)

@@ -6,10 +6,10 @@ RoPE. In eager PyTorch each is a chain of full-size float32 kernels, and under f
 tangent pass) the chain roughly triples, because every op also runs its tangent rule on its own. Here each
 op is one ``torch.autograd.Function`` whose forward is one Triton kernel and whose ``jvp`` is one more, so
 dual tensors (``rcm_registry.jvp``, ``torch.func.jvp``) and the fused "primal with grad + tangent" pass both
-take the fused path. The modulated layer norm's backward is a Triton kernel too, so a forward that records
-a graph takes it as well; the other two ops' backward recomputes the reference in PyTorch and
-differentiates it, so for them such a forward keeps the eager ops, whose own backward costs less than
-recomputing (see ``_route``). Calls without tangents or graph (inference, the teacher) run the forward
+take the fused path. The modulated layer norm's and the gated residual's backward are Triton kernels too, so
+a forward that records a graph takes them as well; the RMS norm + RoPE's backward recomputes the reference
+in PyTorch and differentiates it, so for it such a forward keeps the eager ops, whose own backward costs
+less than recomputing (see ``_route``). Calls without tangents or graph (inference, the teacher) run the forward
 kernel alone.
 
 Elsewhere (CPU, float64, no Triton, or with :func:`fused_kernels` switched off) every op is its plain-torch
@@ -196,14 +196,17 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
-        x, a, gate = ctx.saved_tensors
-        ref = lambda x, a, g: _gated_residual_reference(x, a, g, ctx.groups)
-        return (*_reference_vjp(ref, (x, a, gate), grad), None)
+        if grad is None:
+            return (None,) * 4
+        _, a, gate = ctx.saved_tensors
+        kernels = _kernel_module("gated_residual")
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        return (*kernels.gated_residual_backward(a, gate, grad, ctx.groups, needs), None)  # type: ignore[union-attr]
 
 
 def gated_residual(x: Tensor, a: Tensor, gate: Tensor, groups: int = 1) -> Tensor:
     """``x + a·gate`` in gate's dtype (at least float32), rounded to x's dtype; gate (Bt, G, D) as above."""
-    route = _route(x, a, gate) if a.dtype == x.dtype else "reference"
+    route = _route(x, a, gate, kernel_backward=True) if a.dtype == x.dtype else "reference"
     if route == "function":
         return _GatedResidual.apply(x, a, gate, groups)  # type: ignore[no-any-return]
     if route == "kernel":

@@ -110,6 +110,27 @@ def test_gated_residual_matches_float64(dtype: torch.dtype, b: int, s: int, d: i
     assert rel_err(GR.gated_residual_jvp(x, a, gate, None, None, tgate, groups), t64) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("b", "s", "d", "groups", "bm"), [*LN_CASES, (2, 70, 48, 1, 1)])
+def test_gated_residual_backward_matches_float64(
+    dtype: torch.dtype, b: int, s: int, d: int, groups: int, bm: int
+) -> None:
+    g = torch.Generator().manual_seed(b * 20 + d)
+    x, a, dy = (randn(b, s, d, gen=g, dtype=dtype) for _ in range(3))
+    gate = randn(bm, groups, d, gen=g)
+    leaves = [t.double().requires_grad_() for t in (x, a, gate)]
+    FO._gated_residual_reference(*leaves, groups).backward(dy.double())
+    dx, da, dgate = GR.gated_residual_backward(a, gate, dy, groups)
+    assert dx is not None and da is not None and dgate is not None
+    assert (dx.dtype, da.dtype, dgate.shape) == (dtype, dtype, gate.shape)
+    for got, leaf in zip((dx, da, dgate), leaves, strict=True):
+        assert leaf.grad is not None
+        assert rel_err(got, leaf.grad) <= TOL[dtype]
+    assert GR.gated_residual_backward(a, gate, dy, groups, needs=(True, False, False))[1:] == (None, None)
+    only_gate = GR.gated_residual_backward(a, gate, dy, groups, needs=(False, False, True))
+    assert only_gate[0] is None and only_gate[1] is None and torch.equal(only_gate[2], dgate)
+
+
 RMS_CASES = [  # (B, S, H, D, per_head, interleaved, rope)
     (2, 5, 3, 10, False, True, True),  # Wan self-attention: norm over all heads, adjacent pairs
     (1, 7, 2, 16, True, False, True),  # Cosmos self-attention: per head, halves
