@@ -14,6 +14,11 @@ tables the kernel is a plain RMS norm (the cross-attention queries and keys).
 The rounding between norm and rotation repeats what the reference networks do (an RMSNorm module returning
 the network's dtype, then RoPE computed in float32), so the fused result equals theirs to the last bit
 whenever fp32 arithmetic agrees.
+
+The backward rotates the output gradient back (the transpose of a rotation is the rotation by −θ), rounds
+it to the norm output's dtype as the reference's casts do, and then, with dn = dy·w,
+``dx = r·(dn − n·mean(dn·n))`` and ``dw = Σ dy·n`` over the tokens (and the heads, for a per-head weight).
+One program per run of token rows keeps its part of dw in registers; the parts are added in fp32 after.
 """
 
 from __future__ import annotations
@@ -93,24 +98,34 @@ def _rms_norm_rope(
     tl.store(Y + row * H * HEAD_DIM + offs, y, mask=mask)
 
 
-def _launch(
-    x: Tensor, tx: Tensor | None, weight: Tensor, rope: tuple[Tensor, Tensor] | None, eps: float, *,
-    per_head: bool, interleaved: bool,
-) -> Tensor:  # fmt: skip
+def _checked_tables(
+    x: Tensor, other: tuple[str, Tensor | None], weight: Tensor, rope: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check the operands' shapes (``other``: a tangent or gradient shaped like x); the tables as (S, D/2)."""
     if x.dim() != 4:
         raise ValueError(f"expected (B, S, H, D) query or key heads, got shape {tuple(x.shape)}")
-    b, s, h, d = x.shape
+    _, s, h, d = x.shape
     if d % 2:
         raise ValueError(f"head dim must be even, got {d}")
     if weight.shape not in ((d,), (h * d,)):
         raise ValueError(f"weight must be ({d},) or ({h * d},), got {tuple(weight.shape)}")
-    if tx is not None and tx.shape != x.shape:
-        raise ValueError(f"tx has shape {tuple(tx.shape)}, x {tuple(x.shape)}")
-    cos = sin = None
-    if rope is not None:
-        cos, sin = (t.reshape(t.shape[0], -1).contiguous() for t in rope)
-        if cos.shape != (s, d // 2) or sin.shape != (s, d // 2):
-            raise ValueError(f"rope tables must hold ({s}, {d // 2}) values, got {tuple(rope[0].shape)}")
+    name, t = other
+    if t is not None and t.shape != x.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, x {tuple(x.shape)}")
+    if rope is None:
+        return None, None
+    cos, sin = (t.reshape(t.shape[0], -1).contiguous() for t in rope)
+    if cos.shape != (s, d // 2) or sin.shape != (s, d // 2):
+        raise ValueError(f"rope tables must hold ({s}, {d // 2}) values, got {tuple(rope[0].shape)}")
+    return cos, sin
+
+
+def _launch(
+    x: Tensor, tx: Tensor | None, weight: Tensor, rope: tuple[Tensor, Tensor] | None, eps: float, *,
+    per_head: bool, interleaved: bool,
+) -> Tensor:  # fmt: skip
+    cos, sin = _checked_tables(x, ("tx", tx), weight, rope)
+    b, s, h, d = x.shape
     x = x.contiguous()
     y = torch.empty_like(x)
     block_h, block_p = max(2, triton.next_power_of_2(h)), max(2, triton.next_power_of_2(d // 2))
@@ -145,3 +160,98 @@ def rms_norm_rope_jvp(
 ) -> Tensor:
     """The tangent of :func:`rms_norm_rope` along tx (the weight and the tables carry no tangent)."""
     return _launch(x, tx, weight, rope, eps, per_head=per_head, interleaved=interleaved)
+
+
+@triton.jit
+def _rms_norm_rope_bwd(
+    X, W, COS, SIN, DOUT, DX, DW,
+    N_ROWS, S, H, HEAD_DIM, eps, rows_per_program,
+    NEED_DX: tl.constexpr, NEED_DW: tl.constexpr, PER_HEAD: tl.constexpr, W_PER_HEAD: tl.constexpr,
+    ROPE: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    # Tiles as in _rms_norm_rope: column c holds channel ch (pairs split in registers).
+    part = tl.program_id(0).to(tl.int64)
+    pairs = HEAD_DIM // 2
+    h = tl.arange(0, BLOCK_H)[:, None]
+    c1 = tl.arange(0, 2 * BLOCK_P)
+    if INTERLEAVED:
+        ch1 = c1
+        col_mask1 = c1 < HEAD_DIM
+    else:
+        ch1 = (c1 // BLOCK_P) * pairs + c1 % BLOCK_P
+        col_mask1 = c1 % BLOCK_P < pairs
+    ch = ch1[None, :]
+    mask = (h < H) & col_mask1[None, :]
+    offs = h * HEAD_DIM + ch
+    if W_PER_HEAD:
+        w = tl.load(W + ch, mask=mask, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_H, 2 * BLOCK_P), dtype=tl.float32)
+    for i in range(0, rows_per_program):
+        row = part * rows_per_program + i
+        rmask = mask & (h * 0 + row < N_ROWS)
+        x = tl.load(X + row * H * HEAD_DIM + offs, mask=rmask, other=0.0).to(tl.float32)
+        if PER_HEAD:
+            r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+        else:
+            r = 1.0 / tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / (H * HEAD_DIM) + eps)
+        n = x * r
+        g = tl.load(DOUT + row * H * HEAD_DIM + offs, mask=rmask, other=0.0).to(tl.float32)
+        if ROPE:
+            p = tl.arange(0, BLOCK_P)[None, :]
+            s = row % S
+            cs = tl.load(COS + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
+            sn = tl.load(SIN + s * pairs + p, mask=p < pairs, other=0.0).to(tl.float32)
+            g1, g2 = _split_pairs(g, BLOCK_H, BLOCK_P, INTERLEAVED)
+            g = _join_pairs(g1 * cs + g2 * sn, g2 * cs - g1 * sn, BLOCK_H, BLOCK_P, INTERLEAVED)
+            # The reference rotates the norm's rounded output, so its gradient reaches the norm rounded.
+            g = g.to(X.dtype.element_ty).to(tl.float32)
+        if NEED_DW:
+            acc += g * n
+        if NEED_DX:
+            dn = g * w
+            if PER_HEAD:
+                m = (tl.sum(dn * n, axis=1) / HEAD_DIM)[:, None]
+            else:
+                m = tl.sum(tl.sum(dn * n, axis=1), axis=0) / (H * HEAD_DIM)
+            dx = r * (dn - n * m)
+            tl.store(DX + row * H * HEAD_DIM + offs, dx.to(DX.dtype.element_ty), mask=rmask)
+    if NEED_DW:
+        if W_PER_HEAD:
+            tl.store(DW + part * HEAD_DIM + ch1, tl.sum(acc, axis=0), mask=col_mask1)
+        else:
+            tl.store(DW + part * H * HEAD_DIM + offs, acc, mask=mask)
+
+
+def rms_norm_rope_backward(
+    x: Tensor,
+    weight: Tensor,
+    rope: tuple[Tensor, Tensor] | None,
+    dy: Tensor,
+    eps: float,
+    *,
+    per_head: bool,
+    interleaved: bool,
+    needs: tuple[bool, bool] = (True, True),
+    rows_per_program: int = 16,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients (dx, dweight) of :func:`rms_norm_rope` for ``dy``; None where ``needs`` says so."""
+    cos, sin = _checked_tables(x, ("dy", dy), weight, rope)
+    b, s, h, d = x.shape
+    x, dy = x.contiguous(), dy.contiguous()
+    need_dx, need_dw = needs
+    rows = b * s
+    parts = triton.cdiv(rows, rows_per_program)
+    dx = torch.empty_like(x) if need_dx else x
+    dw = torch.empty((parts if need_dw else 0, weight.numel()), dtype=torch.float32, device=x.device)
+    block_h, block_p = max(2, triton.next_power_of_2(h)), max(2, triton.next_power_of_2(d // 2))
+    with device_context(x):
+        _rms_norm_rope_bwd[(parts,)](
+            x, weight.contiguous(), x if cos is None else cos, x if sin is None else sin, dy, dx, dw,
+            rows, s, h, d, eps, rows_per_program,
+            NEED_DX=need_dx, NEED_DW=need_dw, PER_HEAD=per_head, W_PER_HEAD=weight.numel() == d,
+            ROPE=rope is not None, INTERLEAVED=interleaved, BLOCK_H=block_h, BLOCK_P=block_p,
+            num_warps=max(1, min(16, block_h * block_p // 128)),
+        )  # fmt: skip
+    return (dx if need_dx else None), (dw.sum(0).to(weight.dtype).view_as(weight) if need_dw else None)

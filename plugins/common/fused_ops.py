@@ -6,11 +6,9 @@ RoPE. In eager PyTorch each is a chain of full-size float32 kernels, and under f
 tangent pass) the chain roughly triples, because every op also runs its tangent rule on its own. Here each
 op is one ``torch.autograd.Function`` whose forward is one Triton kernel and whose ``jvp`` is one more, so
 dual tensors (``rcm_registry.jvp``, ``torch.func.jvp``) and the fused "primal with grad + tangent" pass both
-take the fused path. The modulated layer norm's and the gated residual's backward are Triton kernels too, so
-a forward that records a graph takes them as well; the RMS norm + RoPE's backward recomputes the reference
-in PyTorch and differentiates it, so for it such a forward keeps the eager ops, whose own backward costs
-less than recomputing (see ``_route``). Calls without tangents or graph (inference, the teacher) run the forward
-kernel alone.
+take the fused path. Each backward is a Triton kernel too (it recomputes the row statistics instead of
+saving them), so a forward that records a graph (training) takes the kernels as well; calls without
+tangents or graph (inference, the teacher) run the forward kernel alone (see ``_route``).
 
 Elsewhere (CPU, float64, no Triton, or with :func:`fused_kernels` switched off) every op is its plain-torch
 reference, numerically the same ops the networks always ran, so CPU results and float64 reference runs do
@@ -22,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -67,11 +65,10 @@ def _functorch_wrapped(t: Tensor) -> bool:
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
-def _route(*tensors: Tensor | None, kernel_backward: bool = False) -> str:
+def _route(*tensors: Tensor | None) -> str:
     """``kernel``: no tangents and no graph (inference, the teacher): the forward kernel alone. ``function``:
-    dual tensors (the JVP pass, the fused pass): the autograd op. ``reference``: elsewhere, and for a plain
-    forward that records a graph where the op's backward recomputes the reference (eager autograd's own
-    backward is cheaper); an op with a ``kernel_backward`` takes its autograd op there too."""
+    dual tensors (the JVP pass, the fused pass) or a forward that records a graph (training): the autograd
+    op, whose jvp and backward are kernels. ``reference``: off CUDA, in float64, or switched off."""
     x = tensors[0]
     assert x is not None
     if not _use_kernels(x):
@@ -80,26 +77,8 @@ def _route(*tensors: Tensor | None, kernel_backward: bool = False) -> str:
     if any(forward_ad.unpack_dual(t).tangent is not None or _functorch_wrapped(t) for t in present):
         return "function"
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
-        return "function" if kernel_backward else "reference"
+        return "function"
     return "kernel"
-
-
-def _reference_vjp(
-    fn: Callable[..., Tensor], inputs: tuple[Tensor | None, ...], grad: Tensor | None
-) -> tuple[Any, ...]:
-    """Gradients of ``fn(*inputs)`` for the tensor inputs (None for the others) by recomputing it.
-
-    Plain autograd on detached copies: ``torch.func.vjp`` would do the same with a per-op wrapping cost
-    that dominates at a few thousand tokens.
-    """
-    if grad is None:
-        return (None,) * len(inputs)
-    leaves = tuple(None if t is None else t.detach().requires_grad_() for t in inputs)
-    with torch.enable_grad():
-        out = fn(*leaves)
-    wanted = [t for t in leaves if t is not None]
-    grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
-    return tuple(None if t is None else next(grads) for t in leaves)
 
 
 def _group_view(t: Tensor) -> Tensor:
@@ -157,7 +136,7 @@ def modulated_layer_norm(x: Tensor, mul: Tensor, add: Tensor, eps: float, groups
     Bt ∈ {1, B}, one vector per sample and group of S/G consecutive tokens (a DiT modulation: mul is
     ``1 + scale``, add the shift).
     """
-    route = _route(x, mul, add, kernel_backward=True)
+    route = _route(x, mul, add)
     if route == "function":
         return _LayerNormAffine.apply(x, mul, add, eps, groups)  # type: ignore[no-any-return]
     if route == "kernel":
@@ -206,7 +185,7 @@ class _GatedResidual(torch.autograd.Function):
 
 def gated_residual(x: Tensor, a: Tensor, gate: Tensor, groups: int = 1) -> Tensor:
     """``x + a·gate`` in gate's dtype (at least float32), rounded to x's dtype; gate (Bt, G, D) as above."""
-    route = _route(x, a, gate, kernel_backward=True) if a.dtype == x.dtype else "reference"
+    route = _route(x, a, gate) if a.dtype == x.dtype else "reference"
     if route == "function":
         return _GatedResidual.apply(x, a, gate, groups)  # type: ignore[no-any-return]
     if route == "kernel":
@@ -263,10 +242,17 @@ class _RmsNormRope(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        if grad is None:
+            return (None,) * 7
         x, weight, cos, sin = ctx.saved_tensors
         eps, per_head, interleaved = ctx.options
-        ref = lambda x, w: _rms_norm_rope_reference(x, w, cos, sin, eps, per_head, interleaved)
-        return (*_reference_vjp(ref, (x, weight), grad), None, None, None, None, None)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            raise NotImplementedError("rms_norm_rope: gradients for the RoPE tables are not supported")
+        rope = None if cos is None or sin is None else (cos, sin)
+        kernels = _kernel_module("rms_norm_rope")
+        needs = (bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]))
+        opts = {"per_head": per_head, "interleaved": interleaved, "needs": needs}
+        return (*kernels.rms_norm_rope_backward(x, weight, rope, grad, eps, **opts), None, None, None, None, None)  # type: ignore[union-attr]
 
 
 def rms_norm_rope(

@@ -163,6 +163,33 @@ def test_rms_norm_rope_matches_float64(
     assert rel_err(ty, t64) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("b", "s", "h", "d", "per_head", "interleaved", "with_rope"), [*RMS_CASES, (2, 37, 3, 10, False, True, True)]
+)
+def test_rms_norm_rope_backward_matches_float64(
+    dtype: torch.dtype, b: int, s: int, h: int, d: int, per_head: bool, interleaved: bool, with_rope: bool
+) -> None:
+    # 2 × 37 rows at 16 rows a program leave a partial last program.
+    g = torch.Generator().manual_seed(s * 11 + d)
+    x, dy = randn(b, s, h, d, gen=g, dtype=dtype, std=2.0), randn(b, s, h, d, gen=g, dtype=dtype)
+    w = randn(d if per_head else h * d, gen=g)
+    angles = randn(s, 1, d // 2, gen=g, std=3.0)
+    rope = (angles.cos(), angles.sin()) if with_rope else None
+    leaves = [x.double().requires_grad_(), w.double().requires_grad_()]
+    tables = (None, None) if rope is None else tuple(t.double() for t in rope)
+    FO._rms_norm_rope_reference(*leaves, *tables, 1e-6, per_head, interleaved).backward(dy.double())
+    opts = {"per_head": per_head, "interleaved": interleaved}
+    dx, dw = RR.rms_norm_rope_backward(x, w, rope, dy, 1e-6, **opts)
+    assert dx is not None and dw is not None
+    assert (dx.dtype, dw.shape, dw.dtype) == (dtype, w.shape, w.dtype)
+    for got, leaf in zip((dx, dw), leaves, strict=True):
+        assert leaf.grad is not None
+        assert rel_err(got, leaf.grad) < TOL[dtype]
+    only_w = RR.rms_norm_rope_backward(x, w, rope, dy, 1e-6, **opts, needs=(False, True))
+    assert only_w[0] is None and torch.equal(only_w[1], dw)
+
+
 def test_kernels_name_bad_shapes() -> None:
     x = torch.zeros(2, 6, 8, device=DEVICE)
     with pytest.raises(ValueError, match="equal groups"):
@@ -238,13 +265,12 @@ def test_ops_jvp_and_fused_pass_match_the_reference(name: str) -> None:
 
 
 @pytest.mark.usefixtures("kernels_everywhere")
-def test_route_sends_duals_to_the_op_inference_to_the_kernel_and_graphs_to_the_reference() -> None:
+def test_route_sends_duals_and_graphs_to_the_op_and_inference_to_the_kernel() -> None:
     x, w = torch.randn(1, 4, 8, device=DEVICE), torch.randn(8, device=DEVICE)
     assert FO._route(x, w) == "kernel"
     with torch.no_grad():
         assert FO._route(x, w.requires_grad_()) == "kernel"
-    assert FO._route(x, w) == "reference"  # records a graph: eager autograd
-    assert FO._route(x, w, kernel_backward=True) == "function"  # unless the op's backward is a kernel
+    assert FO._route(x, w) == "function"  # records a graph: the autograd op, whose backward is a kernel
     with torch.autograd.forward_ad.dual_level():
         dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
         assert FO._route(dual, w) == "function"
@@ -317,3 +343,20 @@ def test_kernels_at_production_widths_on_cuda(d: int, heads: int, per_head: bool
     kw = {"per_head": per_head, "interleaved": interleaved}
     assert rel_err(RR.rms_norm_rope(q, w, rope, 1e-6, **kw), y_ref.double()) < 5e-3
     assert rel_err(RR.rms_norm_rope_jvp(q, tq, w, rope, 1e-6, **kw), t_ref.double()) < 5e-3
+
+    # Backward kernels against the eager reference's autograd at the same widths (float64 on bf16 inputs).
+    dy = randn(b, s, d, gen=g, dtype=torch.bfloat16)
+    leaves = [t.double().requires_grad_() for t in (x, mul, add)]
+    FO._layer_norm_affine_reference(*leaves, 1e-6, 1).backward(dy.double())
+    for got, leaf in zip(LN.layer_norm_affine_backward(x, mul, add, dy, 1e-6), leaves, strict=True):
+        assert rel_err(got, leaf.grad) < 5e-3
+    gate = randn(b, 1, d, gen=g)
+    leaves = [t.double().requires_grad_() for t in (x, tx, gate)]
+    FO._gated_residual_reference(*leaves, 1).backward(dy.double())
+    for got, leaf in zip(GR.gated_residual_backward(tx, gate, dy), leaves, strict=True):
+        assert rel_err(got, leaf.grad) < 5e-3
+    dq = dy.view_as(q)
+    leaves = [q.double().requires_grad_(), w.double().requires_grad_()]
+    FO._rms_norm_rope_reference(*leaves, *(t.double() for t in rope), 1e-6, per_head, interleaved).backward(dq.double())
+    for got, leaf in zip(RR.rms_norm_rope_backward(q, w, rope, dq, 1e-6, **kw), leaves, strict=True):
+        assert rel_err(got, leaf.grad) < 1e-2  # the gradient is rounded between rotation and norm
