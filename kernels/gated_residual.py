@@ -18,6 +18,7 @@ from rcm_kernels.triton_common import (
     device_context,
     group_operand,
     group_partials,
+    group_run_program,
     row_launch,
     sum_group_partials,
     token_groups,
@@ -105,11 +106,7 @@ def _gated_residual_bwd(
     S, D, tokens_per_group, groups, gate_sb, rows_per_program,
     NEED_DA: tl.constexpr, NEED_DGATE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    bg = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1).to(tl.int64)
-    b, g = bg // groups, bg % groups
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    bg, part, b, g, offs, mask = group_run_program(groups, D, BLOCK_D)
     gate = tl.load(GATE + b * gate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
     dgate = tl.zeros((BLOCK_D,), dtype=tl.float32)
     start = part * rows_per_program

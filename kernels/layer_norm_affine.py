@@ -31,6 +31,7 @@ from rcm_kernels.triton_common import (
     device_context,
     group_operand,
     group_partials,
+    group_run_program,
     row_launch,
     sum_group_partials,
     token_groups,
@@ -152,11 +153,7 @@ def _layer_norm_affine_bwd(
     S, D, tokens_per_group, groups, mul_sb, eps, rows_per_program,
     NEED_DX: tl.constexpr, NEED_PARAMS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    bg = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1).to(tl.int64)
-    b, g = bg // groups, bg % groups
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    bg, part, b, g, offs, mask = group_run_program(groups, D, BLOCK_D)
     m = _group_vector(MUL, b, g, mul_sb, D, offs, mask)
     dmul = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dadd = tl.zeros((BLOCK_D,), dtype=tl.float32)

@@ -48,6 +48,15 @@ def _join_pairs(a, b, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED:
 
 
 @triton.jit
+def _stat_mean(t, H, HEAD_DIM, PER_HEAD: tl.constexpr):
+    # The mean of a (heads, channels) tile over the norm's statistics: each head's row, or the whole tile.
+    if PER_HEAD:
+        return (tl.sum(t, axis=1) / HEAD_DIM)[:, None]
+    else:
+        return tl.sum(tl.sum(t, axis=1), axis=0) / (H * HEAD_DIM)
+
+
+@triton.jit
 def _rms_norm_rope(
     X, TX, W, COS, SIN, Y,
     S, H, HEAD_DIM, eps,
@@ -70,18 +79,11 @@ def _rms_norm_rope(
         mask = (h < H) & (c % BLOCK_P < pairs)
     offs = h * HEAD_DIM + ch
     x = tl.load(X + row * H * HEAD_DIM + offs, mask=mask, other=0.0).to(tl.float32)
-    if PER_HEAD:
-        r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
-    else:
-        r = 1.0 / tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / (H * HEAD_DIM) + eps)
+    r = 1.0 / tl.sqrt(_stat_mean(x * x, H, HEAD_DIM, PER_HEAD) + eps)
     v = x * r
     if TANGENT:
         t = tl.load(TX + row * H * HEAD_DIM + offs, mask=mask, other=0.0).to(tl.float32)
-        if PER_HEAD:
-            m = (tl.sum(v * t, axis=1) / HEAD_DIM)[:, None]
-        else:
-            m = tl.sum(tl.sum(v * t, axis=1), axis=0) / (H * HEAD_DIM)
-        v = r * (t - v * m)
+        v = r * (t - v * _stat_mean(v * t, H, HEAD_DIM, PER_HEAD))
     if W_PER_HEAD:
         w = tl.load(W + ch, mask=mask, other=0.0).to(tl.float32)
     else:
@@ -192,10 +194,7 @@ def _rms_norm_rope_bwd(
         row = part * rows_per_program + i
         rmask = mask & (h * 0 + row < N_ROWS)
         x = tl.load(X + row * H * HEAD_DIM + offs, mask=rmask, other=0.0).to(tl.float32)
-        if PER_HEAD:
-            r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
-        else:
-            r = 1.0 / tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / (H * HEAD_DIM) + eps)
+        r = 1.0 / tl.sqrt(_stat_mean(x * x, H, HEAD_DIM, PER_HEAD) + eps)
         n = x * r
         g = tl.load(DOUT + row * H * HEAD_DIM + offs, mask=rmask, other=0.0).to(tl.float32)
         if ROPE:
@@ -211,11 +210,7 @@ def _rms_norm_rope_bwd(
             acc += g * n
         if NEED_DX:
             dn = g * w
-            if PER_HEAD:
-                m = (tl.sum(dn * n, axis=1) / HEAD_DIM)[:, None]
-            else:
-                m = tl.sum(tl.sum(dn * n, axis=1), axis=0) / (H * HEAD_DIM)
-            dx = r * (dn - n * m)
+            dx = r * (dn - n * _stat_mean(dn * n, H, HEAD_DIM, PER_HEAD))
             tl.store(DX + row * H * HEAD_DIM + offs, dx.to(DX.dtype.element_ty), mask=rmask)
     if NEED_DW:
         if W_PER_HEAD:

@@ -36,6 +36,15 @@ def load_rows(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS
             return tl.load(ptrs)
 
 
+@triton.jit
+def group_run_program(groups, D, BLOCK_D: tl.constexpr):
+    # Backward kernels over runs of one token group: program (sample·group, run) and the channel lanes.
+    bg = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    offs = tl.arange(0, BLOCK_D)
+    return bg, part, bg // groups, bg % groups, offs, offs < D
+
+
 def interpreter_active() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` when the kernels were defined)."""
     return type(dot).__name__ == "InterpretedFunction"
