@@ -65,6 +65,26 @@ FWD_SWEEP = [
     K.LaunchConfig(64, 64, 4, 3, rescale_threshold=0.0, tma=True),
     K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True),
 ]
+# Triton's warp specialisation of the key loop (producer warps issue the descriptor copies, consumer
+# warp groups run the matmuls), with descriptors built in the kernel; the first entry is the default.
+WS_SWEEP = [
+    K.LaunchConfig(128, 64, 8, 2),
+    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True, device_descriptors=True),
+    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True),
+    K.LaunchConfig(128, 64, 8, 2, tma=True, device_descriptors=True),
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True),
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True),
+]
+# Plain forward (no tangent) variants for the same sweep.
+WS_PLAIN_SWEEP = [
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0),
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(128, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True),
+    K.LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True),
+    K.LaunchConfig(128, 128, 8, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True),
+]
 BWD_SWEEP = [
     KB.BackwardConfig(128, 32, 128, 32, 8, 3, atomic_dq=False),
     KB.BackwardConfig(64, 64, 64, 64, 4, 3, atomic_dq=False),
@@ -136,12 +156,23 @@ def bench_shape(name: str, reps: int, sweep: str | None) -> dict[str, Any]:
     # (2× on the fast path) this kernel's matmuls, so this ratio bounds what tuning the JVP alone can reach.
     row["triton_fwd_ms"] = time_ms(lambda: K.attention_jvp_forward(q, k, v), reps)
     row["triton_fwd_over_sdpa"] = row["triton_fwd_ms"] / row["sdpa_fwd_ms"]
-    if sweep in ("all", "fwd"):
-        tma = K.default_config(d, q.dtype, False, q.device)._replace(tma=True)
-        ms = time_ms(lambda: K.attention_jvp_forward(q, k, v, config=tma), reps)
-        print(f"  {name} plain fwd {row['triton_fwd_ms']:.2f} ms, with {tma}: {ms:.2f} ms", flush=True)
+    if sweep in ("all", "fwd", "ws"):
+        plain = K.default_config(d, q.dtype, False, q.device, has_tangent=False)
+        variants = WS_PLAIN_SWEEP if sweep == "ws" else [plain._replace(tma=True)]
+        for variant in variants:
+            try:
+                ms = time_ms(lambda variant=variant: K.attention_jvp_forward(q, k, v, config=variant), reps)
+            except Exception as err:
+                print(f"  {name} plain fwd {variant}: failed ({type(err).__name__}: {str(err)[:100]})", flush=True)
+                continue
+            o_ref, o_var = K.attention_jvp_forward(q, k, v)[0], K.attention_jvp_forward(q, k, v, config=variant)[0]
+            diff = ((o_var.float() - o_ref.float()).norm() / o_ref.float().norm()).item()
+            print(
+                f"  {name} plain fwd {row['triton_fwd_ms']:.2f} ms, with {variant}: {ms:.2f} ms, diff {diff:.1e}",
+                flush=True,
+            )
 
-    configs = FWD_SWEEP if sweep in ("all", "fwd") else [None]
+    configs = {"all": FWD_SWEEP, "fwd": FWD_SWEEP, "ws": WS_SWEEP}.get(sweep or "", [None])
     fwd_runs = []
     first_to = None
     for cfg in configs:
@@ -212,7 +243,7 @@ def main() -> None:
         "--sweep",
         nargs="?",
         const="all",
-        choices=["all", "fwd", "bwd"],
+        choices=["all", "fwd", "bwd", "ws"],
         help="time several launch configurations (of the JVP, the backward or both), report the best",
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")

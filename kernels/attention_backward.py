@@ -47,7 +47,14 @@ def default_backward_config(head_dim: int, dtype: torch.dtype, device: torch.dev
     """Tile sizes measured on an H100 at D = 128 bf16 (benchmarks/RESULTS.md)."""
     if device.type != "cuda":
         return BackwardConfig(64, 64, 64, 64, 4, 1)
-    if dtype == torch.float32 or head_dim > 128:
+    if head_dim > 128:
+        # fp32: 1 KiB rows, the resident key/value tiles and one stage of query/output-gradient tiles
+        # fill shared memory at 32 rows each. 16-bit: 64 × 64 tiles in 8 warps; 64 keys × 32 queries in
+        # 4 warps (the D <= 128 fp32 tiles) hit an illegal address on an H100 with Triton 3.6 at D = 256.
+        if dtype == torch.float32:
+            return BackwardConfig(32, 32, 32, 32, 4, 1)
+        return BackwardConfig(64, 64, 0, 0, 8, 1)
+    if dtype == torch.float32:
         return BackwardConfig(64, 32, 64, 32, 4, 2)
     if n_k <= 1024:
         # Few keys (cross-attention to text): a program per key block would leave most of the GPU idle,

@@ -62,6 +62,11 @@ class LaunchConfig(NamedTuple):
     #: Needs a compiled kernel on compute capability 9.0+, a power-of-two head dim and 16-byte aligned
     #: strides; elsewhere the pointer loads are used.
     tma: bool = False
+    #: With ``tma``: build the descriptors inside the kernel, one 2-D (Nk, D) descriptor per (batch, head),
+    #: instead of passing 4-D host descriptors (Triton's Hopper warp specialisation wants device-side ones).
+    device_descriptors: bool = False
+    #: Let Triton split the key loop into producer (copy) and consumer (matmul) warp groups.
+    warp_specialize: bool = False
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None, ...] = ()) -> None:
@@ -94,24 +99,49 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None,
     )
 
 
-def default_config(head_dim: int, dtype: torch.dtype, has_tkv: bool, device: torch.device) -> LaunchConfig:
-    """Tile sizes measured on an H100 (see benchmarks/RESULTS.md); the interpreter prefers few, large tiles."""
+def default_config(
+    head_dim: int,
+    dtype: torch.dtype,
+    has_tkv: bool,
+    device: torch.device,
+    *,
+    has_tangent: bool = True,
+    tma: bool = True,
+) -> LaunchConfig:
+    """Tile sizes measured on an H100 (see benchmarks/RESULTS.md); the interpreter prefers few, large tiles.
+
+    ``has_tangent`` False asks for the plain forward (no tangent at all); ``tma`` False for a config
+    that does without tensor descriptors (the tensors cannot take them, see ``tma_loads_possible``).
+    """
     if device.type != "cuda":
         return LaunchConfig(64, 64, 4, 1)
     block_d = triton.next_power_of_2(head_dim)
+    if dtype == torch.float32 and block_d > 128:
+        # 1 KiB rows: q, tq and one stage of four key/value tiles already take 192 KiB of shared memory.
+        return LaunchConfig(32, 32, 4, 1)
     if dtype == torch.float32 or block_d > 128:
         # Twice the accumulator registers of a plain forward: keep tiles small where D or the dtype is large.
         return LaunchConfig(64, 32, 4, 2)
+    if not has_tangent and tma:
+        # Plain forward: one accumulator fits 128-row tiles in 4 warps; Triton's warp specialisation
+        # (copy warps feeding the matmul warps from in-kernel descriptors) takes 20 % off at the Wan
+        # self-attention shape. The JVP's two accumulators spill in 4 warps (13x slower).
+        return LaunchConfig(
+            128, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True
+        )
     if not has_tkv:
         # Fast path: q, tq and two 64-row stages of k, v take 96 KiB of shared memory, so two programs
         # share a multiprocessor and one's prologue and epilogue overlap the other's matmuls; with only
         # Nk/64 key tiles a program (cross-attention to text) that matters more than tile size. Lazy
         # rescaling measured slower here (its per-tile block-wide max costs more than the few rescales
-        # of 8 key tiles save).
-        # Key/value tiles through tensor descriptors: the same time on this path, 13 % off the plain
-        # forward (tangent compiled out) at the Wan self-attention shape.
-        return LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True)
-    # Best of the sweeps in benchmarks/RESULTS.md; 128×128 tiles or 3 stages exceed shared memory.
+        # of 8 key tiles save). Key/value tiles through host-side tensor descriptors.
+        return LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=tma)
+    if tma:
+        # General path: key/value tiles and their tangents through descriptors built in the kernel, with
+        # every-tile rescaling (the lazy rescale's per-tile branch undoes the copy pipelining): 4 % under
+        # the pointer-load config below. Best of the sweeps in benchmarks/RESULTS.md.
+        return LaunchConfig(128, 64, 8, 2, rescale_threshold=0.0, tma=True, device_descriptors=True)
+    # Pointer loads: lazy rescaling. 128×128 tiles or 3 stages exceed shared memory.
     return LaunchConfig(128, 64, 8, 2)
 
 
@@ -130,11 +160,15 @@ def _key_tile(
     BLOCK_D: tl.constexpr,
     MASK_N: tl.constexpr,
     USE_TMA: tl.constexpr,
+    DESC_2D: tl.constexpr,
 ):
     # One (BLOCK_N, D) tile of keys, values or their tangents: through the tensor descriptor, whose copy
     # engine fills rows past n_k with zeros (their scores are masked by the caller), or by pointers.
     if USE_TMA:
-        return DESC.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        if DESC_2D:
+            return DESC.load([start_n, 0])
+        else:
+            return DESC.load([b, h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
     else:
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
@@ -185,9 +219,10 @@ def _jvp_tile(
     LAZY_RESCALE: tl.constexpr,
     RESCALE_THRESHOLD: tl.constexpr,
     USE_TMA: tl.constexpr,
+    DESC_2D: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _key_tile(KD, K, stride_kn, stride_kd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
+    k = _key_tile(KD, K, stride_kn, stride_kd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA, DESC_2D)
     kt = tl.trans(k)
     s = dot(q, kt, None, PRECISION, DOT_UPCAST)
     if MASK_N:
@@ -222,13 +257,26 @@ def _jvp_tile(
         if HAS_TS:
             r_i = r_i * alpha
         m_i = m_new
-    v = _key_tile(VD, V, stride_vn, stride_vd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
+    v = _key_tile(VD, V, stride_vn, stride_vd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA, DESC_2D)
     p_in = p.to(v.dtype)
     acc_o = dot(p_in, v, acc_o, PRECISION, DOT_UPCAST)
     if HAS_TS:
         if HAS_TK:
             tk = _key_tile(
-                TKD, TK, stride_tkn, stride_tkd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA
+                TKD,
+                TK,
+                stride_tkn,
+                stride_tkd,
+                b,
+                h,
+                start_n,
+                n_k,
+                HEAD_DIM,
+                BLOCK_N,
+                BLOCK_D,
+                MASK_N,
+                USE_TMA,
+                DESC_2D,
             )
             ts = dot(q, tl.trans(tk), None, PRECISION, DOT_UPCAST)
             if HAS_TQ:
@@ -240,7 +288,9 @@ def _jvp_tile(
         r_i = r_i + tl.sum(pts, 1)
         acc_t = dot(pts.to(v.dtype), v, acc_t, PRECISION, DOT_UPCAST)
     if HAS_TV:
-        tv = _key_tile(TVD, TV, stride_tvn, stride_tvd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA)
+        tv = _key_tile(
+            TVD, TV, stride_tvn, stride_tvd, b, h, start_n, n_k, HEAD_DIM, BLOCK_N, BLOCK_D, MASK_N, USE_TMA, DESC_2D
+        )
         acc_t = dot(p_in, tv, acc_t, PRECISION, DOT_UPCAST)
     return acc_o, acc_t, m_i, l_i, r_i
 
@@ -308,6 +358,8 @@ def _attn_fwd_kernel(
     LAZY_RESCALE: tl.constexpr,
     RESCALE_THRESHOLD: tl.constexpr,
     USE_TMA: tl.constexpr,
+    DEVICE_DESC: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
     HAS_T: tl.constexpr = HAS_TQ or HAS_TK or HAS_TV
@@ -346,6 +398,13 @@ def _attn_fwd_kernel(
     V += b64 * stride_vb + h64 * stride_vh
     TK += b64 * stride_tkb + h64 * stride_tkh
     TV += b64 * stride_tvb + h64 * stride_tvh
+    if DEVICE_DESC:
+        KD = tl.make_tensor_descriptor(K, [n_k, HEAD_DIM], [stride_kn, 1], [BLOCK_N, BLOCK_D])
+        VD = tl.make_tensor_descriptor(V, [n_k, HEAD_DIM], [stride_vn, 1], [BLOCK_N, BLOCK_D])
+        if HAS_TK:
+            TKD = tl.make_tensor_descriptor(TK, [n_k, HEAD_DIM], [stride_tkn, 1], [BLOCK_N, BLOCK_D])
+        if HAS_TV:
+            TVD = tl.make_tensor_descriptor(TV, [n_k, HEAD_DIM], [stride_tvn, 1], [BLOCK_N, BLOCK_D])
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -356,7 +415,7 @@ def _attn_fwd_kernel(
 
     # Full key blocks need no bounds checks; only the tail block is masked.
     n_full = (n_k // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         acc_o, acc_t, m_i, l_i, r_i = _jvp_tile(
             acc_o,
             acc_t,
@@ -399,6 +458,7 @@ def _attn_fwd_kernel(
             LAZY_RESCALE,
             RESCALE_THRESHOLD,
             USE_TMA,
+            DEVICE_DESC,
         )
     if n_full < n_k:
         acc_o, acc_t, m_i, l_i, r_i = _jvp_tile(
@@ -443,6 +503,7 @@ def _attn_fwd_kernel(
             LAZY_RESCALE,
             RESCALE_THRESHOLD,
             USE_TMA,
+            DEVICE_DESC,
         )
 
     l_inv = 1.0 / l_i
@@ -461,6 +522,20 @@ def _attn_fwd_kernel(
     # Natural-log LSE: m_i and log2(l_i) are in base-2 units of the scaled scores.
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     tl.store(LSE + pid_bh.to(tl.int64) * n_q + offs_m, lse, mask=offs_m < n_q)
+
+
+class _ScratchAllocator:
+    """Triton's launch-time scratch memory from PyTorch's caching allocator, on one device.
+
+    Holds only the device: the allocator stays installed after the call, and capturing a tensor
+    would keep its memory alive.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, size: int, _alignment: int, _stream: int | None) -> Tensor:
+        return torch.empty(size, dtype=torch.int8, device=self.device)
 
 
 def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -501,7 +576,10 @@ def attention_jvp_forward(
         scale = 1.0 / math.sqrt(d)
     tq, tk, tv = (None if t is None else t.to(q.dtype) for t in (tq, tk, tv))
     has_t = any(t is not None for t in (tq, tk, tv))
-    cfg = config or default_config(d, q.dtype, tk is not None or tv is not None, q.device)
+    tma_possible = tma_loads_possible(q, (k, v, tk, tv))
+    cfg = config or default_config(
+        d, q.dtype, tk is not None or tv is not None, q.device, has_tangent=has_t, tma=tma_possible
+    )
     if out is None:
         o = empty_bhsd(b, h, n_q, d, dtype=q.dtype, device=q.device)
         to = empty_bhsd(b, h, n_q, d, dtype=q.dtype, device=q.device) if has_t else None
@@ -527,10 +605,17 @@ def attention_jvp_forward(
     if n_k == 0:
         raise ValueError("attention over zero keys is undefined")
     grid = (triton.cdiv(n_q, cfg.block_m), b * h)
-    use_tma = cfg.tma and tma_loads_possible(q, (k, v, tk, tv))
+    use_tma = cfg.tma and tma_possible
     block = [1, 1, cfg.block_n, d]
+    device_desc = use_tma and cfg.device_descriptors
+    if device_desc:
+        # Descriptors built inside a kernel live in global scratch memory that Triton asks the host for
+        # at launch (a context variable, so it is set on every call: any thread may launch).
+        triton.set_allocator(_ScratchAllocator(q.device))
     descriptors = [
-        TensorDescriptor(t, list(t.shape), list(t.stride()), block) if use_tma and t is not None else None
+        TensorDescriptor(t, list(t.shape), list(t.stride()), block)
+        if use_tma and not device_desc and t is not None
+        else None
         for t in (k, v, tk, tv)
     ]
     with device_context(q):
@@ -569,6 +654,8 @@ def attention_jvp_forward(
             LAZY_RESCALE=cfg.rescale_threshold > 0,
             RESCALE_THRESHOLD=float(cfg.rescale_threshold),
             USE_TMA=use_tma,
+            DEVICE_DESC=device_desc,
+            WARP_SPECIALIZE=cfg.warp_specialize and use_tma,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

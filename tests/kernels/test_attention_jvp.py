@@ -272,6 +272,23 @@ def test_gradients_match_float64_autograd(dtype: torch.dtype, tangent: str) -> N
         assert rel_err(g, r) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_head_dim_256_forward_and_gradients(dtype: torch.dtype) -> None:
+    # The widest head dim takes its own, smaller tiles (shared memory) in the forward and the backward.
+    b, h, nq, nk, d = 1, 2, 70, 97, 256
+    q, k, v, tq, tk, tv = inputs(b, h, nq, nk, d, dtype, seed=30)
+    do = randn((b, h, nq, d), torch.Generator().manual_seed(31)).to(dtype)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    o, to = K.attention_jvp(*leaves, tq, tk, tv)
+    o_ref, to_ref = reference_jvp(q, k, v, tq, tk, tv)
+    assert rel_err(o, o_ref) <= TOL[dtype] and rel_err(to, to_ref) <= TOL[dtype]
+    grads = torch.autograd.grad(o, leaves, do)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(math_attention(*ref_leaves), ref_leaves, do.double())
+    for g, r in zip(grads, ref, strict=True):
+        assert rel_err(g, r) <= TOL[dtype]
+
+
 def test_backward_writes_every_element_and_d_not_power_of_two() -> None:
     q, k, v, *_ = inputs(2, 1, 61, 33, 40, torch.float32, seed=22)
     o, _, lse = K.attention_jvp_forward(q, k, v)
@@ -371,8 +388,17 @@ def test_gradients_bf16_on_gpu_long_sequence(atomic_dq: bool) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("tangent", ["general", "fast"])
-def test_descriptor_loads_match_float64_on_gpu(tangent: str) -> None:
+@pytest.mark.parametrize("tangent", ["general", "fast", "none"])
+@pytest.mark.parametrize(
+    "descriptors",
+    [
+        {"tma": True},
+        {"tma": True, "device_descriptors": True},
+        {"tma": True, "device_descriptors": True, "warp_specialize": True},
+    ],
+    ids=["host", "in-kernel", "in-kernel-warp-specialised"],
+)
+def test_descriptor_loads_match_float64_on_gpu(tangent: str, descriptors: dict[str, bool]) -> None:
     # Key lengths off the tile size exercise the copy engine's zero fill of the tail tile; (B, S, H, D)
     # memory viewed as (B, H, S, D) exercises the descriptor's strides.
     b, h, nq, nk, d = 2, 3, 1000, 999, 128
@@ -381,16 +407,23 @@ def test_descriptor_loads_match_float64_on_gpu(tangent: str) -> None:
     def bshd(n: int) -> Tensor:
         return torch.randn((b, n, h, d), generator=gen, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
 
-    q, k, v, tq = bshd(nq), bshd(nk), bshd(nk), bshd(nq)
+    q, k, v = bshd(nq), bshd(nk), bshd(nk)
+    tq = bshd(nq) if tangent != "none" else None
     tk, tv = (bshd(nk), bshd(nk)) if tangent == "general" else (None, None)
     if not K.tma_loads_possible(q, (k, v, tk, tv)):
         pytest.skip("tensor-descriptor loads need compute capability 9.0+")
-    base = K.default_config(d, q.dtype, tk is not None, q.device)
-    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=base._replace(tma=True), out=poisoned(q))
-    assert to is not None
-    o_ref, to_ref, lse_ref = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=base._replace(tma=False))
+    base = K.default_config(d, q.dtype, tk is not None, q.device, has_tangent=tq is not None)
+    pointer_cfg = base._replace(tma=False, device_descriptors=False, warp_specialize=False)
+    cfg = pointer_cfg._replace(rescale_threshold=0.0, **descriptors)
+    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=cfg, out=poisoned(q, tq is not None))
+    o_ref, to_ref, lse_ref = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=pointer_cfg)
     assert rel_err(lse, lse_ref) <= 1e-6
-    assert rel_err(o, o_ref) <= 1e-3 and rel_err(to, to_ref) <= 1e-3
+    assert rel_err(o, o_ref) <= 1e-3
+    if tq is None:
+        assert to is None
+        return
+    assert to is not None and to_ref is not None
+    assert rel_err(to, to_ref) <= 1e-3
     err_o, err_to = _chunked_reference_error(q, k, v, tq, tk, tv, o, to)
     assert err_o <= 5e-3, err_o
     assert err_to <= 5e-3, err_to
