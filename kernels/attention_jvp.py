@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 from rcm_kernels import attention_backward
 from rcm_kernels.triton_common import (
+    ScratchAllocator,
     device_context,
     dot,
     dot_flags,
@@ -524,20 +525,6 @@ def _attn_fwd_kernel(
     tl.store(LSE + pid_bh.to(tl.int64) * n_q + offs_m, lse, mask=offs_m < n_q)
 
 
-class _ScratchAllocator:
-    """Triton's launch-time scratch memory from PyTorch's caching allocator, on one device.
-
-    Holds only the device: the allocator stays installed after the call, and capturing a tensor
-    would keep its memory alive.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __call__(self, size: int, _alignment: int, _stream: int | None) -> Tensor:
-        return torch.empty(size, dtype=torch.int8, device=self.device)
-
-
 def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
     return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
@@ -611,7 +598,7 @@ def attention_jvp_forward(
     if device_desc:
         # Descriptors built inside a kernel live in global scratch memory that Triton asks the host for
         # at launch (a context variable, so it is set on every call: any thread may launch).
-        triton.set_allocator(_ScratchAllocator(q.device))
+        triton.set_allocator(ScratchAllocator(q.device))
     descriptors = [
         TensorDescriptor(t, list(t.shape), list(t.stride()), block)
         if use_tma and not device_desc and t is not None

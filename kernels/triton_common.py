@@ -50,6 +50,20 @@ def interpreter_active() -> bool:
     return type(dot).__name__ == "InterpretedFunction"
 
 
+class ScratchAllocator:
+    """Triton's launch-time scratch memory from PyTorch's caching allocator, on one device.
+
+    Holds only the device: the allocator stays installed after the call, and capturing a tensor
+    would keep its memory alive.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, size: int, _alignment: int, _stream: int | None) -> Tensor:
+        return torch.empty(size, dtype=torch.int8, device=self.device)
+
+
 def tma_loads_possible(q: Tensor, tensors: tuple[Tensor | None, ...]) -> bool:
     """Whether tiles of these (B, H, S, D) tensors can be loaded through tensor descriptors.
 
