@@ -77,6 +77,15 @@ WS_SWEEP = [
     K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True),
     K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True, device_descriptors=True, warp_specialize=True),
 ]
+# Fast-path tiles (keys and values without tangent): few key tiles a row at the cross-attention shape.
+FAST_SWEEP = [
+    K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 128, 4, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 128, 8, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 128, 4, 1, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(128, 128, 8, 2, rescale_threshold=0.0, tma=True),
+    K.LaunchConfig(64, 32, 4, 3, rescale_threshold=0.0, tma=True),
+]
 # Plain forward (no tangent) variants for the same sweep.
 WS_PLAIN_SWEEP = [
     K.LaunchConfig(64, 64, 4, 2, rescale_threshold=0.0),
@@ -172,7 +181,7 @@ def bench_shape(name: str, reps: int, sweep: str | None) -> dict[str, Any]:
                 flush=True,
             )
 
-    configs = {"all": FWD_SWEEP, "fwd": FWD_SWEEP, "ws": WS_SWEEP}.get(sweep or "", [None])
+    configs = {"all": FWD_SWEEP, "fwd": FWD_SWEEP, "ws": WS_SWEEP, "fast": FAST_SWEEP}.get(sweep or "", [None])
     fwd_runs = []
     first_to = None
     for cfg in configs:
@@ -243,7 +252,7 @@ def main() -> None:
         "--sweep",
         nargs="?",
         const="all",
-        choices=["all", "fwd", "bwd", "ws"],
+        choices=["all", "fwd", "bwd", "ws", "fast"],
         help="time several launch configurations (of the JVP, the backward or both), report the best",
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
