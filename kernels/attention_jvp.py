@@ -65,6 +65,8 @@ class LaunchConfig(NamedTuple):
     tma: bool = False
     #: With ``tma``: build the descriptors inside the kernel, one 2-D (Nk, D) descriptor per (batch, head),
     #: instead of passing 4-D host descriptors (Triton's Hopper warp specialisation wants device-side ones).
+    #: Such descriptors live in launch-time scratch memory: the call installs ``ScratchAllocator`` (PyTorch
+    #: memory on the call's device) as Triton's allocator for its context.
     device_descriptors: bool = False
     #: Let Triton split the key loop into producer (copy) and consumer (matmul) warp groups.
     warp_specialize: bool = False

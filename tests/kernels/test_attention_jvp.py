@@ -272,6 +272,46 @@ def test_gradients_match_float64_autograd(dtype: torch.dtype, tangent: str) -> N
         assert rel_err(g, r) <= TOL[dtype]
 
 
+DESCRIPTOR_VARIANTS = pytest.mark.parametrize(
+    "descriptors",
+    [
+        {"tma": True},
+        {"tma": True, "device_descriptors": True},
+        {"tma": True, "device_descriptors": True, "warp_specialize": True},
+    ],
+    ids=["host", "in-kernel", "in-kernel-warp-specialised"],
+)
+
+
+@pytest.mark.parametrize("tangent", ["general", "fast", "none"])
+@DESCRIPTOR_VARIANTS
+def test_descriptor_loads_match_pointer_loads(tangent: str, descriptors: dict[str, bool]) -> None:
+    # Small enough for the interpreter, which emulates descriptors on CPU tensors: both key lengths
+    # leave a tail tile (the copy engine's zero fill), and (B, S, H, D) memory viewed as (B, H, S, D)
+    # exercises the descriptors' strides.
+    q, k, v, tq, tk, tv = (
+        t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs(2, 2, 70, 45, 32, torch.float32, seed=32)
+    )
+    tq = tq if tangent != "none" else None
+    tk, tv = (tk, tv) if tangent == "general" else (None, None)
+    assert K.tma_loads_possible(q, (k, v, tk, tv)) or DEVICE.type == "cuda"
+    if not K.tma_loads_possible(q, (k, v, tk, tv)):
+        pytest.skip("tensor-descriptor loads need compute capability 9.0+")
+    pointer_cfg = K.LaunchConfig(32, 16, 4, 1, rescale_threshold=0.0)
+    cfg = pointer_cfg._replace(**descriptors)
+    o, to, lse = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=cfg, out=poisoned(q, tq is not None))
+    o_ref, to_ref, lse_ref = K.attention_jvp_forward(q, k, v, tq, tk, tv, config=pointer_cfg)
+    torch.testing.assert_close(lse, lse_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(o, o_ref, rtol=1e-6, atol=1e-6)
+    if tq is None:
+        assert to is None
+        return
+    assert to is not None
+    torch.testing.assert_close(to, to_ref, rtol=1e-6, atol=1e-6)
+    o64, to64 = reference_jvp(q, k, v, tq, tk, tv)
+    assert rel_err(o, o64) <= TOL[torch.float32] and rel_err(to, to64) <= TOL[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_head_dim_256_forward_and_gradients(dtype: torch.dtype) -> None:
     # The widest head dim takes its own, smaller tiles (shared memory) in the forward and the backward.
@@ -389,15 +429,7 @@ def test_gradients_bf16_on_gpu_long_sequence(atomic_dq: bool) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("tangent", ["general", "fast", "none"])
-@pytest.mark.parametrize(
-    "descriptors",
-    [
-        {"tma": True},
-        {"tma": True, "device_descriptors": True},
-        {"tma": True, "device_descriptors": True, "warp_specialize": True},
-    ],
-    ids=["host", "in-kernel", "in-kernel-warp-specialised"],
-)
+@DESCRIPTOR_VARIANTS
 def test_descriptor_loads_match_float64_on_gpu(tangent: str, descriptors: dict[str, bool]) -> None:
     # Key lengths off the tile size exercise the copy engine's zero fill of the tail tile; (B, S, H, D)
     # memory viewed as (B, H, S, D) exercises the descriptor's strides.
