@@ -69,6 +69,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from rcm_registry.environment import environment_report, format_report
+
+    report = environment_report()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     recipe = _load(args.recipe, args.set)
     roles = ", ".join(f"{role}={net.spec.name}" for role, net in recipe.networks.items())
@@ -300,6 +310,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 HELP = {
     "list": ("List registered components, optionally of one kind.", "rcm list loss"),
     "plugins": ("List loaded plugins with their distribution and version.", "rcm plugins"),
+    "env": (
+        "Report versions, devices and where the Triton kernels run here (for bug reports and set-up checks).",
+        "rcm env --json",
+    ),
     "validate": (
         "Check a recipe (and --set overrides) without allocating anything; lists every problem.",
         "rcm validate recipes/quickstart/teacher.yaml --set run.iterations=100",
@@ -356,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list)
     p.add_argument("kind", nargs="?", help=f"one of: {', '.join(KINDS)}")
     add("plugins", cmd_plugins)
+    p = add("env", cmd_env)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, func in (("validate", cmd_validate), ("run", cmd_run)):
         p = add(name, func)
         p.add_argument("recipe", help="path to a YAML recipe")
