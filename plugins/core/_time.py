@@ -28,6 +28,13 @@ def as_f64(x: Tensor | float) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def descending_grid(top: float, bottom: float, steps: int) -> Tensor:
+    """``steps + 1`` evenly spaced times from ``top`` down to ``bottom`` (a sampler's step grid, unshifted)."""
+    if steps < 1:
+        raise ValueError(f"time_grid needs steps >= 1, got {steps}")
+    return torch.linspace(top, bottom, steps + 1, dtype=torch.float64)
+
+
 def rf_from_trigflow(t: Tensor) -> Tensor:
     """u = sin t / (cos t + sin t)."""
     t = as_f64(t)

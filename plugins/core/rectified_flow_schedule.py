@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from rcm_plugins.core._time import as_f64, rf_from_trigflow, shift_rf, trigflow_from_rf
+from rcm_plugins.core._time import as_f64, descending_grid, rf_from_trigflow, shift_rf, trigflow_from_rf
 from torch import Tensor
 
 import rcm_registry as rr
@@ -55,10 +55,7 @@ class RectifiedFlowSchedule:
         return as_f64(u) * self.config.time_scale
 
     def time_grid(self, steps: int) -> Tensor:
-        if steps < 1:
-            raise ValueError(f"time_grid needs steps >= 1, got {steps}")
-        grid = torch.linspace(self.config.grid_max, self.config.grid_min, steps + 1, dtype=torch.float64)
-        return shift_rf(grid, self.config.shift)
+        return shift_rf(descending_grid(self.config.grid_max, self.config.grid_min, steps), self.config.shift)
 
     def __repr__(self) -> str:
         return f"RectifiedFlowSchedule({self.config})"

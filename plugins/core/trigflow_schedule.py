@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from rcm_plugins.core._time import HALF_PI, as_f64, shift_trigflow
+from rcm_plugins.core._time import HALF_PI, as_f64, descending_grid, shift_trigflow
 from torch import Tensor
 
 import rcm_registry as rr
@@ -54,10 +54,7 @@ class TrigFlowSchedule:
         return as_f64(u) * self.config.time_scale
 
     def time_grid(self, steps: int) -> Tensor:
-        if steps < 1:
-            raise ValueError(f"time_grid needs steps >= 1, got {steps}")
-        grid = torch.linspace(self.config.grid_max, self.config.grid_min, steps + 1, dtype=torch.float64)
-        return shift_trigflow(grid, self.config.shift)
+        return shift_trigflow(descending_grid(self.config.grid_max, self.config.grid_min, steps), self.config.shift)
 
     def __repr__(self) -> str:
         return f"TrigFlowSchedule({self.config})"
