@@ -19,6 +19,7 @@ from rcm_kernels.triton_common import (
     group_operand,
     group_partials,
     group_run_program,
+    group_vector,
     row_launch,
     sum_group_partials,
     token_groups,
@@ -44,14 +45,14 @@ def _gated_residual(
     if HAS_TX:
         y += tl.load(TX + row * D + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_TA:
-        gate = tl.load(GATE + b * gate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+        gate = group_vector(GATE, b, g, gate_sb, D, offs, mask)
         y += tl.load(TA + row * D + offs, mask=mask, other=0.0).to(tl.float32) * gate
     if HAS_A:
         a = tl.load(A + row * D + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_TGATE:
-            y += a * tl.load(TGATE + b * tgate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+            y += a * group_vector(TGATE, b, g, tgate_sb, D, offs, mask)
         else:
-            y += a * tl.load(GATE + b * gate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+            y += a * group_vector(GATE, b, g, gate_sb, D, offs, mask)
     tl.store(Y + row * D + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -107,7 +108,7 @@ def _gated_residual_bwd(
     NEED_DA: tl.constexpr, NEED_DGATE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     bg, part, b, g, offs, mask = group_run_program(groups, D, BLOCK_D)
-    gate = tl.load(GATE + b * gate_sb + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+    gate = group_vector(GATE, b, g, gate_sb, D, offs, mask)
     dgate = tl.zeros((BLOCK_D,), dtype=tl.float32)
     start = part * rows_per_program
     for i in range(0, rows_per_program):

@@ -32,6 +32,7 @@ from rcm_kernels.triton_common import (
     group_operand,
     group_partials,
     group_run_program,
+    group_vector,
     row_launch,
     sum_group_partials,
     token_groups,
@@ -49,11 +50,6 @@ def _row_stats(X, row, D, eps, offs, mask):
 
 
 @triton.jit
-def _group_vector(P, b, g, stride_b, D, offs, mask):
-    return tl.load(P + b * stride_b + g * D + offs, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _layer_norm_affine_fwd(
     X, MUL, ADD, Y,
     S, D, tokens_per_group, mul_sb, add_sb, eps,
@@ -65,9 +61,9 @@ def _layer_norm_affine_fwd(
     mask = offs < D
     y, _ = _row_stats(X, row, D, eps, offs, mask)
     if HAS_MUL:
-        y = y * _group_vector(MUL, b, g, mul_sb, D, offs, mask)
+        y = y * group_vector(MUL, b, g, mul_sb, D, offs, mask)
     if HAS_ADD:
-        y = y + _group_vector(ADD, b, g, add_sb, D, offs, mask)
+        y = y + group_vector(ADD, b, g, add_sb, D, offs, mask)
     tl.store(Y + row * D + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -89,11 +85,11 @@ def _layer_norm_affine_jvp(
         txc = tl.where(mask, tx - tl.sum(tx, axis=0) / D, 0.0)
         ty = r * (txc - n * (tl.sum(n * txc, axis=0) / D))
         if HAS_MUL:
-            ty = ty * _group_vector(MUL, b, g, mul_sb, D, offs, mask)
+            ty = ty * group_vector(MUL, b, g, mul_sb, D, offs, mask)
     if HAS_TMUL:
-        ty += n * _group_vector(TMUL, b, g, tmul_sb, D, offs, mask)
+        ty += n * group_vector(TMUL, b, g, tmul_sb, D, offs, mask)
     if HAS_TADD:
-        ty += _group_vector(TADD, b, g, tadd_sb, D, offs, mask)
+        ty += group_vector(TADD, b, g, tadd_sb, D, offs, mask)
     tl.store(TY + row * D + offs, ty.to(TY.dtype.element_ty), mask=mask)
 
 
@@ -154,7 +150,7 @@ def _layer_norm_affine_bwd(
     NEED_DX: tl.constexpr, NEED_PARAMS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     bg, part, b, g, offs, mask = group_run_program(groups, D, BLOCK_D)
-    m = _group_vector(MUL, b, g, mul_sb, D, offs, mask)
+    m = group_vector(MUL, b, g, mul_sb, D, offs, mask)
     dmul = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dadd = tl.zeros((BLOCK_D,), dtype=tl.float32)
     start = part * rows_per_program

@@ -45,6 +45,12 @@ def group_run_program(groups, D, BLOCK_D: tl.constexpr):
     return bg, part, bg // groups, bg % groups, offs, offs < D
 
 
+@triton.jit
+def group_vector(P, b, g, stride_b, D, offs, mask):
+    # One (sample, token group) vector of a per-group operand (modulation, gate), in fp32.
+    return tl.load(P + b * stride_b + g * D + offs, mask=mask, other=0.0).to(tl.float32)
+
+
 def interpreter_active() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` when the kernels were defined)."""
     return type(dot).__name__ == "InterpretedFunction"
