@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
 from rcm_registry.testing import run_cli, run_cli_subprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE = str(ROOT / "recipes/quickstart/teacher.yaml")
 SMALL = [
     "--set", "networks.teacher.width=64",

@@ -23,7 +23,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 from rcm_plugins.data.tiny import write_tiny_codecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")
 PROMPTS = ["a red fox in the snow", "a dog on the sea", "a blue car at night", "the cat", "a green sky"]
 LATENT = (16, 3, 4, 4)  # the tiny VAE: ×2 in time and space → 5 frames of 8×8 pixels

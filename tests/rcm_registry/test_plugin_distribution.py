@@ -17,7 +17,7 @@ import pytest
 
 from rcm_registry.testing import run_cli_subprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "tests/data/example_plugin"
 
 

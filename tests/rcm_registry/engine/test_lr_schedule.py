@@ -42,7 +42,7 @@ def test_trainer_applies_the_phase_schedule(tmp_path) -> None:
     from rcm_registry.recipe.load import load_recipe
     from rcm_registry.recipe.validate import validate_recipe
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     data = load_recipe(
         root / "recipes/quickstart/teacher.yaml",
         ["run.iterations=8", "run.batch_size=8", "networks.teacher.width=8", "phases.teacher.lr_warmup=4",

@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 from rcm_plugins.data.tiny import write_tiny_codecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red fox in the snow", "a dog on the sea", "the cat"]
 TEXT_DIM = 24  # the tiny Cosmos network's
 

@@ -24,7 +24,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 from rcm_plugins.data.tiny import write_tiny_codecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")
 SHAPE = "16,3,4,4"
 PROMPTS = [

@@ -14,7 +14,7 @@ from rcm_registry.recipe.validate import validate_recipe
 from rcm_registry.schema import MISSING
 from rcm_registry.testing import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "_base" not in p.parts)
 
 
