@@ -34,7 +34,7 @@ from safetensors import safe_open
 
 from rcm_registry import registry
 from rcm_registry.engine.pictures import image_grid_png
-from rcm_registry.engine.sampling import LoadedRun, draw, open_run
+from rcm_registry.engine.sampling import LoadedRun, draw, open_checkpoint
 
 COLUMNS = ("fd", "accuracy", "precision", "recall", "diversity")
 ROOT = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
     """Sample and score every row, with a picture row per model."""
     table: list[Row] = []
     pictures: list[tuple[str, torch.Tensor]] = []
-    teacher = open_run(args.runs / "teacher", device=args.device)
+    teacher = open_checkpoint(args.runs / "teacher", device=args.device)
     guidance = teacher.recipe.body.sample.config.guidance
     dataset = teacher.dataset
 
@@ -136,7 +136,7 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
             nfe = args.teacher_steps * (1 if other == 1.0 else 2)
             measure(teacher, name, args.teacher_steps, nfe, guidance=other)
     for method in args.methods:
-        run = open_run(args.runs / method, device=args.device)
+        run = open_checkpoint(args.runs / method, device=args.device)
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
@@ -237,7 +237,7 @@ def main() -> None:
     else:
         started = time.time()
         table, pictures = collect(args)
-        teacher_recipe = open_run(args.runs / "teacher", device="cpu").recipe
+        teacher_recipe = open_checkpoint(args.runs / "teacher", device="cpu").recipe
         classifier = teacher_recipe.body.metrics[0].config.classifier
         with safe_open(classifier, "pt") as f:
             accuracy = json.loads((f.metadata() or {}).get("test_accuracy", "NaN"))

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
 from rcm_registry.engine.pictures import scatter_png
-from rcm_registry.engine.sampling import LoadedRun, SampleResult, draw, open_run
+from rcm_registry.engine.sampling import LoadedRun, SampleResult, draw, open_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -237,7 +237,7 @@ def main() -> None:
         plan_seed: list[tuple[str, Path, list[int]]] = [("teacher", runs / f"teacher_s{seed}", [args.teacher_steps])]
         plan_seed += [(NAMES[m], runs / f"{m}_s{seed}", args.steps) for m in args.methods]
         for model, run_dir, step_list in plan_seed:
-            run = open_run(run_dir)
+            run = open_checkpoint(run_dir)
             for steps in step_list:
                 result, seconds = sample(run, args.num, steps, seed, args.repeats)
                 nfe = teacher_nfe(run, steps) if model == "teacher" else steps

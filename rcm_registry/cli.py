@@ -110,14 +110,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from rcm_registry.engine.pictures import samples_picture, save_png_atomic
-    from rcm_registry.engine.sampling import draw, open_run
+    from rcm_registry.engine.sampling import draw, open_checkpoint
 
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".png"):
         raise UserError(f"--out {out}: the file must end in .safetensors or .png")
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
-    run = open_run(Path(args.run_dir), role=args.network, ema=not args.no_ema, device=args.device)
+    run = open_checkpoint(Path(args.run_dir), role=args.network, ema=not args.no_ema, device=args.device)
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)
     if out.suffix == ".png":
@@ -153,9 +153,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from rcm_registry.engine.sampling import open_run
+    from rcm_registry.engine.sampling import open_checkpoint
 
-    run = open_run(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu")
+    run = open_checkpoint(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu")
     export = getattr(run.net, "export", None)
     if not callable(export):
         raise UserError(
@@ -239,12 +239,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from rcm_registry.engine.progress import Progress
+    from rcm_registry.engine.sampling import open_checkpoint
     from rcm_registry.generate import (
         OUTPUTS,
         contact_sheet,
         generate,
         latent_shape,
-        open_generator,
         save_latents,
         save_png,
         save_video,
@@ -264,7 +264,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
     wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
-    gen = open_generator(
+    gen = open_checkpoint(
         Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
     )
     shape = latent_shape(gen, _ints(args.shape, "--shape"), args.frames, args.height, args.width)

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import numpy as np
@@ -24,6 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from rcm_registry.errors import UserError
+
+if TYPE_CHECKING:
+    from rcm_registry.engine.sampling import LoadedRun
 
 #: Suffixes ``--out`` may have.
 OUTPUTS = (".mp4", ".png", ".safetensors")
@@ -56,99 +59,6 @@ class VideoCodec(Protocol):
         ...
 
 
-def resolve_checkpoint(target: Path) -> Any:
-    """A run directory (its latest complete checkpoint) or a checkpoint folder itself."""
-    from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
-
-    if (target / "meta.json").is_file():
-        return Checkpoint(target)
-    if not target.is_dir():
-        raise UserError(f"{target}: neither a run directory nor a checkpoint folder")
-    path = latest_checkpoint(target)
-    if path is None:
-        raise UserError(f"{target}: no complete checkpoint (a run directory has checkpoints/iter_*/meta.json)")
-    return Checkpoint(path)
-
-
-@attrs.define
-class GenerationModel:
-    """A checkpoint's output network with what is needed to sample it and read its samples."""
-
-    recipe: Any
-    checkpoint: Any
-    role: str
-    net: nn.Module
-    used_ema: bool
-    device: torch.device
-    teacher: Any
-    schedule: Any
-    codecs: dict[str, Any] = attrs.field(factory=dict)
-
-
-def open_generator(
-    target: Path,
-    *,
-    overrides: Sequence[str] = (),
-    role: str | None = None,
-    ema: bool = True,
-    device: str = "auto",
-    codecs: Sequence[str] = ("text", "vae"),
-) -> GenerationModel:
-    """Load ``target``'s output network (EMA) and build the recipe's ``codecs`` named in ``codecs``.
-
-    ``overrides`` are ``KEY=VALUE`` changes to the run's recipe (e.g. ``codecs.vae.path=/models/vae``), for
-    codec paths that differ on this machine.
-    """
-    from rcm_registry.engine.graph import build_network, load_strict, pick_device
-    from rcm_registry.errors import RecipeError
-    from rcm_registry.plugin_loading import registry
-    from rcm_registry.recipe.load import apply_override, parse_override
-    from rcm_registry.recipe.validate import validate_recipe
-
-    ckpt = resolve_checkpoint(target)
-    data = ckpt.recipe()
-    problems = []
-    for text in overrides:
-        try:
-            parts, value = parse_override(text)
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
-        problem = apply_override(data, parts, value)
-        if problem:
-            problems.append(problem)
-    if problems:
-        raise RecipeError(problems, source=str(ckpt.path / "recipe.yaml"))
-    recipe = validate_recipe(data, registry(), str(ckpt.path / "recipe.yaml"))
-    role = role or recipe.output_role
-    if role not in recipe.networks:
-        raise UserError(f"--network: this run has no network {role!r} (has: {', '.join(recipe.networks)})")
-    dev = pick_device(device)
-    if recipe.body.run.cpu_threads is not None:
-        torch.set_num_threads(recipe.body.run.cpu_threads)
-    emas = ckpt.emas() if ema else {}
-    used_ema = role in emas
-    states = emas if used_ema else ckpt.models()
-    if role not in states:
-        raise UserError(f"{ckpt.path}: network {role!r} was not trained in this run, so it has no weights here")
-    net = build_network(recipe.networks[role])
-    load_strict(net, states[role], f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
-    net.to(dev).eval().requires_grad_(False)
-    body = recipe.body
-    built = {name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs}
-    return GenerationModel(
-        recipe=recipe,
-        checkpoint=ckpt,
-        role=role,
-        net=net,
-        used_ema=used_ema,
-        device=dev,
-        teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
-        schedule=body.schedule.build() if body.schedule else None,
-        codecs=built,
-    )
-
-
 class _Counting(nn.Module):
     """The network, calling ``tick`` after every evaluation (progress for any sampler)."""
 
@@ -164,7 +74,7 @@ class _Counting(nn.Module):
 
 
 def latent_shape(
-    gen: GenerationModel, shape: Sequence[int] | None, frames: int | None, height: int | None, width: int | None
+    gen: LoadedRun, shape: Sequence[int] | None, frames: int | None, height: int | None, width: int | None
 ) -> tuple[int, ...]:
     """``shape``, else the VAE's latent shape of ``frames × height × width``, else the training data's."""
     if shape is not None:
@@ -179,7 +89,7 @@ def latent_shape(
             raise UserError("--frames/--height/--width need the recipe's codecs.vae; pass --shape C,T,H,W instead")
         return tuple(vae.latent_shape(frames, height, width))
     try:
-        dataset = gen.recipe.body.data.build()
+        dataset = gen.dataset
     except UserError as exc:
         raise UserError(
             f"the latent shape comes from the training data, which cannot be opened here ({exc}); "
@@ -216,7 +126,7 @@ def check_generation_conditions(role: str, spec: Any, shape: Sequence[int], give
 
 
 def generate(
-    gen: GenerationModel,
+    gen: LoadedRun,
     prompt: str,
     shape: Sequence[int],
     *,
@@ -233,7 +143,7 @@ def generate(
     ``--conditions`` file); they go to both CFG branches, as in training and ``rcm synth``.
     """
     from rcm_registry.engine.context import SampleContext
-    from rcm_registry.engine.sampling import LoadedRun, sampler_with_steps
+    from rcm_registry.engine.sampling import sampler_with_steps
     from rcm_registry.engine.trainer import autocast
     from rcm_registry.synth import conditions_on
 
@@ -250,18 +160,7 @@ def generate(
             "the run's recipe has no codecs.vae to decode the latents: pass --latents-only (and a .safetensors "
             "--out) or e.g. --set 'codecs.vae={use: wan_vae, path: /models/vae}'"
         )
-    run = LoadedRun(
-        recipe=gen.recipe,
-        checkpoint=gen.checkpoint,
-        role=gen.role,
-        net=gen.net,
-        used_ema=gen.used_ema,
-        device=gen.device,
-        dataset=None,
-        schedule=gen.schedule,
-        teacher=gen.teacher,
-    )
-    sampler = sampler_with_steps(run, steps)
+    sampler = sampler_with_steps(gen, steps)
     with torch.no_grad():
         text, _ = text_codec.encode([prompt])
         null, _ = text_codec.encode([negative_prompt])

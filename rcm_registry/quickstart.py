@@ -13,7 +13,7 @@ import rcm_registry
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
 from rcm_registry.engine.logs import get_logger
 from rcm_registry.engine.pictures import samples_picture, save_png_atomic
-from rcm_registry.engine.sampling import SampleResult, draw, open_run
+from rcm_registry.engine.sampling import SampleResult, draw, open_checkpoint
 from rcm_registry.engine.trainer import Trainer, prepare_run_dir
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
@@ -57,12 +57,12 @@ def run_quickstart(out: Path, recipes: str | None, num: int, progress: bool) -> 
     log.info("rCM student", recipe=str(folder / "rcm.yaml"), run_dir=str(student_dir))
     _train(folder / "rcm.yaml", student_dir, [f"networks.teacher.weights.path={teacher_dir}"], progress)
     rows: list[tuple[str, int, SampleResult]] = []
-    teacher = open_run(teacher_dir)
+    teacher = open_checkpoint(teacher_dir)
     result = draw(teacher, num, steps=50, seed=0)
     rows.append(("teacher (Euler, CFG)", 50, result))
     title = "teacher, 50 Euler steps with CFG"
     save_png_atomic(samples_picture(result.samples, result.condition, teacher.dataset, title), out / "teacher.png")
-    student = open_run(student_dir)
+    student = open_checkpoint(student_dir)
     for steps in STUDENT_STEPS:
         result = draw(student, num, steps=steps, seed=0)
         rows.append(("rCM student", steps, result))

@@ -85,6 +85,27 @@ def component(kind: str, *, default: Mapping[str, Any] | str | object | None = a
     return attrs.field(default=default, metadata={_KIND_KEY: kind})
 
 
+_ENTRY_KEY = "__rcm_entry__"
+
+
+def entry(cls: type) -> type:
+    """Class decorator for an attrs class written flat in YAML: a component plus engine keys beside it.
+
+    The class's ``spec`` field (``Annotated[ComponentSpec, Kind(...)]``) is the component; its other
+    fields are keys the engine reads from the same mapping, so ``{use: dmd, weight: 0.1, start: 400}``
+    gives ``spec`` the loss ``dmd`` with ``weight: 0.1`` and the entry ``start=400``.
+    """
+    if not attrs.has(cls) or "spec" not in attrs.fields_dict(cls):
+        raise TypeError(f"schema.entry: {cls.__name__} must be an attrs class with a `spec` field")
+    setattr(cls, _ENTRY_KEY, True)
+    return cls
+
+
+def is_entry(cls: Any) -> bool:
+    """Whether ``cls`` was made by :func:`entry`."""
+    return isinstance(cls, type) and bool(getattr(cls, _ENTRY_KEY, False))
+
+
 def component_kind(field: attrs.Attribute) -> str | None:
     """The component kind of a field made by :func:`component`, else None."""
     return field.metadata.get(_KIND_KEY)

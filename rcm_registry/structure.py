@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import attrs
 
 from rcm_registry.component import Component
-from rcm_registry.schema import MISSING, ComponentSpec, Kind, component_kind
+from rcm_registry.schema import MISSING, ComponentSpec, Kind, component_kind, is_entry
 
 if typing.TYPE_CHECKING:
     from rcm_registry.registry import Registry
@@ -49,18 +49,22 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def structure(cls: type, data: Any, path: str, problems: list[str], registry: Registry) -> Any:
+def structure(
+    cls: type, data: Any, path: str, problems: list[str], registry: Registry, *, given: Mapping[str, Any] | None = None
+) -> Any:
     """Build an instance of the attrs class ``cls`` from ``data``; problems go to ``problems``.
 
-    Returns the instance, or an invalid marker when there were problems (check ``problems``).
+    ``given`` holds fields already converted elsewhere (taken as they are). Returns the instance, or an
+    invalid marker when there were problems (check ``problems``).
     """
     if not isinstance(data, Mapping):
         problems.append(f"{path or '<recipe>'}: expected a mapping, got {_describe(data)}")
         return _INVALID
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    given = dict(given or {})
+    fields = {f.name: f for f in attrs.fields(cls) if f.init and f.name not in given}
     values: dict[str, Any] = {}
-    ok = True
+    ok = not any(v is _INVALID for v in given.values())
     for key in data:
         if key not in fields:
             problems.append(f"{_join(path, str(key))}: unknown key{suggest(str(key), list(fields))}")
@@ -96,7 +100,7 @@ def structure(cls: type, data: Any, path: str, problems: list[str], registry: Re
     if not ok:
         return _INVALID
     try:
-        return cls(**values)
+        return cls(**values, **given)
     except (ValueError, TypeError) as exc:
         problems.append(f"{path or '<recipe>'}: {_clean(exc, None)}")
         return _INVALID
@@ -161,6 +165,22 @@ def structure_component(kind: str, raw: Any, path: str, problems: list[str], reg
     if config is _INVALID:
         return _INVALID
     return ComponentSpec(component=found, config=config)
+
+
+def structure_entry(cls: type, raw: Any, path: str, problems: list[str], registry: Registry) -> Any:
+    """An :func:`rcm_registry.schema.entry` class from its flat YAML form: engine keys beside the component's."""
+    if isinstance(raw, str):
+        raw = {"use": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: expected a mapping ({{use: NAME, ...}}), got {_describe(raw)}")
+        return _INVALID
+    engine_keys = [f.name for f in attrs.fields(cls) if f.init and f.name != "spec"]
+    own = {k: v for k, v in raw.items() if k in engine_keys}
+    rest = {k: v for k, v in raw.items() if k not in engine_keys}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    spec = _convert_type(rest, hints["spec"], path, problems, registry)
+    value = structure(cls, own, path, problems, registry, given={"spec": spec})
+    return _INVALID if spec is _INVALID else value
 
 
 def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry: Registry) -> Any:
@@ -246,6 +266,8 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
         for k, v in raw.items():
             out_map[str(k)] = _convert_type(v, value_type, _join(path, str(k)), problems, registry)
         return _INVALID if any(v is _INVALID for v in out_map.values()) else out_map
+    if is_entry(hint):
+        return structure_entry(hint, raw, path, problems, registry)
     if isinstance(hint, type) and attrs.has(hint):
         return structure(hint, raw, path, problems, registry)
     if hint is ComponentSpec:

@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 import attrs
 import torch
+from rcm_plugins.common import weights
 from torch import Tensor, nn
 
-from rcm_registry import weights
+from rcm_registry import state_dicts
 
 Format = Literal["diffusers", "native"]
 
@@ -74,7 +75,7 @@ def export_network(
     with torch.device("meta"):  # expected keys and shapes, without allocating a copy of the network
         reference = layouts.network(arch, attention=None)
     expected = {k: v.shape for k, v in reference.state_dict().items()}
-    weights.check_state_dict(expected, state, source="state dict to export")
+    state_dicts.check_state_dict(expected, state, source="state dict to export")
     if format == "diffusers":
         state, config = layouts.to_diffusers(state), layouts.diffusers_config(arch)
     else:

@@ -12,11 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from rcm_plugins.common import weights
 from rcm_plugins.common.export import Format
 from rcm_plugins.common.keys import KeyMap, strip_shared_prefix
 from torch import Tensor, nn
 
-from rcm_registry import weights
+from rcm_registry import state_dicts
 from rcm_registry.errors import CheckpointError
 
 #: The ``format`` a recipe may give for its weights: ``auto`` tells the two layouts apart.
@@ -97,8 +98,8 @@ def load_state(
     """
     if kind == "diffusers":
         expected = {keys.native_to_diffusers_key(k): v.shape for k, v in net.state_dict().items()}
-        weights.check_state_dict(expected, state, source=source, ignore_unexpected=diffusers_ignored)
+        state_dicts.check_state_dict(expected, state, source=source, ignore_unexpected=diffusers_ignored)
         state = keys.from_diffusers({k: v for k, v in state.items() if k in expected})
-        weights.load_strict(net, state, source=source, assign=assign)
+        state_dicts.load_strict(net, state, source=source, assign=assign)
     else:
-        weights.load_strict(net, state, source=source, assign=assign, ignore_unexpected=native_ignored)
+        state_dicts.load_strict(net, state, source=source, assign=assign, ignore_unexpected=native_ignored)

@@ -27,7 +27,7 @@ class FlowMatchingConfig:
 
     def check_recipe(self, recipe: Any, phase: str) -> list[str]:
         """Problems with the rest of the recipe, reported by the recipe validator before anything is built."""
-        if getattr(recipe, "schedule", None) is None:
+        if recipe.body.schedule is None:
             return ["needs a top-level `schedule:` to define x_u and the target (e.g. {use: rectified_flow})"]
         return []
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rcm_plugins.common import weights
 from rcm_plugins.common.export import Format, Layouts, export_network
 from rcm_plugins.common.keys import KeyMap
 from rcm_plugins.common.loading import (
@@ -32,7 +33,6 @@ from rcm_plugins.common.loading import (
 from rcm_plugins.cosmos.model import CosmosArch, CosmosNetwork
 from torch import Tensor, nn
 
-from rcm_registry import weights
 from rcm_registry.errors import CheckpointError
 
 DIFFUSERS_CLASS = "CosmosTransformer3DModel"

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rcm_registry.errors import CheckpointError
+from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.plugin_loading import registry
+from rcm_registry.recipe.load import apply_overrides
+from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.validate import validate_recipe
 
 LATEST = "latest"
 _PREFIX = "iter_"
@@ -312,3 +316,33 @@ class Checkpoint:
             return torch.load(self.path / name, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{self.path / name}: cannot read ({exc})") from None
+
+
+def resolve_checkpoint(target: Path) -> Checkpoint:
+    """A run directory (its latest complete checkpoint) or a checkpoint folder itself."""
+    if (target / "meta.json").is_file():
+        return Checkpoint(target)
+    if not target.is_dir():
+        raise UserError(f"run directory not found: {target}")
+    path = latest_checkpoint(target)
+    if path is None:
+        raise UserError(f"{target}: no complete checkpoint yet (checkpoints/ is empty or missing)")
+    return Checkpoint(path)
+
+
+def trained_weights(ckpt: Checkpoint, role: str, *, ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """Network ``role``'s weights in ``ckpt`` (its EMA when ``ema`` and the run kept one) and whether they
+    are the EMA's."""
+    emas = ckpt.emas() if ema else {}
+    if role in emas:
+        return emas[role], True
+    models = ckpt.models()
+    if role not in models:
+        raise CheckpointError(f"{ckpt.path}: network {role!r} was not trained in this run, so it has no weights here")
+    return models[role], False
+
+
+def checkpoint_recipe(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> Recipe:
+    """The validated recipe a checkpoint was written with, ``KEY=VALUE`` ``overrides`` applied first."""
+    source = str(ckpt.path / "recipe.yaml")
+    return validate_recipe(apply_overrides(ckpt.recipe(), overrides, source=source), registry(), source)

@@ -10,25 +10,39 @@ import attrs
 import torch
 from torch import nn
 
-from rcm_registry.engine.checkpoint import Checkpoint, full_tensors, latest_checkpoint
+from rcm_registry.engine.checkpoint import checkpoint_recipe, full_tensors, resolve_checkpoint, trained_weights
 from rcm_registry.errors import CheckpointError, UserError
-from rcm_registry.protocols import EmaAverager
-from rcm_registry.recipe.schema import NetworkRole, Recipe, WeightsRef
+from rcm_registry.protocols import EmaAverager, Loss, Parallel
+from rcm_registry.recipe.schema import LossEntry, NetworkRole, PhaseConfig, Recipe, WeightsRef
+from rcm_registry.state_dicts import load_strict
+
+
+@attrs.define
+class LossRuntime:
+    """A built loss of a phase, with the recipe entry it came from."""
+
+    entry: LossEntry
+    loss: Loss
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def active(self, iteration: int) -> bool:
+        return iteration >= self.entry.start
 
 
 @attrs.define
 class PhaseRuntime:
+    """A phase's live objects beside its recipe config."""
+
     name: str
+    config: PhaseConfig
+    #: The network role the phase optimises (``config.trains`` or the phase's name).
     trains: str
-    every: int
-    start: int
-    losses: list[tuple[str, Any, int]]  # (name, loss object, first iteration)
+    losses: list[LossRuntime]
     optimizer: torch.optim.Optimizer
     ema: EmaAverager | None
-    grad_clip: float | None
-    lr_warmup: int = 0
-    lr_decay: str = "constant"
-    min_lr_ratio: float = 0.0
     base_lrs: list[float] = attrs.field(factory=list)
     steps: int = 0  # optimiser steps taken by this phase
 
@@ -40,31 +54,20 @@ class Graph:
     nets: dict[str, nn.Module]
     dataset: Any
     phases: dict[str, PhaseRuntime]
+    #: The ``parallel`` strategy the networks were wrapped by.
+    parallel: Parallel
     schedule: Any = None
     teacher: Any = None
     time: dict[str, Any] = attrs.field(factory=dict)
     rollout: Any = None
-    #: The ``parallel`` strategy the networks were wrapped by (None: one process, nothing wrapped).
-    parallel: Any = None
 
     def module(self, role: str) -> nn.Module:
         """Network ``role`` unwrapped: its state_dict has the network's own names."""
-        net = self.nets[role]
-        return self.parallel.unwrap(net) if self.parallel is not None else net
+        return self.parallel.unwrap(self.nets[role])
 
     def select_phase(self, iteration: int) -> PhaseRuntime:
-        """The phase that runs at ``iteration`` (see :class:`~rcm_registry.recipe.schema.PhaseConfig`)."""
-        active = [p for p in self.phases.values() if p.start <= iteration]
-        if not active:
-            first = min(self.phases.values(), key=lambda p: p.start)
-            return first
-        if len(active) == 1:
-            return active[0]
-        since = iteration - max(p.start for p in active)
-        for phase in active:
-            if since % phase.every == 0:
-                return phase
-        return active[-1]
+        """The phase that runs at ``iteration`` (see :meth:`~rcm_registry.recipe.schema.Recipe.phase_at`)."""
+        return self.phases[self.recipe.phase_at(iteration)]
 
 
 def pick_device(name: str) -> torch.device:
@@ -96,25 +99,13 @@ def _role_order(recipe: Recipe) -> list[str]:
 
 
 def read_weights(ref: WeightsRef) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or from a run directory's latest checkpoint."""
+    """A state dict from a safetensors file, or from a run directory's (or checkpoint folder's) checkpoint:
+    network ``ref.role`` (default: the run's output network), its EMA when ``ref.ema`` and the run kept one."""
     path = Path(ref.path)
     if path.is_dir():
-        ckpt_path = latest_checkpoint(path)
-        if ckpt_path is None:
-            raise CheckpointError(f"{path}: no complete checkpoint in this run directory")
-        ckpt = Checkpoint(ckpt_path)
-        role = ref.role
-        if role is None:
-            from rcm_registry.plugin_loading import registry
-            from rcm_registry.recipe.validate import validate_recipe
-
-            role = validate_recipe(ckpt.recipe(), registry(), str(ckpt_path / "recipe.yaml")).output_role
-        states = ckpt.emas() if ref.ema else {}
-        if role not in states:
-            states = ckpt.models()
-        if role not in states:
-            raise CheckpointError(f"{ckpt_path}: holds no weights for network {role!r} (has: {sorted(states)})")
-        return states[role]
+        ckpt = resolve_checkpoint(path)
+        role = ref.role or checkpoint_recipe(ckpt).output_role
+        return trained_weights(ckpt, role, ema=ref.ema)[0]
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     from safetensors.torch import load_file
@@ -125,27 +116,6 @@ def read_weights(ref: WeightsRef) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read safetensors weights ({exc})") from None
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module``; every missing, unexpected or mis-shaped key in one error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or shapes:
-        lines = [f"{source}: weights do not fit the network"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {k}" for k in shapes]
-        raise CheckpointError("\n".join(lines))
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k].to(v.dtype))
-
-
 def build_network(role: NetworkRole) -> nn.Module:
     net = role.spec.build()
     if not isinstance(net, nn.Module):
@@ -153,62 +123,53 @@ def build_network(role: NetworkRole) -> nn.Module:
     return net
 
 
-def build_graph(recipe: Recipe, device: torch.device, parallel: Any = None) -> Graph:
+def build_graph(recipe: Recipe, device: torch.device, parallel: Parallel) -> Graph:
     """All objects of ``recipe`` on ``device``, networks initialised (weights or ``init_from``).
 
-    With a ``parallel`` strategy (already set up) every network is wrapped by it before optimisers and
-    EMAs are made, so those see the wrapped (e.g. sharded) parameters.
+    Every network is wrapped by the ``parallel`` strategy (already set up) before optimisers and EMAs
+    are made, so those see the wrapped (e.g. sharded) parameters.
     """
     nets: dict[str, nn.Module] = {}
     trained = recipe.trained_roles()
 
     def unwrapped(role: str) -> nn.Module:
-        return parallel.unwrap(nets[role]) if parallel is not None else nets[role]
+        return parallel.unwrap(nets[role])
 
     for role in _role_order(recipe):
         entry = recipe.networks[role]
         net = None
-        if entry.init_from and parallel is not None and parallel.shards_parameters:
+        if entry.init_from and parallel.shards_parameters:
             # Filled from the parent's shards by the strategy: never allocated whole.
             net = _build_on_meta(entry)
         if net is None:
             net = build_network(entry)
             if entry.init_from:
                 parent = unwrapped(entry.init_from).state_dict()
-                if parallel is not None and parallel.shards_parameters:  # gather the parent's shards whole
+                if parallel.shards_parameters:  # gather the parent's shards whole
                     parent = full_tensors(parent, keep=True)
-                load_strict(net, parent, f"networks.{role}.init_from={entry.init_from}")
+                load_strict(net, parent, source=f"networks.{role}.init_from={entry.init_from}")
             elif entry.weights is not None:
-                load_strict(net, read_weights(entry.weights), f"networks.{role}.weights ({entry.weights.path})")
+                load_strict(net, read_weights(entry.weights), source=f"networks.{role}.weights ({entry.weights.path})")
             net.to(device)
             copy_from = None
         else:
             copy_from = nets[entry.init_from]
         net.requires_grad_(role in trained)
         net.train(role in trained)
-        if parallel is not None:
-            net = parallel.wrap(role, net, trained=role in trained, copy_from=copy_from)
-        nets[role] = net
+        nets[role] = parallel.wrap(role, net, trained=role in trained, copy_from=copy_from)
     body = recipe.body
     phases: dict[str, PhaseRuntime] = {}
     for name, cfg in body.phases.items():
-        target = cfg.trains or name
-        losses = [(spec.name, spec.build(), start) for spec, start in zip(cfg.losses, cfg.loss_starts, strict=True)]
+        target = recipe.trains(name)
         params = [p for p in nets[target].parameters() if p.requires_grad]
         optimizer = cfg.optimizer.build()(params)
-        ema = cfg.ema.build()(unwrapped(target)) if cfg.ema is not None else None
         phases[name] = PhaseRuntime(
             name=name,
+            config=cfg,
             trains=target,
-            every=cfg.every,
-            start=cfg.start,
-            losses=losses,
+            losses=[LossRuntime(entry=e, loss=e.spec.build()) for e in cfg.losses],
             optimizer=optimizer,
-            ema=ema,
-            grad_clip=cfg.grad_clip,
-            lr_warmup=cfg.lr_warmup,
-            lr_decay=cfg.lr_decay,
-            min_lr_ratio=cfg.min_lr_ratio,
+            ema=cfg.ema.build()(unwrapped(target)) if cfg.ema is not None else None,
             base_lrs=[float(group["lr"]) for group in optimizer.param_groups],
         )
     return Graph(

@@ -1,8 +1,9 @@
-"""Draw samples from a finished (or running) run: its output network, EMA weights, recipe sampler."""
+"""Open a run's checkpoint (its output network with EMA weights, the recipe's objects) and draw samples from it."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +11,22 @@ import attrs
 import torch
 from torch import nn
 
-from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
+from rcm_registry.engine.checkpoint import Checkpoint, checkpoint_recipe, resolve_checkpoint, trained_weights
 from rcm_registry.engine.context import SampleContext
-from rcm_registry.engine.graph import build_network, load_strict, pick_device
+from rcm_registry.engine.graph import build_network, pick_device
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
 from rcm_registry.recipe.schema import Recipe
-from rcm_registry.recipe.validate import validate_recipe
+from rcm_registry.state_dicts import load_strict
 
 
 @attrs.define
 class LoadedRun:
-    """A run's recipe, its output network with trained (EMA) weights, and the objects to read it."""
+    """A checkpoint's recipe, one of its networks with trained (EMA) weights, and the objects to read it.
+
+    What ``rcm sample``, ``rcm export`` and ``rcm generate`` work from (:func:`open_checkpoint`).
+    """
 
     recipe: Recipe
     checkpoint: Checkpoint
@@ -30,32 +34,47 @@ class LoadedRun:
     net: nn.Module
     used_ema: bool
     device: torch.device
-    dataset: Any
     schedule: Any
     teacher: Any
+    #: The recipe's codecs that were asked for, built on ``device``.
+    codecs: dict[str, Any] = attrs.field(factory=dict)
+    _dataset: Any = attrs.field(default=None, alias="dataset")
+
+    @property
+    def dataset(self) -> Any:
+        """The recipe's dataset, opened on first use (generation needs it only for the default latent shape)."""
+        if self._dataset is None:
+            self._dataset = self.recipe.body.data.build()
+        return self._dataset
 
 
-def open_run(run_dir: Path, *, role: str | None = None, ema: bool = True, device: str = "auto") -> LoadedRun:
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise UserError(f"{run_dir}: no complete checkpoint yet (checkpoints/ is empty or missing)")
-    ckpt = Checkpoint(path)
-    recipe = validate_recipe(ckpt.recipe(), registry(), str(path / "recipe.yaml"))
+def open_checkpoint(
+    target: Path,
+    *,
+    overrides: Sequence[str] = (),
+    role: str | None = None,
+    ema: bool = True,
+    device: str = "auto",
+    codecs: Sequence[str] = (),
+) -> LoadedRun:
+    """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
+    or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
+    recipe's codecs named in ``codecs``.
+
+    ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
+    for paths that differ on this machine.
+    """
+    ckpt = resolve_checkpoint(target)
+    recipe = checkpoint_recipe(ckpt, overrides)
     role = role or recipe.output_role
     if role not in recipe.networks:
         raise UserError(f"--network: this run has no network {role!r} (has: {', '.join(recipe.networks)})")
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
+    state, used_ema = trained_weights(ckpt, role, ema=ema)
     net = build_network(recipe.networks[role])
-    emas = ckpt.emas() if ema else {}
-    used_ema = role in emas
-    states = emas if used_ema else ckpt.models()
-    if role not in states:
-        raise UserError(f"{path}: network {role!r} was not trained in this run, so the checkpoint has no weights")
-    load_strict(net, states[role], f"{path} [{role}{' EMA' if used_ema else ''}]")
+    load_strict(net, state, source=f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
     net.to(dev).eval().requires_grad_(False)
     body = recipe.body
     return LoadedRun(
@@ -65,9 +84,9 @@ def open_run(run_dir: Path, *, role: str | None = None, ema: bool = True, device
         net=net,
         used_ema=used_ema,
         device=dev,
-        dataset=body.data.build(),
         schedule=body.schedule.build() if body.schedule else None,
         teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
+        codecs={name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs},
     )
 
 

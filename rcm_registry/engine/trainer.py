@@ -24,12 +24,14 @@ from rcm_registry.engine.checkpoint import (
     save_sharded_checkpoint,
 )
 from rcm_registry.engine.context import BatchShard, StepContext
-from rcm_registry.engine.graph import Graph, build_graph, load_strict, pick_device
+from rcm_registry.engine.graph import Graph, PhaseRuntime, build_graph, pick_device
 from rcm_registry.engine.logs import MetricsFile, get_logger
 from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.protocols import Parallel
 from rcm_registry.recipe.schema import Recipe
+from rcm_registry.state_dicts import load_strict
 
 #: Recipe keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "log_every"}
@@ -46,22 +48,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 class Trainer:
-    """Runs a validated recipe into ``run_dir``."""
+    """Runs a validated recipe into ``run_dir``.
+
+    One training step and one save path for every ``parallel`` strategy: the recipe's (``single`` when it
+    names none) decides how the batch is split and the networks are wrapped.
+    """
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, progress: bool = True) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
         self.log = get_logger("rcm.run")
         run = recipe.body.run
-        self.device = pick_device(run.device)
-        #: The recipe's ``parallel`` strategy, set up (process group joined); None runs the plain loop.
-        self.parallel: Any = None
-        if recipe.body.parallel is not None:
-            self.parallel = recipe.body.parallel.build()
-            self.device = self.parallel.setup(self.device, run.precision)
-            self.parallel.check_batch(run.batch_size)
-        elif distributed.launch_env().distributed:
-            raise UserError(_NO_PARALLEL)
+        #: The recipe's ``parallel`` strategy, set up (process group joined when there are several ranks).
+        self.parallel: Parallel = recipe.body.parallel.build()
+        self.device = self.parallel.setup(pick_device(run.device), run.precision)
+        self.parallel.check_batch(run.batch_size)
         self.main = distributed.is_main()
         self.show_progress = progress and self.main
         if run.cpu_threads is not None:
@@ -92,24 +93,52 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def save(self) -> Path:
-        if self.parallel is not None:
-            return self._save_parallel()
+    def _trained_states(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]:
+        """The trained networks' and their EMAs' state dicts, by role, in the networks' own key names."""
+        graph = self.graph
         trained = self.recipe.trained_roles()
-        models = {role: net.state_dict() for role, net in self.graph.nets.items() if role in trained}
-        emas = {p.trains: p.ema.state_dict() for p in self.graph.phases.values() if p.ema is not None}
-        optimizers = {name: p.optimizer.state_dict() for name, p in self.graph.phases.items()}
-        path = save_checkpoint(
-            self.run_dir,
-            self.iteration,
-            models=models,
-            emas=emas,
-            optimizers=optimizers,
-            state=self._state(),
-            recipe=self.recipe.data,
-            keep=self.recipe.body.run.keep_checkpoints,
-        )
-        self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
+        models = {role: graph.module(role).state_dict() for role in graph.nets if role in trained}
+        emas = {p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None}
+        return models, emas
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current iteration (every rank calls it)."""
+        run = self.recipe.body.run
+        graph = self.graph
+        if self.parallel.sharded_checkpoints:
+            sharded = self._sharded_state({name for name, p in graph.phases.items() if p.steps > 0})
+            models = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["model"].items()}
+            emas = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["ema"].items()}
+            path = save_sharded_checkpoint(
+                self.run_dir,
+                self.iteration,
+                sharded=sharded,
+                models=models,
+                emas=emas,
+                state=self._state(),
+                recipe=self.recipe.data,
+                keep=run.keep_checkpoints,
+                main=self.main,
+                barrier=distributed.barrier,
+            )
+        else:
+            # Replicated networks: rank 0's copy is everybody's, written in the one-process format.
+            def write() -> Path:
+                models, emas = self._trained_states()
+                return save_checkpoint(
+                    self.run_dir,
+                    self.iteration,
+                    models=models,
+                    emas=emas,
+                    optimizers={name: p.optimizer.state_dict() for name, p in graph.phases.items()},
+                    state=self._state(),
+                    recipe=self.recipe.data,
+                    keep=run.keep_checkpoints,
+                )
+
+            path = distributed.on_main(write)
+        if self.main:
+            self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
         return path
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -120,7 +149,7 @@ class Trainer:
         else:
             models = ckpt.models()
             for role, sd in models.items():
-                load_strict(self.graph.module(role), sd, f"{ckpt.path}/model.safetensors [{role}]")
+                load_strict(self.graph.module(role), sd, source=f"{ckpt.path}/model.safetensors [{role}]")
             emas = ckpt.emas()
             optimizers = ckpt.optimizers()
             for name, phase in self.graph.phases.items():
@@ -145,11 +174,11 @@ class Trainer:
         phases in ``stepped``, by name."""
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        trained = self.recipe.trained_roles()
         graph = self.graph
+        models, emas = self._trained_states()
         return {
-            "model": {role: graph.module(role).state_dict() for role in graph.nets if role in trained},
-            "ema": {p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None},
+            "model": models,
+            "ema": emas,
             # Keyed by parameter name, not position, so the states reshard onto another number of ranks.
             # Only phases that have stepped: for an optimiser without state, get_optimizer_state_dict
             # creates one by stepping it with lr 0, which would advance Adam's step count.
@@ -160,49 +189,10 @@ class Trainer:
             },
         }
 
-    def _save_parallel(self) -> Path:
-        run = self.recipe.body.run
-        trained = self.recipe.trained_roles()
-        graph = self.graph
-        if self.parallel.sharded_checkpoints:
-            sharded = self._sharded_state({name for name, p in graph.phases.items() if p.steps > 0})
-            models = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["model"].items()}
-            emas = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["ema"].items()}
-            path = save_sharded_checkpoint(
-                self.run_dir,
-                self.iteration,
-                sharded=sharded,
-                models=models,
-                emas=emas,
-                state=self._state(),
-                recipe=self.recipe.data,
-                keep=run.keep_checkpoints,
-                main=self.main,
-                barrier=distributed.barrier,
-            )
-        else:
-            # Replicated networks: rank 0's copy is everybody's, written in the single-process format.
-            def write() -> Path:
-                return save_checkpoint(
-                    self.run_dir,
-                    self.iteration,
-                    models={role: graph.module(role).state_dict() for role in graph.nets if role in trained},
-                    emas={p.trains: p.ema.state_dict() for p in graph.phases.values() if p.ema is not None},
-                    optimizers={name: p.optimizer.state_dict() for name, p in graph.phases.items()},
-                    state=self._state(),
-                    recipe=self.recipe.data,
-                    keep=run.keep_checkpoints,
-                )
-
-            path = distributed.on_main(write)
-        if self.main:
-            self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
-        return path
-
     def _restore_sharded(self, ckpt: Checkpoint, stepped: set[str]) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        if self.parallel is None or not self.parallel.sharded_checkpoints:
+        if not self.parallel.sharded_checkpoints:
             raise CheckpointError(f"{ckpt.path}: a sharded checkpoint needs the recipe's sharding parallel strategy")
         graph = self.graph
         template = self._sharded_state(stepped)
@@ -216,62 +206,9 @@ class Trainer:
                 phase.ema.load_state_dict(template["ema"][phase.trains])
 
     # -- loop ----------------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        if self.parallel is not None:
-            return self._step_parallel()
-        graph = self.graph
-        it = self.iteration
-        phase = graph.select_phase(it)
-        run = self.recipe.body.run
-        batch = graph.dataset.next_batch(run.batch_size, self.data_generator).to(self.device)
-        ctx = StepContext(
-            batch=batch,
-            nets=graph.nets,
-            trained=phase.trains,
-            iteration=it,
-            generator=self.step_generator,
-            phase=phase.name,
-            schedule=graph.schedule,
-            teacher=graph.teacher,
-            time=graph.time,
-            rollout=graph.rollout,
-        )
-        values: dict[str, float] = {}
-        total: torch.Tensor | None = None
-        with autocast(self.device, run.precision):
-            for name, loss, start in phase.losses:
-                if it < start:
-                    continue
-                out = loss(ctx)
-                value = out.loss.float()
-                if not torch.isfinite(value):
-                    raise TrainingDiverged(f"loss {name!r} of phase {phase.name!r} is {value.item()} at iteration {it}")
-                values[f"loss/{name}"] = value.item()
-                for key, metric in out.metrics.items():
-                    values[f"{name}/{key}"] = float(metric)
-                total = value if total is None else total + value
-        if total is None:  # every loss of this phase starts later: nothing to optimise yet
-            self.iteration += 1
-            return values
-        phase.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        factor = lr_factor(
-            it, warmup=phase.lr_warmup, decay=phase.lr_decay, total=run.iterations, min_ratio=phase.min_lr_ratio
-        )
-        apply_lr(phase.optimizer, phase.base_lrs, factor)
-        if phase.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(graph.nets[phase.trains].parameters(), phase.grad_clip)
-            values[f"{phase.name}/grad_norm"] = float(norm)
-        phase.optimizer.step()
-        if phase.ema is not None:
-            phase.ema.update(graph.nets[phase.trains], phase.steps)
-        phase.steps += 1
-        values["loss"] = total.item()
-        self.iteration += 1
-        return values
-
-    def _step_parallel(self) -> dict[str, float]:
-        """One optimiser step of this rank's slices of the global batch (see ``Parallel`` in protocols).
+    def step(self, phase: PhaseRuntime | None = None) -> dict[str, float]:
+        """One optimiser step of ``phase`` (default: the one that runs at this iteration) on this rank's
+        slices of the global batch (see ``Parallel`` in protocols).
 
         Every micro-batch starts from the same step-generator state and draws the randomness of the
         whole batch, keeping its own rows; the generator ends where one process's would.
@@ -279,10 +216,11 @@ class Trainer:
         graph = self.graph
         par = self.parallel
         it = self.iteration
-        phase = graph.select_phase(it)
+        phase = phase or graph.select_phase(it)
         run = self.recipe.body.run
+        cfg = phase.config
         full = graph.dataset.next_batch(run.batch_size, self.data_generator)
-        active = [(name, loss) for name, loss, start in phase.losses if it >= start]
+        active = [entry for entry in phase.losses if entry.active(it)]
         if not active:  # every loss of this phase starts later: nothing to optimise yet
             self.iteration += 1
             return {}
@@ -316,15 +254,15 @@ class Trainer:
             total: torch.Tensor | None = None
             with par.gradient_sync(net, micro == micro_steps - 1):
                 with autocast(self.device, run.precision):
-                    for name, loss in active:
-                        out = loss(ctx)
+                    for entry in active:
+                        out = entry.loss(ctx)
                         # This slice's part of the global loss: a mean over the batch is the sum of the
                         # slice means divided by the number of slices; a sum is the sum of the slice sums.
-                        part = out.loss * (1.0 if _reduction(loss) == "sum" else 1.0 / slices)
+                        part = out.loss * (1.0 if _reduction(entry.loss) == "sum" else 1.0 / slices)
                         part = part.to(torch.promote_types(part.dtype, torch.float32))
-                        add(f"loss/{name}", part)
+                        add(f"loss/{entry.name}", part)
                         for key, metric in out.metrics.items():
-                            add(f"{name}/{key}", float(metric) / micro_steps)
+                            add(f"{entry.name}/{key}", float(metric) / micro_steps)
                         total = part if total is None else total + part
                 assert total is not None
                 # The strategy averages gradients over all ranks; context-parallel ranks each hold a
@@ -338,17 +276,17 @@ class Trainer:
             # Losses: sum of the parts (each context-parallel rank holds a copy); metrics: mean over ranks.
             is_loss = key == "loss" or key.startswith("loss/")
             values[key] = value / (par.context_size if is_loss else par.world_size)
-        for name, _ in active:
-            if not math.isfinite(values[f"loss/{name}"]):
+        for entry in active:
+            if not math.isfinite(values[f"loss/{entry.name}"]):
                 raise TrainingDiverged(
-                    f"loss {name!r} of phase {phase.name!r} is {values[f'loss/{name}']} at iteration {it}"
+                    f"loss {entry.name!r} of phase {phase.name!r} is {values[f'loss/{entry.name}']} at iteration {it}"
                 )
         factor = lr_factor(
-            it, warmup=phase.lr_warmup, decay=phase.lr_decay, total=run.iterations, min_ratio=phase.min_lr_ratio
+            it, warmup=cfg.lr_warmup, decay=cfg.lr_decay, total=run.iterations, min_ratio=cfg.min_lr_ratio
         )
         apply_lr(phase.optimizer, phase.base_lrs, factor)
-        if phase.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), phase.grad_clip)
+        if cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
             values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
         phase.optimizer.step()
@@ -366,7 +304,6 @@ class Trainer:
         progress = Progress(run.iterations, self.iteration, every=run.log_every) if self.show_progress else None
         last: Path | None = None
         if self.main:
-            parallel = self.parallel.describe() if self.parallel is not None else {}
             self.log.info(
                 "training",
                 recipe=self.recipe.source,
@@ -374,17 +311,17 @@ class Trainer:
                 device=str(self.device),
                 start=self.iteration,
                 iterations=run.iterations,
-                **parallel,
+                **self.parallel.describe(),
             )
         t0 = time.perf_counter()
         try:
             while self.iteration < run.iterations:
-                phase_name = self.graph.select_phase(self.iteration).name
-                values = self.step()
+                phase = self.graph.select_phase(self.iteration)
+                values = self.step(phase)
                 done = self.iteration
                 if metrics is not None and (done % run.log_every == 0 or done == run.iterations):
                     rate = (done - (progress.start if progress else 0)) / max(time.perf_counter() - t0, 1e-9)
-                    metrics.write(iteration=done, phase=phase_name, it_per_s=rate, **values)
+                    metrics.write(iteration=done, phase=phase.name, it_per_s=rate, **values)
                 if progress is not None:
                     progress.update(done, {k: v for k, v in values.items() if k.startswith("loss")})
                 if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == run.iterations:
@@ -441,7 +378,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoin
     answer (or its error).
     """
     if distributed.launch_env().distributed:
-        if recipe.body.parallel is None:
+        if "parallel" not in recipe.data:
             raise UserError(_NO_PARALLEL)
         distributed.init_process_group(pick_device(recipe.body.run.device))
         return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume))

@@ -148,7 +148,15 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
     Raises :class:`RecipeError` listing every problem (unreadable files, YAML errors, base cycles,
     malformed overrides).
     """
-    data = _resolve(Path(path), [])
+    return apply_overrides(_resolve(Path(path), []), overrides, source=str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], *, source: str) -> dict[str, Any]:
+    """``data`` with every ``KEY=VALUE`` of ``overrides`` applied in place (and returned).
+
+    Raises :class:`RecipeError` listing every malformed override or path that does not exist, naming
+    ``source`` (the recipe they apply to).
+    """
     problems: list[str] = []
     for text in overrides:
         try:
@@ -160,5 +168,5 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
         if problem:
             problems.append(problem)
     if problems:
-        raise RecipeError(problems, source=str(path))
+        raise RecipeError(problems, source=source)
     return data

@@ -29,6 +29,29 @@ class RunConfig:
     cpu_threads: int | None = attrs.field(default=None, validator=s.positive)
 
 
+def _iteration(_: Any, __: attrs.Attribute, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"expected an int >= 0, got {value!r}")
+
+
+@s.entry
+@attrs.frozen
+class LossEntry:
+    """One entry of ``phases.NAME.losses``: the loss component, and the iteration it joins at.
+
+    Written flat in YAML, ``{use: dmd, weight: 0.1, start: 400}``: ``start`` belongs to the engine, every
+    other key to the loss's own config.
+    """
+
+    spec: s.LossSpec
+    #: First iteration at which this loss is part of its phase's objective.
+    start: int = attrs.field(default=0, validator=_iteration)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
 @attrs.define
 class PhaseConfig:
     """``phases.NAME:`` one optimisation step kind: which network it trains, with which losses.
@@ -39,7 +62,7 @@ class PhaseConfig:
     step, then four critic steps).
     """
 
-    losses: list[s.LossSpec] = attrs.field(validator=attrs.validators.min_len(1))
+    losses: list[LossEntry] = attrs.field(validator=attrs.validators.min_len(1))
     optimizer: s.OptimizerSpec
     #: The network role this phase optimises (default: the role named like the phase).
     trains: str | None = None
@@ -53,8 +76,6 @@ class PhaseConfig:
     lr_warmup: int = attrs.field(default=0, validator=s.non_negative)
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"
     min_lr_ratio: float = attrs.field(default=0.0, validator=s.in_range(0.0, 1.0))
-    #: Per-loss first iteration (filled from each loss entry's ``start:``; 0 when absent).
-    loss_starts: list[int] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -92,7 +113,8 @@ class RecipeBody:
     teacher_wrapper: s.TeacherSpec | None = None
     time: dict[str, s.TimeSamplerSpec] = attrs.field(factory=dict)
     rollout: s.RolloutSpec | None = None
-    parallel: s.ParallelSpec | None = None
+    #: How the run spreads over processes; one process unless the recipe says otherwise.
+    parallel: ComponentSpec = s.component("parallel", default={"use": "single"})  # noqa: RUF009 (an attrs.field)
     sample: s.SamplerSpec | None = None
     metrics: list[s.MetricSpec] = attrs.field(factory=list)
     #: The network role that ``rcm sample`` and ``rcm export`` use (default: the first phase's).
@@ -111,11 +133,6 @@ class Recipe:
     data: dict[str, Any]
     source: str = ""
 
-    def __getattr__(self, name: str) -> Any:  # recipe.run, recipe.phases, ... read through to the body
-        if name in ("body", "networks", "data", "source"):
-            raise AttributeError(name)
-        return getattr(self.body, name)
-
     @property
     def output_role(self) -> str:
         if self.body.output_network:
@@ -124,4 +141,24 @@ class Recipe:
         return first.trains or next(iter(self.body.phases))
 
     def trained_roles(self) -> set[str]:
-        return {p.trains or name for name, p in self.body.phases.items()}
+        return {self.trains(name) for name in self.body.phases}
+
+    def trains(self, phase: str) -> str:
+        """The network role phase ``phase`` optimises."""
+        return self.body.phases[phase].trains or phase
+
+    def phase_at(self, iteration: int) -> str:
+        """The phase that runs at ``iteration`` (the alternation rule of :class:`PhaseConfig`).
+
+        Of the phases whose ``start`` <= ``iteration``, a lone one runs; of several, the first in recipe
+        order whose ``every`` divides the iterations since the latest of their starts, else the last of
+        them. Validation makes sure some phase starts at 0, so there is always one.
+        """
+        phases = self.body.phases
+        active = [name for name, p in phases.items() if p.start <= iteration]
+        if not active:
+            raise ValueError(f"no phase has started at iteration {iteration}")
+        if len(active) == 1:
+            return active[0]
+        since = iteration - max(phases[name].start for name in active)
+        return next((name for name in active if since % phases[name].every == 0), active[-1])

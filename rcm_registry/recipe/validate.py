@@ -23,14 +23,8 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`."""
     problems: list[str] = []
     data = copy.deepcopy(dict(data))
-    # A copy: taking the engine-level `start:` keys out must not change the recipe saved with checkpoints.
-    body_data = copy.deepcopy({k: v for k, v in data.items() if k != "networks"})
-    loss_starts = _pop_loss_starts(body_data, problems)
-    body = structure(RecipeBody, body_data, "", problems, registry)
+    body = structure(RecipeBody, {k: v for k, v in data.items() if k != "networks"}, "", problems, registry)
     networks = _networks(data.get("networks"), registry, problems)
-    if not is_invalid(body):
-        for name, phase in body.phases.items():
-            phase.loss_starts = loss_starts.get(name, [0] * len(phase.losses))
     if problems:
         raise RecipeError(problems, source=source or None)
     recipe = Recipe(networks=networks, body=body, data=data, source=source)
@@ -38,27 +32,6 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "
     if problems:
         raise RecipeError(problems, source=source or None)
     return recipe
-
-
-def _pop_loss_starts(body: dict[str, Any], problems: list[str]) -> dict[str, list[int]]:
-    """Take the engine-level ``start:`` key out of each loss entry (the loss config never sees it)."""
-    out: dict[str, list[int]] = {}
-    phases = body.get("phases")
-    if not isinstance(phases, Mapping):
-        return out
-    for name, phase in phases.items():
-        losses = phase.get("losses") if isinstance(phase, Mapping) else None
-        if not isinstance(losses, list):
-            continue
-        starts = []
-        for i, entry in enumerate(losses):
-            start = entry.pop("start", 0) if isinstance(entry, dict) else 0
-            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-                problems.append(f"phases.{name}.losses[{i}].start: expected an int >= 0, got {start!r}")
-                start = 0
-            starts.append(start)
-        out[str(name)] = starts
-    return out
 
 
 def _networks(raw: Any, registry: Registry, problems: list[str]) -> dict[str, NetworkRole]:
@@ -133,12 +106,18 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
                 f"{key}: no network role {target!r} to train{hint} (set phases.{name}.trains to one of: "
                 f"{', '.join(roles)})"
             )
+    first = min((phase.start for phase in recipe.body.phases.values()), default=0)
+    if first > 0:
+        problems.append(
+            f"phases: no phase starts at iteration 0 (the earliest start is {first}), so iterations 0-{first - 1} "
+            "would train nothing: let one phase start at 0"
+        )
     out = recipe.body.output_network
     if out is not None and out not in recipe.networks:
         problems.append(f"output_network: unknown network {out!r}{suggest(out, roles)}")
     for name, phase in recipe.body.phases.items():
         for i, loss in enumerate(phase.losses):
-            for problem in _component_check(loss, recipe, name):
+            for problem in _component_check(loss.spec, recipe, name):
                 problems.append(f"phases.{name}.losses[{i}] ({loss.name}): {problem}")
     body = recipe.body
     sections: list[tuple[str, ComponentSpec | None]] = [

@@ -16,11 +16,11 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 import torch
+from rcm_plugins.common import weights
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
 import rcm_registry as rr
-from rcm_registry import weights
 from rcm_registry.errors import CheckpointError, RecipeError
 from rcm_registry.jvp import jvp
 

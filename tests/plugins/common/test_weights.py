@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rcm_plugins.common import weights
 from safetensors.torch import save_file
 from torch import nn
 
-from rcm_registry import weights
+from rcm_registry import state_dicts
 from rcm_registry.errors import CheckpointError
 
 
@@ -109,7 +110,7 @@ def test_check_state_dict_lists_every_problem_at_once() -> None:
         "y.q": torch.zeros(1),
     }
     with pytest.raises(CheckpointError) as info:
-        weights.check_state_dict(expected, found, source="ckpt.safetensors")
+        state_dicts.check_state_dict(expected, found, source="ckpt.safetensors")
     text = str(info.value)
     assert text.startswith("ckpt.safetensors: checkpoint does not fit the network")
     assert "missing keys (1):\n    c\n" in text
@@ -117,24 +118,24 @@ def test_check_state_dict_lists_every_problem_at_once() -> None:
     assert "b: checkpoint (5), network (4)" in text and "d: checkpoint (5, 4), network (5, 5)" in text
     # Ignored unexpected keys are tolerated; the rest still fail.
     with pytest.raises(CheckpointError) as info:
-        weights.check_state_dict(expected, found, source="s", ignore_unexpected=[r"^y\."])
+        state_dicts.check_state_dict(expected, found, source="s", ignore_unexpected=[r"^y\."])
     assert "unexpected keys (1)" in str(info.value)
-    weights.check_state_dict(expected, {k: torch.zeros(s) for k, s in expected.items()}, source="s")
+    state_dicts.check_state_dict(expected, {k: torch.zeros(s) for k, s in expected.items()}, source="s")
 
 
 def test_load_strict_copies_or_assigns_with_the_module_dtype() -> None:
     src = nn.Linear(3, 2).double()
     state = src.state_dict()
     dst = nn.Linear(3, 2)
-    weights.load_strict(dst, state, source="s")
+    state_dicts.load_strict(dst, state, source="s")
     assert dst.weight.dtype == torch.float32 and torch.allclose(dst.weight.double(), src.weight)
     with torch.device("meta"):
         meta = nn.Linear(3, 2)
-    weights.load_strict(meta, state, source="s", assign=True)
+    state_dicts.load_strict(meta, state, source="s", assign=True)
     assert meta.weight.device.type == "cpu" and meta.weight.dtype == torch.float32
     assert isinstance(meta.weight, nn.Parameter) and meta.weight.requires_grad
     with pytest.raises(CheckpointError, match="missing keys"):
-        weights.load_strict(nn.Linear(3, 2), {"weight": state["weight"]}, source="s")
+        state_dicts.load_strict(nn.Linear(3, 2), {"weight": state["weight"]}, source="s")
 
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:

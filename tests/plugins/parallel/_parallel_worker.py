@@ -59,50 +59,19 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (full() if full is not None else t).detach().clone()
 
 
-def _recorded_step(trainer: Trainer) -> float:
-    """One plain step; its total loss in float64."""
-    log: list[float] = []
-    for phase in trainer.graph.phases.values():
-        phase.losses = [
-            (n, loss if isinstance(loss, _Recorder) else _Recorder(loss, log), s) for n, loss, s in phase.losses
-        ]
-        for _, loss, _ in phase.losses:
-            loss.log = log
-    trainer.step()
-    return sum(log)
-
-
-class _Recorder:
-    """Wraps a loss to keep its float64 value (the plain engine logs losses as float32)."""
-
-    def __init__(self, loss: Any, log: list[float]) -> None:
-        self.loss, self.log, self.config = loss, log, loss.config
-
-    def __call__(self, ctx: Any) -> Any:
-        out = self.loss(ctx)
-        self.log.append(float(out.loss.detach().double()))
-        return out
-
-
 def train(name: str) -> dict[str, Any]:
     """Four iterations (student, critic, student, critic) of the tiny graph under ``name``'s strategy."""
     if name == "single_resume_recipe":  # the save/resume recipe in one process, without checkpoints
         trainer = Trainer(recipe_for(None, **RESUME_RUN), Path("unused"), progress=False)
-        return {"losses": [_recorded_step(trainer) for _ in range(6)]}
+        return {"losses": [trainer.step()["loss"] for _ in range(6)]}
     recipe = recipe_for(PARALLEL[name])
     trainer = Trainer(recipe, Path("unused"), progress=False)
     graph = trainer.graph
-    recorded: dict[str, list[float]] = {}
-    if trainer.parallel is None:
-        for phase in graph.phases.values():
-            phase.losses = [(n, _Recorder(loss, recorded.setdefault(n, [])), s) for n, loss, s in phase.losses]
     losses: list[dict[str, float]] = []
     grads: dict[int, dict[str, torch.Tensor]] = {}
     for it in range(4):
         role = graph.select_phase(it).trains
         values = trainer.step()
-        if trainer.parallel is None:  # this step's float64 losses, each loss called once per step
-            values = {f"loss/{n}": log.pop() for n, log in recorded.items() if log}
         losses.append({k: v for k, v in values.items() if k.startswith("loss/")})
         if it < 2:
             grads[it] = {n: _full(p.grad) for n, p in graph.module(role).named_parameters() if p.grad is not None}

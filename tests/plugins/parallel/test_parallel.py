@@ -127,7 +127,7 @@ def test_run_saved_on_two_ranks_resumes_on_four_with_the_same_losses(runs: dict[
 
 
 def test_sharded_checkpoint_layout_and_consolidated_export(runs: dict[str, Any]) -> None:
-    from rcm_registry.engine.sampling import open_run
+    from rcm_registry.engine.sampling import open_checkpoint
 
     run_dir: Path = runs["out"] / "run_2ranks"
     ckpt = latest_checkpoint(run_dir)
@@ -137,7 +137,7 @@ def test_sharded_checkpoint_layout_and_consolidated_export(runs: dict[str, Any])
     model = load_file(str(ckpt / "model.safetensors"))
     assert {k.split(".")[0] for k in model} == {"student", "fake_score"}
     assert model["student.blocks.0.self_attn.q.weight"].shape == (64, 64)  # whole, not a shard
-    loaded = open_run(run_dir, device="cpu")  # what `rcm sample` / `rcm export` use
+    loaded = open_checkpoint(run_dir, device="cpu")  # what `rcm sample` / `rcm export` use
     assert loaded.used_ema and loaded.role == "student"
 
 
