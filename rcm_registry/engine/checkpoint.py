@@ -33,18 +33,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from rcm_registry.engine.run_layout import LATEST, PREFIX, checkpoint_root, is_complete, latest_checkpoint
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.recipe.load import apply_overrides
 from rcm_registry.recipe.schema import Recipe
 from rcm_registry.recipe.validate import validate_recipe
-
-LATEST = "latest"
-_PREFIX = "iter_"
-
-
-def checkpoint_root(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,7 +85,7 @@ def save_checkpoint(
     """Write checkpoint ``iteration`` atomically and prune to the newest ``keep``; returns its folder."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{_PREFIX}{iteration:08d}"
+    name = f"{PREFIX}{iteration:08d}"
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
@@ -164,7 +158,7 @@ def save_sharded_checkpoint(
     import torch.distributed.checkpoint as dcp
 
     root = checkpoint_root(run_dir)
-    name = f"{_PREFIX}{iteration:08d}"
+    name = f"{PREFIX}{iteration:08d}"
     final = root / name
     tmp = root / f".tmp-{name}-sharded"  # one name for every rank (their pids differ)
     if main:
@@ -219,12 +213,8 @@ def _publish(root: Path, tmp: Path, final: Path, name: str, keep: int) -> None:
     _prune(root, keep)
 
 
-def _complete(path: Path) -> bool:
-    return path.is_dir() and (path / "meta.json").is_file() and path.name.startswith(_PREFIX)
-
-
 def _prune(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.iterdir() if _complete(p))
+    done = sorted(p for p in root.iterdir() if is_complete(p))
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -236,20 +226,6 @@ def clean_partial(run_dir: Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(".tmp-"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None when there is none."""
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return None
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
-        if _complete(candidate):
-            return candidate
-    done = sorted(p for p in root.iterdir() if _complete(p))
-    return done[-1] if done else None
 
 
 def _split(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -264,7 +240,7 @@ class Checkpoint:
     """A complete checkpoint folder, read lazily."""
 
     def __init__(self, path: Path) -> None:
-        if not _complete(path):
+        if not is_complete(path):
             raise CheckpointError(f"{path}: not a complete checkpoint (meta.json missing)")
         self.path = path
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rcm_registry.engine.checkpoint import checkpoint_recipe, full_tensors, resolve_checkpoint, trained_weights
+from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.protocols import EmaAverager, Loss, Parallel
 from rcm_registry.recipe.schema import LossEntry, NetworkRole, PhaseConfig, Recipe, WeightsRef
@@ -99,10 +100,11 @@ def _role_order(recipe: Recipe) -> list[str]:
 
 
 def read_weights(ref: WeightsRef) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file, or from a run directory's (or checkpoint folder's) checkpoint:
-    network ``ref.role`` (default: the run's output network), its EMA when ``ref.ema`` and the run kept one."""
+    """The state dict ``ref`` names (see :class:`~rcm_registry.recipe.schema.WeightsRef`): network
+    ``ref.role`` of a run (default: its output network), its EMA when ``ref.ema`` and the run kept one; or a
+    safetensors file in the network's own key names."""
     path = Path(ref.path)
-    if path.is_dir():
+    if names_a_run(path):
         ckpt = resolve_checkpoint(path)
         role = ref.role or checkpoint_recipe(ckpt).output_role
         return trained_weights(ckpt, role, ema=ref.ema)[0]

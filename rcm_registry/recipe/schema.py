@@ -78,15 +78,28 @@ class PhaseConfig:
     min_lr_ratio: float = attrs.field(default=0.0, validator=s.in_range(0.0, 1.0))
 
 
+#: ``weights.format`` values the engine reads itself, for every network.
+ENGINE_WEIGHTS_FORMATS = ("auto", "run", "safetensors")
+
+
 @attrs.define
 class WeightsRef:
-    """``networks.ROLE.weights`` for networks whose own config has no weights field.
+    """``networks.ROLE.weights``: the checkpoint the role's parameters start from, for every network.
 
-    ``path`` is a safetensors file, or a run directory (its latest checkpoint; EMA weights when
-    ``ema`` and the run kept an EMA). Relative paths are read from the working directory.
+    ``path`` is one of:
+
+    * an rcm run directory or one of its checkpoint folders (``format: run``): network ``role`` of it
+      (default: the run's output network), its EMA weights when ``ema`` and the run kept an EMA;
+    * a safetensors file in the network's own key names (``format: safetensors``);
+    * a checkpoint in a layout a network family reads (e.g. Wan's and Cosmos' ``native`` and ``diffusers``
+      folders): the family's config reads it, and the architecture with it.
+
+    ``format: auto`` tells them apart: a run, else the family's own detection for a network that reads
+    checkpoints, else safetensors. Relative paths are read from the working directory.
     """
 
     path: str
+    format: str = "auto"
     ema: bool = True
     #: Which role's weights to take from a run directory (default: the run's output network).
     role: str | None = None
@@ -98,6 +111,8 @@ class NetworkRole:
 
     spec: ComponentSpec
     init_from: str | None = None
+    #: Weights the engine loads after building (a run, or own-key safetensors); None when there are none or
+    #: when the network's family reads them itself (they are then in ``spec.config.weights``).
     weights: WeightsRef | None = None
 
 

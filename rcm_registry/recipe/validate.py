@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
 from rcm_registry.recipe.load import merge
-from rcm_registry.recipe.schema import NetworkRole, Recipe, RecipeBody, WeightsRef
+from rcm_registry.recipe.schema import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
 from rcm_registry.schema import ComponentSpec
 from rcm_registry.structure import is_invalid, structure, structure_component, suggest
@@ -80,18 +82,54 @@ def _networks(raw: Any, registry: Registry, problems: list[str]) -> dict[str, Ne
         path = f"networks.{role}"
         cfg = {k: v for k, v in entry.items() if k not in _ENGINE_NETWORK_KEYS}
         weights = None
-        name = cfg.get("use")
-        comp = registry.find("network", name) if isinstance(name, str) else None
-        if "weights" in cfg and (comp is None or "weights" not in attrs.fields_dict(comp.config)):
-            raw_weights = cfg.pop("weights")
-            if isinstance(raw_weights, str):
-                raw_weights = {"path": raw_weights}
-            weights = structure(WeightsRef, raw_weights, f"{path}.weights", problems, registry)
+        if "weights" in cfg and cfg["weights"] is None:  # written out as null: no weights
+            del cfg["weights"]
+        if "weights" in cfg:
+            name = cfg.get("use")
+            comp = registry.find("network", name) if isinstance(name, str) else None
+            reads_checkpoints = comp is not None and "weights" in attrs.fields_dict(comp.config)
+            weights = _weights(cfg.pop("weights"), f"{path}.weights", reads_checkpoints, problems, registry)
+            if isinstance(weights, _FamilyWeights):
+                cfg["weights"] = weights.section
+                weights = None
         spec = structure_component("network", cfg, path, problems, registry)
         if is_invalid(spec) or is_invalid(weights):
             continue
         roles[str(role)] = NetworkRole(spec=spec, init_from=entry.get("init_from"), weights=weights)
     return roles
+
+
+@attrs.frozen
+class _FamilyWeights:
+    """Weights a network family reads itself: the ``weights`` section its config gets."""
+
+    section: dict[str, Any]
+
+
+def _weights(
+    raw: Any, path: str, reads_checkpoints: bool, problems: list[str], registry: Registry
+) -> WeightsRef | _FamilyWeights | Any:
+    """``networks.ROLE.weights``: the engine's to load (a run, own-key safetensors) or the family's."""
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    ref = structure(WeightsRef, raw, path, problems, registry)
+    if is_invalid(ref):
+        return ref
+    run = ref.format == "run" or (ref.format == "auto" and names_a_run(Path(ref.path)))
+    if run or ref.format == "safetensors" or (ref.format == "auto" and not reads_checkpoints):
+        if ref.format == "run" and not names_a_run(Path(ref.path)):
+            problems.append(f"{path}.path: {ref.path} is not a run directory or checkpoint folder")
+        return ref
+    if not reads_checkpoints:
+        problems.append(
+            f"{path}.format: {ref.format!r} is a layout that network families read, and this network reads "
+            f"none; use one of {', '.join(map(repr, ENGINE_WEIGHTS_FORMATS))}"
+        )
+        return ref
+    for key in ("ema", "role"):
+        if isinstance(raw, Mapping) and key in raw:
+            problems.append(f"{path}.{key}: applies to a run directory, and {ref.path} is not one")
+    return _FamilyWeights({"path": ref.path, "format": ref.format})
 
 
 def _cross_check(recipe: Recipe, problems: list[str]) -> None:

@@ -1,0 +1,41 @@
+"""Where things are in a run directory (what ``rcm run`` writes), without reading any of it.
+
+``RUN/checkpoints/iter_NNNNNNNN/`` are the checkpoints (complete once ``meta.json`` is there) and
+``RUN/checkpoints/latest`` names the newest complete one; :mod:`rcm_registry.engine.checkpoint` reads and
+writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LATEST = "latest"
+PREFIX = "iter_"
+META = "meta.json"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and (path / META).is_file() and path.name.startswith(PREFIX)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when there is none."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return None
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if is_complete(candidate):
+            return candidate
+    done = sorted(p for p in root.iterdir() if is_complete(p))
+    return done[-1] if done else None
+
+
+def names_a_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory (it has ``checkpoints/``) or one of its checkpoint folders."""
+    return checkpoint_root(path).is_dir() or (path / META).is_file()
