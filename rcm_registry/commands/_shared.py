@@ -1,0 +1,76 @@
+"""What the command modules share: the subparser set-up, the ``--set KEY=VALUE`` option, the integer-list
+parser, the recipe loading of ``rcm validate`` / ``rcm run`` and the warning for plugins that failed to load.
+
+Nothing here imports torch: the parser of every command is built on each start of ``rcm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from rcm_registry.errors import UserError
+
+if TYPE_CHECKING:
+    from rcm_registry.recipe.schema import Recipe
+    from rcm_registry.registry import Registry
+
+CommandFunction = Callable[[argparse.Namespace], int]
+
+SET_HELP = "override a recipe value, e.g. --set phases.student.optimizer.lr=1e-5 (repeatable)"
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: CommandFunction,
+    summary: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    """The subparser of command ``name``: ``summary`` is its line in ``rcm --help`` and its description,
+    ``example`` (a command line; further lines indented by the caller) its epilog; ``func`` runs it."""
+    p = subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
+    """The repeatable ``--set KEY=VALUE`` recipe override (``args.set``: a list, empty by default)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def int_list(text: str | None, what: str) -> list[int] | None:
+    """``16,21,60,104`` (or ``16x21x60x104``) as a list of integers; None stays None. ``what`` names the option."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: expected comma-separated integers, e.g. 16,21,60,104") from None
+
+
+def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry."""
+    from rcm_registry.plugin_loading import registry
+    from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.validate import validate_recipe
+
+    data = load_recipe(recipe, overrides)
+    return validate_recipe(data, registry(), source=recipe)
+
+
+def report_plugin_failures(reg: Registry) -> None:
+    """One warning line on stderr per plugin that failed to import, naming its distribution."""
+    for failure in reg.failures:
+        print(
+            f"warning: plugin {failure.name!r} from {failure.distribution} failed to load: {failure.error}",
+            file=sys.stderr,
+        )

@@ -1,0 +1,119 @@
+"""``rcm generate TARGET --prompt TEXT --out FILE``: a video, image or latents from a run's student.
+
+The recipe's codecs encode the prompt and decode the latents (see rcm_registry.generate).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rcm_registry.commands._shared import add_command, add_set_argument, int_list
+from rcm_registry.errors import UserError
+
+NAME = "generate"
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = add_command(
+        subparsers,
+        NAME,
+        cmd_generate,
+        summary="Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
+        example='rcm generate runs/wan-1.3b --prompt "a red fox in the snow" --steps 4 --out fox.mp4',
+    )
+    p.add_argument("target", help="a run directory (latest checkpoint) or a checkpoint folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="FILE.mp4 (PNG frames without imageio), FILE.png, or FILE.safetensors")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1-4 (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latents-only", action="store_true", help="write the latents (.safetensors), no decoding")
+    p.add_argument("--negative-prompt", default="", help="only used by samplers with guidance")
+    p.add_argument(
+        "--conditions",
+        metavar="FILE.safetensors",
+        help="the network's inputs besides the text (Wan I2V, Cosmos V2W) as cond.NAME tensors of one row",
+    )
+    p.add_argument("--shape", help="latent shape C,T,H,W (default: the training data's)")
+    p.add_argument("--frames", type=int, default=None, help="video frames (with --height, --width; needs the VAE)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan's)")
+    p.add_argument("--network", default=None, help="network role (default: the run's output network)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_set_argument(
+        p, help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)"
+    )
+    return p
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rcm_registry.engine.progress import Progress
+    from rcm_registry.engine.sampling import open_checkpoint
+    from rcm_registry.generate import (
+        OUTPUTS,
+        contact_sheet,
+        generate,
+        latent_shape,
+        save_latents,
+        save_png,
+        save_video,
+        to_frames,
+    )
+    from rcm_registry.synth import load_conditions
+
+    out = Path(args.out)
+    latents_only = args.latents_only or out.suffix == ".safetensors"
+    if out.suffix not in OUTPUTS:
+        raise UserError(f"--out {out}: the file must end in {', '.join(OUTPUTS)}")
+    if latents_only and out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: --latents-only writes a .safetensors file")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if args.steps is not None and not 1 <= args.steps <= 4:
+        raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
+    # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
+    wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
+    gen = open_checkpoint(
+        Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
+    )
+    shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
+    conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
+    sample = gen.recipe.body.sample
+    total = args.steps or (getattr(sample.config, "steps", 1) if sample is not None else 1)
+    bar = None if args.no_progress else Progress(total, every=1)
+    result = generate(
+        gen,
+        args.prompt,
+        shape,
+        steps=args.steps,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+        conditions=conditions,
+        decode=not latents_only,
+        progress=bar,
+    )
+    weights = "EMA" if gen.used_ema else "raw"
+    if latents_only:
+        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": str(gen.checkpoint.path)}
+        save_latents(result.latents, out, meta)
+        written = [out]
+    else:
+        assert result.video is not None
+        frames = to_frames(result.video)
+        if out.suffix == ".png":
+            save_png(contact_sheet(frames), out)
+            written = [out]
+        else:
+            written = save_video(frames, out, args.fps)
+            if written[0] != out:
+                print(
+                    f"imageio is not installed (pip install imageio[ffmpeg]): wrote PNG frames to {written[0].parent}"
+                )
+    print(
+        f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
+        f"({weights} weights), sampling {result.seconds:.3f} s"
+    )
+    return 0

@@ -1,0 +1,38 @@
+"""pyproject.toml lists every package: each folder with an ``__init__.py`` under the mapped package dirs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def packages_on_disk() -> set[str]:
+    """Import names of the folders holding an ``__init__.py``, through ``package-dir`` (plugins/ -> rcm_plugins)."""
+    found = set()
+    for import_name, folder in SETUPTOOLS["package-dir"].items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            parts = init.parent.relative_to(base).parts
+            found.add(".".join((import_name, *parts)))
+    return found
+
+
+def test_package_dir_covers_the_source_folders() -> None:
+    assert sorted(SETUPTOOLS["package-dir"].values()) == ["kernels", "plugins", "rcm_registry"]
+
+
+def test_packages_list_is_the_folders_with_an_init() -> None:
+    listed, on_disk = set(SETUPTOOLS["packages"]), packages_on_disk()
+    assert len(SETUPTOOLS["packages"]) == len(listed), "a package is listed twice"
+    assert sorted(on_disk - listed) == [], "folders with an __init__.py missing from [tool.setuptools] packages"
+    assert sorted(listed - on_disk) == [], "listed in [tool.setuptools] packages but no such folder with __init__.py"
