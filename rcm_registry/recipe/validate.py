@@ -13,14 +13,20 @@ from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.schema import NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
 from rcm_registry.schema import ComponentSpec
-from rcm_registry.structure import is_invalid, structure, structure_component, suggest
+from rcm_registry.structure import is_invalid, structure, structure_component
+from rcm_registry.suggestions import suggest
 
 #: Keys of a ``networks.ROLE`` entry that belong to the engine, not to the network's config.
 _ENGINE_NETWORK_KEYS = ("init_from",)
 
 
 def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "") -> Recipe:
-    """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`."""
+    """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
+
+    A built-in area that failed to load stops validation first (a :class:`UserError` with its error):
+    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'".
+    """
+    registry.check_builtins()
     problems: list[str] = []
     data = copy.deepcopy(dict(data))
     # A copy: taking the engine-level `start:` keys out must not change the recipe saved with checkpoints.
