@@ -29,6 +29,7 @@ from rcm_registry.engine.logs import MetricsFile, get_logger
 from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.protocols import loss_reduction, parallel_layout
 from rcm_registry.recipe.schema import Recipe
 
 #: Recipe keys that may change between a run and its resumption.
@@ -366,7 +367,7 @@ class Trainer:
         progress = Progress(run.iterations, self.iteration, every=run.log_every) if self.show_progress else None
         last: Path | None = None
         if self.main:
-            parallel = self.parallel.describe() if self.parallel is not None else {}
+            parallel = parallel_layout(self.parallel)
             self.log.info(
                 "training",
                 recipe=self.recipe.source,
@@ -407,7 +408,7 @@ _NO_PARALLEL = (
 
 def _reduction(loss: Any) -> str:
     """``sum`` when a loss sums over the batch (its config says so), else ``mean``."""
-    return str(getattr(getattr(loss, "config", None), "reduction", "mean"))
+    return loss_reduction(loss)
 
 
 def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
