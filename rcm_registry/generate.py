@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from rcm_registry.errors import UserError
+from rcm_registry.protocols import close_dataset
 
 if TYPE_CHECKING:
     from rcm_registry.engine.sampling import LoadedRun
@@ -96,9 +97,7 @@ def latent_shape(
             "pass --shape C,T,H,W or --frames/--height/--width"
         ) from None
     shape_ = tuple(int(s) for s in dataset.sample_shape)
-    close = getattr(dataset, "close", None)
-    if callable(close):
-        close()
+    close_dataset(dataset)
     return shape_
 
 

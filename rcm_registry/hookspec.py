@@ -17,6 +17,10 @@ and implementing one or more of the hooks below with :data:`hookimpl`::
 
 Hook results are never merged by order: every component has a (kind, name) that must be unique
 across all plugins, and recipes pick components by that name.
+
+A function marked with :data:`hookimpl` whose name is not one of the hooks below (``rcm_component``)
+makes its plugin fail to load, with the closest hook name in the message: pluggy alone would register
+it and never call it. What the objects a component builds must do is in :mod:`rcm_registry.protocols`.
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ from typing import Any
 import pluggy
 
 from rcm_registry.errors import PluginConflictError
-from rcm_registry.registry import PluginFailure, PluginInfo, Registry
+from rcm_registry.registry import PluginFailure, PluginInfo, Registry, is_builtin_distribution
+from rcm_registry.suggestions import suggest
 
 ENTRY_POINT_GROUP = "rcm_registry"
-DISTRIBUTION = "rcm-registry"
+#: The distribution recorded for plugins passed to :func:`load_registry` as objects.
+IN_PROCESS = "<in-process>"
 #: Set to 1 to load only this distribution's own (built-in) plugins.
 DISABLE_AUTOLOAD_ENV = "RCM_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -34,48 +36,44 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "<unknown>", dist.version or "?"
 
 
-def _same_project(name: str) -> bool:
-    return name.replace("_", "-").lower() == DISTRIBUTION
-
-
 def load_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registry:
     """A fresh registry from the installed entry points (and ``extra_plugins``: (name, object) pairs).
 
-    A plugin that fails to import, or whose hook raises, is recorded in ``registry.failures`` with
-    its name and distribution; the others still load. Duplicate (kind, name) raises
-    :class:`PluginConflictError` naming both distributions.
+    A plugin that fails to import, whose hook raises, or that marks a function with
+    :data:`~rcm_registry.hookimpl` under a name no hook has (a misspelt hook), is recorded in
+    ``registry.failures`` with its name and distribution and contributes nothing; the others still
+    load. Duplicate (kind, name) raises :class:`PluginConflictError` naming both distributions.
     """
     spec_module = importlib.import_module("rcm_registry.hookspec")
     pm = pluggy.PluginManager(spec_module.PROJECT_NAME)
     pm.add_hookspecs(spec_module)
     registry = Registry()
-    sources: list[tuple[PluginInfo, Any]] = []
+    sources: dict[str, PluginInfo] = {}  # by the name the plugin is registered under in ``pm``
     entry_points = sorted(
-        metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (not _same_project(_dist_of(e)[0]), e.name)
+        metadata.entry_points(group=ENTRY_POINT_GROUP),
+        key=lambda e: (not is_builtin_distribution(_dist_of(e)[0]), e.name),
     )
-    seen_names: set[str] = set()
     for ep in entry_points:
         dist, version = _dist_of(ep)
-        if _autoload_disabled() and not _same_project(dist):
+        if _autoload_disabled() and not is_builtin_distribution(dist):
             continue
         key = f"{dist}:{ep.name}"
-        if key in seen_names:  # the same distribution visible twice on sys.path
+        if key in sources:  # the same distribution visible twice on sys.path
             continue
-        seen_names.add(key)
-        info = PluginInfo(name=ep.name, distribution=dist, version=version)
         try:
             obj = ep.load()
             pm.register(obj, name=key)
         except Exception as exc:  # any import failure of a third-party plugin must not stop the rest
             registry.failures.append(PluginFailure(ep.name, dist, _one_line(exc)))
             continue
-        sources.append((info, obj))
+        sources[key] = PluginInfo(name=ep.name, distribution=dist, version=version)
     for name, obj in extra_plugins or []:
-        pm.register(obj, name=f"<extra>:{name}")
-        sources.append((PluginInfo(name=name, distribution="<in-process>", version="-"), obj))
+        key = f"<extra>:{name}"
+        pm.register(obj, name=key)
+        sources[key] = PluginInfo(name=name, distribution=IN_PROCESS, version="-")
+    _drop_unknown_hooks(pm, sources, registry)
     impls = {impl.plugin_name: impl for impl in pm.hook.rcm_components.get_hookimpls()}
-    for info, _ in sources:
-        key = f"{info.distribution}:{info.name}" if info.distribution != "<in-process>" else f"<extra>:{info.name}"
+    for key, info in sources.items():
         impl = impls.get(key)
         if impl is None:
             registry.add_plugin(info, [])
@@ -94,10 +92,34 @@ def load_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registr
     return registry
 
 
+def _drop_unknown_hooks(pm: pluggy.PluginManager, sources: dict[str, PluginInfo], registry: Registry) -> None:
+    """Record and unregister every plugin with a hook implementation that matches no hook specification.
+
+    pluggy accepts such an implementation silently at registration (a misspelt ``rcm_component`` would
+    simply never be called); :meth:`pluggy.PluginManager.check_pending` names one offender at a time.
+    """
+    hooks = [name for name, caller in vars(pm.hook).items() if not name.startswith("_") and caller.has_spec()]
+    while True:
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            offender = exc.plugin
+        else:
+            return
+        unknown = sorted(caller.name for caller in pm.get_hookcallers(offender) or () if not caller.has_spec())
+        info = sources.pop(str(pm.get_name(offender)))  # every plugin in ``pm`` is one of ``sources``
+        pm.unregister(offender)
+        problems = "; ".join(
+            f"unknown hook {name!r} (marked with @rr.hookimpl){suggest(name, hooks)}" for name in unknown
+        )
+        registry.failures.append(PluginFailure(info.name, info.distribution, problems))
+
+
 def _one_line(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    message = " ".join(str(exc).split("\n"))
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 def registry(*, reload: bool = False) -> Registry:

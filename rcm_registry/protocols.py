@@ -12,25 +12,30 @@ Conventions used throughout:
 * Networks take time in their own units (``timestep``, e.g. 0–1000); schedules and teacher wrappers
   do the conversion. Timesteps are float32 (float64 for a float64 network), never bf16: networks keep
   their time embeddings in float32.
-* Any component's config class may define ``check_recipe(recipe, where) -> list[str]``: problems it
-  finds with the rest of the validated recipe (``where`` is the phase name for losses, the section's
-  YAML path otherwise). The validator calls it once everything else is valid.
-* A network's config class may define ``condition_shapes(latent_shape) -> {key: per-sample shape}``: the
-  condition keys besides ``text`` the network needs for latents of ``latent_shape`` (C, T, H, W), with
-  None for a size that may vary (e.g. Wan2.1 I2V: ``image`` and ``image_latent``). ``rcm synth`` checks
-  the conditions it is given against it.
+
+Besides the required protocol of its kind, a component (or its config) may have optional parts, each a
+small protocol at the end of this module (:class:`ChecksRecipe`, :class:`HasReduction`,
+:class:`ReportsLayout`, :class:`Exportable`, ...). Whoever calls one reads it through the accessor
+function next to it (e.g. :func:`loss_reduction`), never by probing attribute names itself, so that this
+module is the complete list of what the engine may ask of a plugin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from rcm_registry.errors import UserError
+
 Condition = dict[str, Tensor]
+#: How a loss reduces over the batch (see :class:`HasReduction`).
+Reduction = Literal["mean", "sum"]
 
 
 @attrs.define
@@ -276,3 +281,171 @@ class Parallel(Protocol):
     def all_reduce_sum(self, x: Tensor) -> Tensor:
         """Sum ``x`` over all ranks in place and return it."""
         ...
+
+
+# -- optional parts -------------------------------------------------------------------------------------
+# Each is asked for only when present; the accessor after each protocol is the one way to read it.
+
+
+@runtime_checkable
+class Configured(Protocol):
+    """A built component that keeps the validated config it was built from (the engine reads optional
+    config parts, such as a loss's :class:`HasReduction`, through it)."""
+
+    config: Any
+
+
+@runtime_checkable
+class ChecksRecipe(Protocol):
+    """Optional on any component's config: problems it finds with the rest of the validated recipe.
+
+    Called by the recipe validator (:func:`rcm_registry.recipe.validate.validate_recipe`, so by every
+    command that reads a recipe) once everything else is valid, for every component of the recipe's
+    sections. ``where`` is the phase name for losses, the section's YAML path otherwise; each returned
+    line is reported with the component's path.
+    """
+
+    def check_recipe(self, recipe: Any, where: str) -> list[str]: ...
+
+
+def recipe_problems(config: object, recipe: Any, where: str) -> list[str]:
+    """The problems ``config``'s :class:`ChecksRecipe` finds (none when it has no ``check_recipe``)."""
+    if not isinstance(config, ChecksRecipe):
+        return []
+    return list(config.check_recipe(recipe, where) or ())
+
+
+@runtime_checkable
+class HasReduction(Protocol):
+    """Optional on a loss config: whether the loss is a batch ``mean`` (the default) or a batch ``sum``.
+
+    Read by the trainer on every step to combine the slices of a data-parallel or accumulated batch: a
+    slice's mean is divided by the number of slices, a slice's sum is added as it is (see :class:`Parallel`).
+    """
+
+    reduction: Reduction
+
+
+def loss_reduction(loss: object) -> Reduction:
+    """``loss.config.reduction`` (:class:`HasReduction`), ``"mean"`` when the loss's config has none.
+
+    Anything other than ``mean`` or ``sum`` is a :class:`UserError`: the batch would be combined wrongly.
+    """
+    config = loss.config if isinstance(loss, Configured) else None
+    if not isinstance(config, HasReduction):
+        return "mean"
+    value = config.reduction
+    if value not in ("mean", "sum"):
+        raise UserError(f"loss {type(loss).__name__}: reduction must be 'mean' or 'sum', got {value!r}")
+    return value
+
+
+@runtime_checkable
+class DeclaresRequirements(Protocol):
+    """Optional on a rollout config: what the rollout needs from the rest of the recipe (networks, time
+    samplers, ...), as the ``distill`` area's ``Requirements`` (its loss configs declare theirs the same way).
+
+    Read by the losses that call the rollout (in their ``check_recipe``, during recipe validation), which
+    merge these needs into their own so that the recipe is checked for both.
+    """
+
+    def requirements(self) -> Any: ...
+
+
+def declared_requirements(config: object) -> Any | None:
+    """``config.requirements()`` (:class:`DeclaresRequirements`), or None when the config declares none."""
+    return config.requirements() if isinstance(config, DeclaresRequirements) else None
+
+
+@runtime_checkable
+class CountsAttentionHeads(Protocol):
+    """Optional on a network config: the number of attention heads of the network it builds.
+
+    Read by the ``fsdp2`` strategy's ``check_recipe`` (recipe validation) to check that ``context_parallel``
+    divides the heads. It may raise (e.g. when it reads a weights folder that is not there yet); the
+    caller then skips the check and building the network reports the problem.
+    """
+
+    def attention_heads(self) -> int: ...
+
+
+def attention_heads(config: object) -> int | None:
+    """``config.attention_heads()`` (:class:`CountsAttentionHeads`), or None when the config cannot say."""
+    if not isinstance(config, CountsAttentionHeads) or not callable(config.attention_heads):
+        return None
+    return config.attention_heads()
+
+
+@runtime_checkable
+class DeclaresConditions(Protocol):
+    """Optional on a network config: the condition keys besides ``text`` the network needs.
+
+    ``condition_shapes(latent_shape)`` maps each key to its per-sample shape for latents of
+    ``latent_shape`` (C, T, H, W), with None for a size that may vary (e.g. Wan2.1 I2V: ``image`` and
+    ``image_latent``). ``rcm synth`` checks the conditions it is given against it before sampling.
+    """
+
+    def condition_shapes(self, latent_shape: tuple[int, ...]) -> Mapping[str, Sequence[int | None]]: ...
+
+
+def condition_shapes(config: object, latent_shape: Sequence[int]) -> dict[str, tuple[int | None, ...]] | None:
+    """``config.condition_shapes`` (:class:`DeclaresConditions`) as tuples, or None when the config does not say."""
+    if not isinstance(config, DeclaresConditions):
+        return None
+    return {key: tuple(shape) for key, shape in config.condition_shapes(tuple(latent_shape)).items()}
+
+
+@runtime_checkable
+class ReportsLayout(Protocol):
+    """Optional on a :class:`Parallel` strategy: how the run is spread, as JSON-friendly values
+    (world size, data and context parallel sizes, accumulation, ...).
+
+    Read once by the trainer when training starts, on rank 0, for the ``training`` log line.
+    """
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def parallel_layout(parallel: object | None) -> dict[str, Any]:
+    """``parallel.describe()`` (:class:`ReportsLayout`); empty without a strategy or a description."""
+    return dict(parallel.describe()) if isinstance(parallel, ReportsLayout) else {}
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """Optional on a :class:`Network`: write itself as a checkpoint directory of its family.
+
+    Called by ``rcm export`` on the run's unwrapped network (on the CPU). ``format`` is ``diffusers`` or
+    ``native``; the directory appears complete or not at all, and an existing one is an error unless
+    ``overwrite``. Raises FileExistsError or ValueError for a bad output (reported against ``--out``).
+    """
+
+    def export(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        format: Literal["diffusers", "native"] = "diffusers",
+        dtype: torch.dtype | None = None,
+        overwrite: bool = False,
+    ) -> Path: ...
+
+
+def network_export(net: object) -> Callable[..., Path] | None:
+    """``net.export`` (:class:`Exportable`), or None when the network cannot export itself."""
+    return net.export if isinstance(net, Exportable) and callable(net.export) else None
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """Optional on a :class:`Dataset`: release open files or worker processes.
+
+    Called by ``rcm generate`` after it opened the training data only to read its ``sample_shape``.
+    """
+
+    def close(self) -> None: ...
+
+
+def close_dataset(dataset: object) -> None:
+    """``dataset.close()`` (:class:`Closable`) when the dataset has it."""
+    if isinstance(dataset, Closable) and callable(dataset.close):
+        dataset.close()

@@ -8,7 +8,17 @@ from typing import Any
 import attrs
 
 from rcm_registry.component import KINDS, Component
-from rcm_registry.errors import PluginConflictError, RecipeError, UnknownComponentError
+from rcm_registry.errors import PluginConflictError, RecipeError, UnknownComponentError, UserError
+from rcm_registry.structure import is_invalid, structure
+from rcm_registry.suggestions import suggest
+
+#: The distribution of this project: its plugins are the built-in areas (``core``, ``distill``, ...).
+DISTRIBUTION = "rcm-registry"
+
+
+def is_builtin_distribution(name: str) -> bool:
+    """Whether ``name`` is this project's distribution (however the installer spelt it)."""
+    return name.replace("_", "-").lower() == DISTRIBUTION
 
 
 @attrs.frozen
@@ -20,14 +30,27 @@ class PluginInfo:
     version: str
     components: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def builtin(self) -> bool:
+        return is_builtin_distribution(self.distribution)
+
 
 @attrs.frozen
 class PluginFailure:
-    """A plugin that could not be loaded; the others still are."""
+    """A plugin that could not be loaded; the others still are.
+
+    ``error`` is one line: the exception type and message and where it was raised (or what is wrong with
+    the plugin's hooks).
+    """
 
     name: str
     distribution: str
     error: str
+
+    @property
+    def builtin(self) -> bool:
+        """A built-in area of this project: the installation is broken, not just one optional plugin."""
+        return is_builtin_distribution(self.distribution)
 
 
 class Registry:
@@ -38,6 +61,25 @@ class Registry:
         self._origin: dict[tuple[str, str], PluginInfo] = {}
         self.plugins: list[PluginInfo] = []
         self.failures: list[PluginFailure] = []
+
+    @property
+    def builtin_failures(self) -> list[PluginFailure]:
+        """The failures of this project's own areas (recipes cannot be trusted to validate without them)."""
+        return [f for f in self.failures if f.builtin]
+
+    def check_builtins(self) -> None:
+        """Raise :class:`UserError` with one line per built-in area that failed to load (area, error, file:line).
+
+        Third-party failures are only reported (``rcm plugins``); a broken built-in area means a broken
+        installation, and recipes would otherwise fail later with their components "unknown".
+        """
+        broken = self.builtin_failures
+        if broken:
+            count = f"{len(broken)} built-in plugin area{'s' if len(broken) != 1 else ''}"
+            raise UserError(
+                f"{count} of {DISTRIBUTION} failed to load (fix the error or reinstall {DISTRIBUTION}; "
+                "`rcm plugins` lists every plugin):\n" + "\n".join(f"  {f.name}: {f.error}" for f in broken)
+            )
 
     # -- filling -------------------------------------------------------------------------------
     def add_plugin(self, info: PluginInfo, components: list[Component]) -> None:
@@ -70,8 +112,6 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Component:
         """The component, or :class:`UnknownComponentError` with the closest names."""
-        from rcm_registry.structure import suggest
-
         if kind not in KINDS:
             raise UnknownComponentError(f"unknown component kind {kind!r}{suggest(kind, KINDS)}")
         found = self.find(kind, name)
@@ -94,8 +134,6 @@ class Registry:
     # -- building ------------------------------------------------------------------------------
     def config(self, kind: str, name: str, /, **config: Any) -> Any:
         """Validate ``config`` against the component's schema; all problems are raised together."""
-        from rcm_registry.structure import is_invalid, structure
-
         comp = self.get(kind, name)
         problems: list[str] = []
         value = structure(comp.config, config, f"{kind}:{name}", problems, self)

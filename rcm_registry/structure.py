@@ -8,31 +8,29 @@ is raised for user mistakes, so a single pass reports all of them.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import attrs
 
 from rcm_registry.component import Component
 from rcm_registry.schema import MISSING, ComponentSpec, Kind, component_kind, is_entry
-
-if typing.TYPE_CHECKING:
-    from rcm_registry.registry import Registry
+from rcm_registry.suggestions import suggest
 
 _INVALID = object()  # marks a value that produced a problem
 
 
-def suggest(word: str, choices: Sequence[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or a list of the choices."""
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    if close:
-        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-    if choices and len(choices) <= 12:
-        return "; choose from " + ", ".join(repr(c) for c in sorted(choices))
-    return ""
+class ComponentLookup(Protocol):
+    """What structuring needs from the registry: the component of a (kind, name), and the names of a kind.
+
+    :class:`rcm_registry.registry.Registry` is one; this module does not import it, so that the registry
+    can build configs through :func:`structure` without an import cycle.
+    """
+
+    def find(self, kind: str, name: str) -> Component | None: ...
+    def names(self, kind: str) -> list[str]: ...
 
 
 def _join(path: str, key: str | int) -> str:
@@ -50,7 +48,13 @@ def _describe(value: Any) -> str:
 
 
 def structure(
-    cls: type, data: Any, path: str, problems: list[str], registry: Registry, *, given: Mapping[str, Any] | None = None
+    cls: type,
+    data: Any,
+    path: str,
+    problems: list[str],
+    registry: ComponentLookup,
+    *,
+    given: Mapping[str, Any] | None = None,
 ) -> Any:
     """Build an instance of the attrs class ``cls`` from ``data``; problems go to ``problems``.
 
@@ -123,7 +127,7 @@ def _convert(
     field: attrs.Attribute | None,
     path: str,
     problems: list[str],
-    registry: Registry,
+    registry: ComponentLookup,
 ) -> Any:
     if isinstance(raw, str) and raw == MISSING:
         problems.append(f"{path}: value required (write it in the recipe or pass --set {path}=VALUE)")
@@ -145,7 +149,9 @@ def _is_union(hint: Any) -> bool:
     return origin is Union or origin is types.UnionType
 
 
-def structure_component(kind: str, raw: Any, path: str, problems: list[str], registry: Registry) -> ComponentSpec | Any:
+def structure_component(
+    kind: str, raw: Any, path: str, problems: list[str], registry: ComponentLookup
+) -> ComponentSpec | Any:
     """Validate ``{use: NAME, ...config}`` (or just ``NAME``) against the registered component."""
     if isinstance(raw, str):
         raw = {"use": raw}
@@ -167,7 +173,7 @@ def structure_component(kind: str, raw: Any, path: str, problems: list[str], reg
     return ComponentSpec(component=found, config=config)
 
 
-def structure_entry(cls: type, raw: Any, path: str, problems: list[str], registry: Registry) -> Any:
+def structure_entry(cls: type, raw: Any, path: str, problems: list[str], registry: ComponentLookup) -> Any:
     """An :func:`rcm_registry.schema.entry` class from its flat YAML form: engine keys beside the component's."""
     if isinstance(raw, str):
         raw = {"use": raw}
@@ -183,7 +189,7 @@ def structure_entry(cls: type, raw: Any, path: str, problems: list[str], registr
     return _INVALID if spec is _INVALID else value
 
 
-def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry: Registry) -> Any:
+def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry: ComponentLookup) -> Any:
     if hint is Any or hint is object:
         return raw
     origin = typing.get_origin(hint)

@@ -3,7 +3,7 @@
 A loss config declares its needs with ``requirements() -> Requirements``; its ``check_recipe(recipe,
 phase)`` (called by the recipe validator for every loss of every phase) turns unmet ones into
 problem lines, each naming the fix. The rollout's own requirements (a config method of the same
-name) are merged in by the losses that call it.
+name, :class:`rcm_registry.protocols.DeclaresRequirements`) are merged in by the losses that call it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from rcm_registry.protocols import declared_requirements
 from rcm_registry.schema import ComponentSpec
 
 #: Capability a network must have for losses that take JVPs through it.
@@ -145,9 +146,9 @@ class Requirements:
             caps[role], culprits[role] = network_capabilities(entry.spec)
         req = self
         if self.rollout and body.rollout is not None:
-            nested = getattr(body.rollout.config, "requirements", None)
+            nested = declared_requirements(body.rollout.config)
             if nested is not None:
-                req = self.merge(nested())
+                req = self.merge(nested)
         cfg = body.phases[phase]
         return req.problems(
             networks=caps,

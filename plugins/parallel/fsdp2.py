@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor
 import rcm_registry as rr
 from rcm_registry import schema
 from rcm_registry.errors import UserError
+from rcm_registry.protocols import attention_heads
 
 #: The capability a network component declares when it calls a ``sequence_parallel`` object.
 CONTEXT_PARALLEL = "context_parallel"
@@ -73,9 +74,8 @@ class Fsdp2Config(CommonConfig):
                     "parallel (it does not split its token sequence); use context_parallel: 1"
                 )
                 continue
-            heads_of = getattr(spec.config, "attention_heads", None)
             try:
-                heads = heads_of() if callable(heads_of) else None
+                heads = attention_heads(spec.config)
             except Exception:  # e.g. a weights folder not there yet: building the network reports it
                 heads = None
             if heads is not None and heads % cp:

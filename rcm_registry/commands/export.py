@@ -35,9 +35,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from rcm_registry.engine.sampling import open_checkpoint
+    from rcm_registry.protocols import network_export
 
     run = open_checkpoint(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu")
-    export = getattr(run.net, "export", None)
+    export = network_export(run.net)
     if not callable(export):
         raise UserError(
             f"network {run.recipe.networks[run.role].spec.name!r} ({run.role}) has no export; "

@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from rcm_registry.plugin_loading import registry
-    from rcm_registry.structure import suggest
+    from rcm_registry.suggestions import suggest
 
     reg = registry()
     kinds = [args.kind] if args.kind else list(KINDS)
@@ -38,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for comp in comps:
             origin = reg.origin(kind, comp.name)
-            src = "" if origin.distribution == "rcm-registry" else f"  [{origin.distribution}]"
+            src = "" if origin.builtin else f"  [{origin.distribution}]"
             print(f"  {comp.name:<24} {comp.summary}{src}")
         if not comps:
             print("  (none)")

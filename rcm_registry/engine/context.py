@@ -79,8 +79,6 @@ class StepContext:
     teacher: Teacher | None = None
     time: Mapping[str, TimeSampler] = attrs.field(factory=dict)
     rollout: Rollout | None = None
-    #: Free-form per-run settings a loss may read (e.g. ``{"tangent_warmup": 1000}``).
-    extras: dict[str, Any] = attrs.field(factory=dict)
     #: Under data parallelism: which rows of the global batch ``batch`` holds (None: all of them).
     #: Draws for the local batch size through :meth:`randn_like` and :meth:`rand` are then made for the
     #: global batch and sliced (``time`` samplers are wrapped the same way by the engine).

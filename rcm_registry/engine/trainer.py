@@ -29,7 +29,7 @@ from rcm_registry.engine.logs import MetricsFile, get_logger
 from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.errors import CheckpointError, UserError
-from rcm_registry.protocols import Parallel
+from rcm_registry.protocols import Parallel, loss_reduction, parallel_layout
 from rcm_registry.recipe.schema import Recipe
 from rcm_registry.state_dicts import load_strict
 
@@ -258,7 +258,7 @@ class Trainer:
                         out = entry.loss(ctx)
                         # This slice's part of the global loss: a mean over the batch is the sum of the
                         # slice means divided by the number of slices; a sum is the sum of the slice sums.
-                        part = out.loss * (1.0 if _reduction(entry.loss) == "sum" else 1.0 / slices)
+                        part = out.loss * (1.0 if loss_reduction(entry.loss) == "sum" else 1.0 / slices)
                         part = part.to(torch.promote_types(part.dtype, torch.float32))
                         add(f"loss/{entry.name}", part)
                         for key, metric in out.metrics.items():
@@ -311,7 +311,7 @@ class Trainer:
                 device=str(self.device),
                 start=self.iteration,
                 iterations=run.iterations,
-                **self.parallel.describe(),
+                **parallel_layout(self.parallel),
             )
         t0 = time.perf_counter()
         try:
@@ -340,11 +340,6 @@ _NO_PARALLEL = (
     "torchrun started several processes but the recipe has no `parallel` section: add e.g. "
     "`parallel: {use: fsdp2}` or `parallel: {use: ddp}`"
 )
-
-
-def _reduction(loss: Any) -> str:
-    """``sum`` when a loss sums over the batch (its config says so), else ``mean``."""
-    return str(getattr(getattr(loss, "config", None), "reduction", "mean"))
 
 
 def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

@@ -11,18 +11,25 @@ import attrs
 
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
+from rcm_registry.protocols import recipe_problems
 from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.schema import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
 from rcm_registry.schema import ComponentSpec
-from rcm_registry.structure import is_invalid, structure, structure_component, suggest
+from rcm_registry.structure import is_invalid, structure, structure_component
+from rcm_registry.suggestions import suggest
 
 #: Keys of a ``networks.ROLE`` entry that belong to the engine, not to the network's config.
 _ENGINE_NETWORK_KEYS = ("init_from",)
 
 
 def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "") -> Recipe:
-    """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`."""
+    """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
+
+    A built-in area that failed to load stops validation first (a :class:`UserError` with its error):
+    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'".
+    """
+    registry.check_builtins()
     problems: list[str] = []
     data = copy.deepcopy(dict(data))
     body = structure(RecipeBody, {k: v for k, v in data.items() if k != "networks"}, "", problems, registry)
@@ -155,7 +162,7 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"output_network: unknown network {out!r}{suggest(out, roles)}")
     for name, phase in recipe.body.phases.items():
         for i, loss in enumerate(phase.losses):
-            for problem in _component_check(loss.spec, recipe, name):
+            for problem in recipe_problems(loss.spec.config, recipe, name):
                 problems.append(f"phases.{name}.losses[{i}] ({loss.name}): {problem}")
     body = recipe.body
     sections: list[tuple[str, ComponentSpec | None]] = [
@@ -170,13 +177,6 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
     ]
     for path, spec in sections:
         if spec is not None:
-            problems.extend(f"{path} ({spec.name}): {problem}" for problem in _component_check(spec, recipe, path))
-
-
-def _component_check(spec: ComponentSpec, recipe: Recipe, where: str) -> list[str]:
-    """Problems a component's config finds with the rest of the recipe (its optional ``check_recipe``).
-
-    ``where`` is the phase name for losses and the recipe path of the section otherwise.
-    """
-    check = getattr(spec.config, "check_recipe", None)
-    return list(check(recipe, where) or ()) if check is not None else []
+            problems.extend(
+                f"{path} ({spec.name}): {problem}" for problem in recipe_problems(spec.config, recipe, path)
+            )

@@ -78,15 +78,22 @@ def test_autoload_can_be_disabled(plugin_path: dict[str, str]) -> None:
     assert listed.code == 0 and "logit_normal" not in listed.out
 
 
-def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path) -> None:
-    dist = tmp_path / "broken"
-    (dist / "rcm_broken").mkdir(parents=True)
-    (dist / "rcm_broken/__init__.py").write_text("raise ImportError('missing dependency xyz')\n")
-    (dist / "pyproject.toml").write_text(
+def write_distribution(root: Path, name: str, package: str, init: str) -> Path:
+    """A one-package distribution ``name`` whose package is its plugin (entry point: the package name less ``rcm_``)."""
+    (root / package).mkdir(parents=True)
+    (root / f"{package}/__init__.py").write_text(init)
+    (root / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "rcm-broken"\nversion = "1.0"\n'
-        '[project.entry-points.rcm_registry]\nbroken = "rcm_broken"\n'
-        "[tool.setuptools]\npackages = ['rcm_broken']\n"
+        f'[project]\nname = "{name}"\nversion = "1.0"\n'
+        f'[project.entry-points.rcm_registry]\n{package.removeprefix("rcm_")} = "{package}"\n'
+        f"[tool.setuptools]\npackages = ['{package}']\n"
+    )
+    return root
+
+
+def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path) -> None:
+    dist = write_distribution(
+        tmp_path / "broken", "rcm-broken", "rcm_broken", "raise ImportError('missing dependency xyz')\n"
     )
     target = tmp_path / "site"
     pip_install(dist, target)
@@ -94,3 +101,17 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path) -> None:
     assert result.code == 0
     assert "broken" in result.out and "rcm-broken" in result.out and "missing dependency xyz" in result.out
     assert "core" in result.out  # the built-ins still loaded
+
+
+def test_misspelt_hook_is_reported_with_its_distribution(tmp_path: Path) -> None:
+    init = (PLUGIN / "rcm_logit_normal/__init__.py").read_text().replace("def rcm_components(", "def rcm_component(")
+    dist = write_distribution(tmp_path / "typo", "rcm-typo", "rcm_typo", init)
+    target = tmp_path / "site"
+    pip_install(dist, target)
+    plugins = run_cli_subprocess("plugins", env={"PYTHONPATH": str(target)})
+    assert plugins.code == 0
+    line = next(x for x in plugins.out.splitlines() if x.startswith("typo"))
+    assert "rcm-typo" in line and "FAILED: unknown hook 'rcm_component'" in line
+    assert "did you mean 'rcm_components'?" in line
+    listed = run_cli_subprocess("list", "time_sampler", env={"PYTHONPATH": str(target)})
+    assert listed.code == 0 and "logit_normal" not in listed.out
