@@ -179,7 +179,7 @@ def synthesise(
     echo: Callable[[str], None] = print,
 ) -> SynthResult:
     """Sample ``recipe``'s teacher for every prompt and write the samples into ``store`` (resumable)."""
-    from rcm_registry.engine.graph import build_network, load_strict, pick_device, read_weights
+    from rcm_registry.engine.graph import pick_device
     from rcm_registry.engine.progress import Progress
     from rcm_registry.engine.trainer import autocast
 
@@ -202,21 +202,7 @@ def synthesise(
     sampler_fields = attrs.asdict(config)
     _check_negative(prompts, settings, sampler_fields.get("guidance"))
     settings = attrs.evolve(settings, precision=settings.precision or recipe.body.run.precision)
-    record = {k: v for k, v in attrs.asdict(settings).items() if k != "sampler_options"}
-    record.update(shape=list(settings.shape), sampler=comp.name, teacher=net_role.spec.name, **prompts.record())
-    record.update({f"sampler.{k}": v for k, v in sampler_fields.items()})
-    info = {
-        "teacher": net_role.spec.name,
-        "teacher_wrapper": wrapper_spec.name,
-        "sampler": comp.name,
-        **sampler_fields,
-        "negative_prompt": settings.negative_prompt,
-        "seed": settings.seed,
-        "precision": settings.precision,
-        "prompts": prompts.source.name,
-    }
-    if prompts.conditions:
-        info["conditions"] = sorted(prompts.conditions)
+    record, info = _provenance(settings, comp.name, sampler_fields, prompts, net_role.spec.name, wrapper_spec.name)
     store.start(record, info, captions=prompts.captions is not None)
 
     n, size = len(prompts), settings.shard_size
@@ -234,15 +220,7 @@ def synthesise(
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
-    if net_role.init_from:
-        raise UserError(
-            f"networks.{role} is initialised from {net_role.init_from!r}; synth needs a network with weights"
-        )
-    torch.manual_seed(settings.seed)  # networks without weights (tests) are initialised reproducibly
-    net = build_network(net_role)
-    if net_role.weights is not None:
-        load_strict(net, read_weights(net_role.weights), f"networks.{role}.weights ({net_role.weights.path})")
-    net.to(dev).eval().requires_grad_(False)
+    net = _load_teacher(net_role, role, settings.seed, dev)
     encoder = text_spec.build().to(dev) if (prompts.text is None and text_spec is not None) else None
     store_dtype = getattr(torch, settings.store_dtype)
     negative = _negative(prompts, encoder, settings)
@@ -291,6 +269,47 @@ def synthesise(
         bar.close()
     samples, shards = store.finish()
     return SynthResult(samples, shards, written=written, skipped=skipped, remaining=remaining)
+
+
+def _provenance(
+    settings: SynthSettings,
+    sampler: str,
+    sampler_fields: Mapping[str, Any],
+    prompts: SynthPrompts,
+    teacher: str,
+    wrapper: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings record, index info): what a continued run must match, and what the dataset says of itself."""
+    record = {k: v for k, v in attrs.asdict(settings).items() if k != "sampler_options"}
+    record.update(shape=list(settings.shape), sampler=sampler, teacher=teacher, **prompts.record())
+    record.update({f"sampler.{k}": v for k, v in sampler_fields.items()})
+    info = {
+        "teacher": teacher,
+        "teacher_wrapper": wrapper,
+        "sampler": sampler,
+        **sampler_fields,
+        "negative_prompt": settings.negative_prompt,
+        "seed": settings.seed,
+        "precision": settings.precision,
+        "prompts": prompts.source.name,
+    }
+    if prompts.conditions:
+        info["conditions"] = sorted(prompts.conditions)
+    return record, info
+
+
+def _load_teacher(net_role: Any, role: str, seed: int, device: torch.device) -> nn.Module:
+    from rcm_registry.engine.graph import build_network, load_strict, read_weights
+
+    if net_role.init_from:
+        raise UserError(
+            f"networks.{role} is initialised from {net_role.init_from!r}; synth needs a network with weights"
+        )
+    torch.manual_seed(seed)  # networks without weights (tests) are initialised reproducibly
+    net = build_network(net_role)
+    if net_role.weights is not None:
+        load_strict(net, read_weights(net_role.weights), f"networks.{role}.weights ({net_role.weights.path})")
+    return net.to(device).eval().requires_grad_(False)
 
 
 class _StepDisplay:
