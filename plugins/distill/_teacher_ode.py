@@ -27,6 +27,7 @@ from torch import Tensor
 import rcm_registry as rr
 from rcm_registry import schema as s
 
+#: What to add to a recipe without a teacher wrapper (for the messages).
 TEACHER_WRAPPER_FIX = "e.g. `teacher_wrapper: {use: rectified_flow, t_scale: 1000}`"
 #: The guided teacher: ``denoise(x_t, t) -> x̂0`` at TrigFlow time ``t`` (float64 state).
 Denoise = Callable[[Tensor, float], Tensor]

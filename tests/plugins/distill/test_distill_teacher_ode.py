@@ -221,7 +221,7 @@ def test_bad_configs_are_reported(config: dict, fragment: str) -> None:
 
 def test_rcm_sample_runs_a_teacher_ode_sampler_on_a_trained_teacher(tmp_path: Path) -> None:
     """A quickstart teacher trained a few steps, sampled by ``rcm sample --sampler trigflow_euler``: the same
-    samples as the recipe's flow-matching ``euler`` on the same shifted grid."""
+    samples as the core flow-matching ``euler`` on the same shifted grid."""
     recipe = tmp_path / "teacher.yaml"
     recipe.write_text(
         f"base: {ROOT / 'recipes/quickstart/teacher.yaml'}\n"
