@@ -119,7 +119,7 @@ GENERATE_CONDITIONS = (
 def check_generation_conditions(role: str, spec: Any, shape: Sequence[int], given: Mapping[str, Tensor]) -> None:
     """Every condition besides the text that the network needs (Wan I2V, Cosmos V2W) given, none it does not
     take, shapes fitting ``shape``: else one :class:`UserError` naming them all."""
-    from rcm_registry.synth import check_conditions, network_conditions
+    from rcm_registry.conditions import check_conditions, network_conditions
 
     check_conditions(role, spec, network_conditions(spec, shape), given, GENERATE_CONDITIONS)
 
@@ -141,10 +141,10 @@ def generate(
     ``conditions`` are the network's inputs besides the text, one row each (``cond.NAME`` of a
     ``--conditions`` file); they go to both CFG branches, as in training and ``rcm synth``.
     """
+    from rcm_registry.conditions import conditions_on
     from rcm_registry.engine.context import SampleContext
     from rcm_registry.engine.sampling import sampler_with_steps
     from rcm_registry.engine.trainer import autocast
-    from rcm_registry.synth import conditions_on
 
     text_codec = gen.codecs.get("text")
     if text_codec is None:

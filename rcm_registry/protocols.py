@@ -178,6 +178,81 @@ class Dataset(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+class SynthPrompts(Protocol):
+    """The prompts ``rcm synth`` samples the teacher for, as a :class:`SynthStore` reads them: captions to
+    encode with the recipe's text codec, or precomputed text embeddings; and the network conditions
+    besides the text (one row per prompt)."""
+
+    #: The ``--prompts`` file.
+    source: Path
+    #: One caption per prompt, or None (embeddings without captions).
+    captions: list[str] | None
+    #: Precomputed (N, L, D) embeddings and their (N, L) bool masks, or None: encode the captions.
+    text: Tensor | None
+    text_mask: Tensor | None
+    #: The negative prompt's (1, L, D) embedding and (1, L) mask that came with precomputed embeddings, or None.
+    negative_text: Tensor | None
+    negative_mask: Tensor | None
+    #: Conditions besides the text by name (``image``, ...), each (N, ...).
+    conditions: dict[str, Tensor]
+
+    def __len__(self) -> int: ...
+    def record(self) -> dict[str, Any]:
+        """What identifies these prompts and conditions (digests, count, names): JSON values, recorded with
+        the other settings and compared on restart."""
+        ...
+
+
+class SynthStore(Protocol):
+    """Where ``rcm synth`` reads its prompts and writes the teacher's samples: shards of consecutive prompts.
+
+    Shard ``k`` holds the ``count`` prompts from ``first`` on. A shard is written whole or not at all, so
+    an interrupted run is continued by writing the shards that are missing; the store's index is kept up
+    to date after every shard, so a partial dataset can already be trained on. The calls come in this
+    order: :meth:`read_prompts`; :meth:`start`; :meth:`has_shard` for every shard; :meth:`write_negative`
+    and :meth:`write_shard` (only for shards still to do); :meth:`finish`.
+    """
+
+    def read_prompts(self, path: Path, conditions: Path | None = None) -> SynthPrompts:
+        """The ``--prompts`` file, with the ``cond.NAME`` rows of a ``--conditions`` file added; a
+        :class:`rcm_registry.errors.UserError` naming the file (and key or line) for anything wrong."""
+        ...
+
+    def start(self, settings: Mapping[str, Any], info: Mapping[str, Any], *, captions: bool) -> None:
+        """Create the directory and record ``settings`` (JSON values) in it, or, continuing, check they are
+        those it was started with (a UserError listing every difference); drop writes a kill cut short.
+        ``info`` is provenance for the index; ``captions``: the shards will store captions."""
+        ...
+
+    def has_shard(self, k: int, first: int, count: int) -> bool:
+        """Whether shard ``k`` is complete; a UserError when it holds other prompts than ``first`` ..
+        ``first + count − 1``."""
+        ...
+
+    def write_negative(self, text: Tensor, mask: Tensor, prompt: str) -> None:
+        """The negative prompt ``prompt``'s embedding, (1, L, D) and (1, L); kept when already written."""
+        ...
+
+    def write_shard(
+        self,
+        k: int,
+        first: int,
+        *,
+        latents: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        conditions: Mapping[str, Tensor],
+        captions: Sequence[str] | None,
+    ) -> None:
+        """Shard ``k``: rows ``first`` .. of the samples (``latents`` (n, C, T, H, W)), their text embeddings
+        and masks, conditions besides the text, and captions, in the dtypes given; then the index."""
+        ...
+
+    def finish(self) -> tuple[int, int]:
+        """Write the index of every complete shard; returns (samples, shards) in it."""
+        ...
+
+
 class Sampler(Protocol):
     """kind ``sampler``: draws samples from a trained network (teacher ODE or few-step student)."""
 
@@ -449,3 +524,21 @@ def close_dataset(dataset: object) -> None:
     """``dataset.close()`` (:class:`Closable`) when the dataset has it."""
     if isinstance(dataset, Closable) and callable(dataset.close):
         dataset.close()
+
+
+@runtime_checkable
+class WritesSynthData(Protocol):
+    """Optional on a dataset config: the dataset can be written by ``rcm synth``.
+
+    Called by ``rcm synth`` once the recipe is valid, with the ``--out`` directory; the store it returns
+    (:class:`SynthStore`) reads the prompt file and writes the teacher's samples (``latent_shards`` does).
+    """
+
+    def synth_store(self, root: Path) -> SynthStore: ...
+
+
+def synth_store(config: object, root: Path) -> SynthStore | None:
+    """``config.synth_store(root)`` (:class:`WritesSynthData`), or None when the dataset cannot be written."""
+    if not isinstance(config, WritesSynthData):
+        return None
+    return config.synth_store(root)

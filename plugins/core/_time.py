@@ -48,12 +48,17 @@ def trigflow_from_rf(u: Tensor) -> Tensor:
     return torch.atan2(u, 1.0 - u)
 
 
-def shift_rf(u: Tensor, shift: float) -> Tensor:
-    """u' = shift·u / (1 + (shift − 1)·u) (identity for shift = 1; keeps 0 and 1 fixed)."""
+def shift_rf(u: Tensor, shift: float, scale: float = 1.0) -> Tensor:
+    """u' = scale·shift·u / (1 + (shift − 1)·u): the Wan-style shift (identity for shift = 1; keeps 0 and 1
+    fixed), then scaled so that u = 1 maps to ``scale`` (dCM's grid ends at σ_max/(1 + σ_max)).
+
+    The one place the shift is written: schedules, time samplers, dCM's grid and the teacher ODE samplers
+    call it. ``scale·shift`` is formed first, a single rounding, so scaling costs no precision.
+    """
     u = as_f64(u)
     if shift == 1.0:
-        return u
-    return shift * u / (1.0 + (shift - 1.0) * u)
+        return u if scale == 1.0 else scale * u
+    return scale * shift * u / (1.0 + (shift - 1.0) * u)
 
 
 def shift_trigflow(t: Tensor, shift: float) -> Tensor:

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import attrs
 import torch
+from rcm_plugins.data.prompts import clean_prompt
 from torch import Tensor
 
 from rcm_registry import schema
 from rcm_registry.errors import UserError
-from rcm_registry.synth import clean_prompt
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,7 +1,8 @@
 """``latent_shards``: precomputed latents and text embeddings from safetensors shards.
 
 The on-disk format (``index.json`` + ``shard-NNNNNN.safetensors`` + optional ``negative.safetensors``) is
-documented in :mod:`rcm_registry.synth`, which writes it.
+documented in :mod:`rcm_plugins.data.latent_shards_format`. ``rcm synth`` writes it through the config's
+``synth_store`` (:class:`rcm_plugins.data.latent_shards_writer.LatentShardsWriter`).
 
 Order of the samples. Epoch ``e`` has its own permutation, a function of ``(seed, e)`` only: the shards
 are shuffled, cut into windows of ``shuffle_window`` shards, and the samples of each window shuffled
@@ -35,14 +36,8 @@ from typing import Any, Literal
 
 import attrs
 import torch
-from torch import Tensor
-
-import rcm_registry as rr
-from rcm_registry import schema
-from rcm_registry.protocols import Batch, Condition
-from rcm_registry.synth import (
+from rcm_plugins.data.latent_shards_format import (
     CAPTIONS_KEY,
-    COND_PREFIX,
     ShardError,
     ShardIndex,
     check_negative,
@@ -51,6 +46,13 @@ from rcm_registry.synth import (
     file_sha256,
     read_header,
 )
+from rcm_plugins.data.latent_shards_writer import LatentShardsWriter
+from torch import Tensor
+
+import rcm_registry as rr
+from rcm_registry import schema
+from rcm_registry.conditions import COND_PREFIX
+from rcm_registry.protocols import Batch, Condition
 
 NullMode = Literal["auto", "negative", "zeros", "none"]
 
@@ -85,6 +87,10 @@ class LatentShardsConfig:
     #: Also pass the text mask to the network under this condition key (Wan and Cosmos take none: their
     #: embeddings are already zero past each prompt).
     mask_key: str | None = None
+
+    def synth_store(self, root: Path) -> LatentShardsWriter:
+        """How ``rcm synth`` reads its prompts and writes this dataset into ``root``."""
+        return LatentShardsWriter(root)
 
 
 def _resolve_rank(config: LatentShardsConfig) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Distillation components: teacher wrappers, sCM/dCM/DMD losses, rollouts, few-step sampler."""
+"""Distillation components: teacher wrappers, sCM/dCM/DMD losses, rollouts, few-step and teacher ODE samplers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def rcm_components() -> list[rr.Component]:
         rectified_flow,
         scm,
         stochastic_backward,
+        trigflow_euler,
         trigflow_multistep,
+        trigflow_unipc,
         vp_eps,
     )
 
@@ -31,5 +33,7 @@ def rcm_components() -> list[rr.Component]:
         stochastic_backward,
         fixed_timesteps,
         trigflow_multistep,
+        trigflow_euler,
+        trigflow_unipc,
     )
     return [m.COMPONENT for m in modules]

@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import torch
+from rcm_plugins.core._time import shift_rf
 from rcm_plugins.distill.common import (
     Reduction,
     expand,
@@ -71,8 +72,7 @@ class DcmConfig:
 def consistency_grid(steps: int, shift: float, sigma_max: float | None) -> Tensor:
     """The N + 1 increasing TrigFlow times t_0 = 0 < ... < t_N of the dCM grid (float64)."""
     s_max = 1.0 if sigma_max is None else sigma_max / (1.0 + sigma_max)
-    k = torch.arange(steps + 1, dtype=torch.float64) / steps
-    u = s_max * shift * k / (1.0 + (shift - 1.0) * k)
+    u = shift_rf(torch.arange(steps + 1, dtype=torch.float64) / steps, shift, scale=s_max)
     return torch.atan2(u, 1.0 - u)
 
 

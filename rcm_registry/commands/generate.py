@@ -50,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from rcm_registry.conditions import load_conditions
     from rcm_registry.engine.progress import Progress
     from rcm_registry.engine.sampling import open_checkpoint
     from rcm_registry.generate import (
@@ -62,7 +63,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         save_video,
         to_frames,
     )
-    from rcm_registry.synth import load_conditions
 
     out = Path(args.out)
     latents_only = args.latents_only or out.suffix == ".safetensors"

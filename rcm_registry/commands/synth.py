@@ -38,12 +38,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--out", required=True, help="dataset directory (created; an existing one is continued)")
     p.add_argument("--shape", help="latent shape of one sample C,T,H,W (e.g. 16,21,60,104: 81 frames at 480p)")
-    p.add_argument("--sampler", default="euler", help="teacher ODE solver: euler or unipc (Wan's; second order)")
-    p.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
-    p.add_argument("--shift", type=float, default=5.0, help="time shift of the step grid (default 5; Wan 480p: 3)")
+    p.add_argument(
+        "--sampler",
+        default="trigflow_euler",
+        help="a registry sampler (rcm list sampler) reading the teacher through teacher_wrapper: trigflow_euler "
+        "(default) or trigflow_unipc (Wan's; second order)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="the sampler's steps (trigflow_*: default 50)")
+    p.add_argument(
+        "--shift", type=float, default=None, help="the sampler's time shift of its grid (trigflow_*: 5; Wan 480p: 3)"
+    )
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: teacher_wrapper.guidance)")
     p.add_argument("--negative-prompt", default="", help="the negative prompt for CFG (default: empty)")
-    p.add_argument("--sigma-max", type=float, default=None, help="start at atan(sigma_max) instead of pure noise")
+    p.add_argument(
+        "--sigma-max", type=float, default=None, help="the sampler's sigma_max: start at atan(sigma_max), not π/2"
+    )
     p.add_argument("--shard-size", type=int, default=64, help="samples per shard (default 64)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts sampled together (default 1)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; prompt i always gets the same noise")
@@ -63,55 +72,37 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rcm_registry.plugin_loading import registry
-    from rcm_registry.recipe.load import load_recipe
-    from rcm_registry.recipe.validate import validate_recipe
-    from rcm_registry.schema import MISSING
-    from rcm_registry.synth import SynthSettings, read_conditions, read_prompts, synthesise
+    from rcm_registry.synth import SynthSettings, open_synth, synthesise
 
-    prompts = read_prompts(Path(args.prompts))
-    if args.conditions is not None:
-        read_conditions(Path(args.conditions), prompts)
-    data = load_recipe(args.recipe, args.set)
-    # The dataset being written is the one the recipe trains on, and synth decodes nothing: neither the
-    # data path nor the codecs other than `text` (none for precomputed embeddings) need filling in for it.
-    section = data.get("data")
-    if isinstance(section, dict) and section.get("path") == MISSING:
-        section["path"] = str(args.out)
-    codecs = data.get("codecs")
-    if isinstance(codecs, dict):
-        data["codecs"] = {k: v for k, v in codecs.items() if k == "text" and prompts.text is None}
-    recipe = validate_recipe(data, registry(), source=args.recipe)
     shape = int_list(args.shape, "--shape")
     if shape is None:
         raise UserError("--shape C,T,H,W is required: the latent shape of one sample (e.g. 16,21,60,104 for 480p)")
+    conditions = Path(args.conditions) if args.conditions is not None else None
+    recipe, store, prompts = open_synth(args.recipe, args.set, Path(args.out), Path(args.prompts), conditions)
+    options = {"steps": args.steps, "shift": args.shift, "guidance": args.guidance, "sigma_max": args.sigma_max}
     settings = SynthSettings(
         shape=shape,
         sampler=args.sampler,
-        steps=args.steps,
-        shift=args.shift,
-        guidance=args.guidance,
+        sampler_options={k: v for k, v in options.items() if v is not None},
         negative_prompt=args.negative_prompt,
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         seed=args.seed,
-        sigma_max=args.sigma_max,
         store_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.store_dtype],
         precision=args.precision,
     )
     result = synthesise(
         recipe,
+        store,
         prompts,
-        Path(args.out),
         settings,
         role=args.network,
         device=args.device,
         max_shards=args.max_shards,
         progress=not args.no_progress,
     )
-    index = result.index
     print(
         f"wrote {result.written} shard(s), {result.skipped} already done, {result.remaining} left: "
-        f"{index.total} samples in {len(index.shards)} shards under {args.out}"
+        f"{result.samples} samples in {result.shards} shards under {args.out}"
     )
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -122,7 +122,12 @@ class StepContext:
 
 @attrs.define
 class SampleContext:
-    """What a sampler needs: the network, how to read it, the noise shape and the condition."""
+    """What a sampler needs: the network, how to read it, the noise shape and the condition.
+
+    Samplers draw their noise through :meth:`randn` and call :meth:`report_step` after each step (one
+    network evaluation per sample, CFG included), so a caller can fix each sample's noise and show progress
+    without knowing the sampler.
+    """
 
     net: nn.Module
     shape: tuple[int, ...]
@@ -133,6 +138,23 @@ class SampleContext:
     teacher: Teacher | None = None
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    #: One generator per sample (``shape[0]`` of them, on ``device``): row i of every :meth:`randn` draw
+    #: comes from ``sample_generators[i]``, so a sample's noise does not depend on the batch it is drawn in
+    #: (``rcm synth`` seeds prompt i's from (seed, i)). None: whole draws from ``generator``.
+    sample_generators: Sequence[torch.Generator] | None = None
+    #: Called by :meth:`report_step` (e.g. to advance a progress bar); None: nobody listens.
+    on_step: Callable[[], None] | None = None
 
     def randn(self) -> Tensor:
-        return torch.randn(self.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        gens = self.sample_generators
+        if gens is None:
+            return torch.randn(self.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        if len(gens) != self.shape[0]:
+            raise ValueError(f"{len(gens)} sample generators for a batch of {self.shape[0]}")
+        rows = [torch.randn(self.shape[1:], generator=g, device=self.device, dtype=self.dtype) for g in gens]
+        return torch.stack(rows)
+
+    def report_step(self) -> None:
+        """A sampler finished one step (one network evaluation of the batch, CFG included)."""
+        if self.on_step is not None:
+            self.on_step()

@@ -125,6 +125,15 @@ def build_network(role: NetworkRole) -> nn.Module:
     return net
 
 
+def build_with_weights(entry: NetworkRole, role: str) -> nn.Module:
+    """Network ``role`` built with the weights its recipe entry names (the family's, or the engine's
+    :func:`read_weights`), random where it names none."""
+    net = build_network(entry)
+    if entry.weights is not None:
+        load_strict(net, read_weights(entry.weights), source=f"networks.{role}.weights ({entry.weights.path})")
+    return net
+
+
 def build_graph(recipe: Recipe, device: torch.device, parallel: Parallel) -> Graph:
     """All objects of ``recipe`` on ``device``, networks initialised (weights or ``init_from``).
 
@@ -144,14 +153,14 @@ def build_graph(recipe: Recipe, device: torch.device, parallel: Parallel) -> Gra
             # Filled from the parent's shards by the strategy: never allocated whole.
             net = _build_on_meta(entry)
         if net is None:
-            net = build_network(entry)
             if entry.init_from:
+                net = build_network(entry)
                 parent = unwrapped(entry.init_from).state_dict()
                 if parallel.shards_parameters:  # gather the parent's shards whole
                     parent = full_tensors(parent, keep=True)
                 load_strict(net, parent, source=f"networks.{role}.init_from={entry.init_from}")
-            elif entry.weights is not None:
-                load_strict(net, read_weights(entry.weights), source=f"networks.{role}.weights ({entry.weights.path})")
+            else:
+                net = build_with_weights(entry, role)
             net.to(device)
             copy_from = None
         else:

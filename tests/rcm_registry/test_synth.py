@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +20,7 @@ from rcm_registry.testing import run_cli
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
+from rcm_plugins.data.latent_shards_format import NEGATIVE_NAME, ShardIndex, TensorSpec
 from rcm_plugins.data.tiny import write_tiny_codecs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +84,7 @@ def stored(out: Path) -> dict[int, dict[str, torch.Tensor]]:
     """Every sample of a dataset directory by prompt index; fails on a prompt stored twice."""
     from safetensors import safe_open
 
-    index = synth.ShardIndex.read(out)
+    index = ShardIndex.read(out)
     samples: dict[int, dict[str, torch.Tensor]] = {}
     for entry in index.shards:
         tensors = load_file(str(out / entry.file))
@@ -107,10 +106,10 @@ def test_synth_writes_each_prompt_once(assets: dict[str, Path], tmp_path: Path) 
     assert sorted(samples) == list(range(7))
     assert samples[0]["latents"].shape == (16, 3, 4, 4) and samples[0]["latents"].dtype == torch.bfloat16
     assert samples[3]["text"].shape == (8, 32) and samples[3]["text_mask"].tolist() == [True] * 3 + [False] * 5
-    index = synth.ShardIndex.read(out)
+    index = ShardIndex.read(out)
     assert [s.count for s in index.shards] == [3, 3, 1]
     assert index.info["negative_prompt"] == "night" and index.info["guidance"] == 5.0
-    negative = load_file(str(out / synth.NEGATIVE_NAME))
+    negative = load_file(str(out / NEGATIVE_NAME))
     assert negative["text"].shape == (1, 8, 32) and negative["text_mask"].sum() == 2
     assert not list(out.glob(".*"))  # no temporary files left
     again = run_cli(*synth_args(assets, out))
@@ -138,7 +137,7 @@ def test_interrupted_synth_resumes_without_duplicates(
     with pytest.raises(RuntimeError, match="power cut"):
         run_cli(*synth_args(assets, out, "--batch-size", "2"))
     monkeypatch.setattr(synth, "_sample", real)
-    assert [s.file for s in synth.ShardIndex.read(out).shards] == ["shard-000000.safetensors"]
+    assert [s.file for s in ShardIndex.read(out).shards] == ["shard-000000.safetensors"]
     assert not (out / "shard-000001.safetensors").exists()
 
     partial = run_cli(*synth_args(assets, out, "--batch-size", "2", "--max-shards", "1"))
@@ -187,6 +186,43 @@ def test_changed_settings_or_damaged_shards_are_refused(assets: dict[str, Path],
     assert damaged.code == 2 and "shard-000001.safetensors: truncated" in damaged.err
 
 
+def test_sampler_is_a_registry_sampler_with_its_settings_checked(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    unknown = run_cli(*synth_args(assets, out, "--sampler", "trigflow_eulr"))
+    assert (
+        unknown.code == 2 and "--sampler: unknown sampler 'trigflow_eulr'; did you mean 'trigflow_euler'" in unknown.err
+    )
+    bad = run_cli(*synth_args(assets, out, "--shift", "-2"))
+    assert bad.code == 2 and "--shift: must be > 0, got -2.0 (sampler trigflow_euler)" in bad.err
+    foreign = run_cli(*synth_args(assets, out, "--sampler", "trigflow_multistep", "--shift", "3"))
+    assert foreign.code == 2 and "--shift: sampler 'trigflow_multistep' has no setting 'shift'" in foreign.err
+    assert not out.exists()  # refused before anything is written
+
+    made = run_cli(*synth_args(assets, out, "--sampler", "trigflow_unipc", "--shift", "3", "--max-shards", "1"))
+    assert made.code == 0, made.err
+    record = json.loads((out / "synth.json").read_text())
+    assert record["sampler"] == "trigflow_unipc"
+    assert {k: v for k, v in record.items() if k.startswith("sampler.")} == {
+        "sampler.steps": 3,
+        "sampler.shift": 3.0,
+        "sampler.guidance": 5.0,  # the teacher wrapper's, as used
+        "sampler.sigma_max": None,
+    }
+    changed = run_cli(*synth_args(assets, out, "--sampler", "trigflow_unipc", "--shift", "4"))
+    assert changed.code == 2 and "sampler.shift: 3.0 then, 4.0 now" in changed.err
+
+
+def test_a_directory_started_before_samplers_were_components_continues(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    assert run_cli(*synth_args(assets, out, "--max-shards", "1")).code == 0
+    record = json.loads((out / "synth.json").read_text())
+    record["sampler"] = "euler"  # the layout of synth.json written by the built-in solver
+    record.update({key.removeprefix("sampler."): record.pop(key) for key in list(record) if key.startswith("sampler.")})
+    (out / "synth.json").write_text(json.dumps(record))
+    resumed = run_cli(*synth_args(assets, out))
+    assert resumed.code == 0 and "wrote 2 shard(s), 1 already done" in resumed.out, resumed.err
+
+
 def test_precomputed_embeddings_need_no_text_codec(assets: dict[str, Path], tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.safetensors"
     text = torch.randn(4, 6, 32)
@@ -195,117 +231,15 @@ def test_precomputed_embeddings_need_no_text_codec(assets: dict[str, Path], tmp_
     save_file({"text": text, "negative_text": negative}, str(prompts))
     out = tmp_path / "data"
     args = ["synth", RECIPE, "--prompts", str(prompts), "--out", str(out), "--shape", SHAPE, "--steps", "3"]
-    args += ["--sampler", "unipc"]
+    args += ["--sampler", "trigflow_unipc"]
     result = run_cli(*args, "--set", f"networks.teacher.weights.path={assets['teacher']}", "--no-progress")
     assert result.code == 0, result.err
-    index = synth.ShardIndex.read(out)
-    assert index.total == 4 and not index.captions and index.negative == synth.NEGATIVE_NAME
-    assert index.info["sampler"] == "unipc"
+    index = ShardIndex.read(out)
+    assert index.total == 4 and not index.captions and index.negative == NEGATIVE_NAME
+    assert index.info["sampler"] == "trigflow_unipc"
     shard = load_file(str(out / index.shards[0].file))
     assert torch.equal(shard["text"], text.to(torch.bfloat16))
     assert shard["text_mask"].tolist() == [[True] * 4 + [False] * 2] * 4
-
-
-def test_euler_is_the_flow_matching_euler_sampler(assets: dict[str, Path]) -> None:
-    """On a rectified-flow teacher the TrigFlow step equals the core ``euler`` sampler's, CFG included."""
-    from rcm_registry.engine.context import SampleContext
-
-    reg = rr.registry()
-    torch.manual_seed(0)
-    net = reg.build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"}).double().eval()
-    text = torch.randn(2, 5, 32, dtype=torch.float64)
-    null = torch.zeros(2, 5, 32, dtype=torch.float64)
-    steps, shift, guidance = 6, 3.0, 4.0
-    schedule = reg.build("schedule", "rectified_flow", shift=shift, time_scale=1000.0)
-    euler = reg.build("sampler", "euler", steps=steps, guidance=guidance)
-    ctx = SampleContext(
-        net=net,
-        shape=(2, 16, 3, 4, 4),
-        condition={"text": text},
-        null_condition={"text": null},
-        generator=torch.Generator().manual_seed(7),
-        schedule=schedule,
-        dtype=torch.float64,
-    )
-    with torch.no_grad():
-        want = euler(ctx)
-    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=guidance)
-    solver = synth.TeacherSolver("euler", synth.time_grid(steps, shift))
-    noise = torch.randn((2, 16, 3, 4, 4), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-
-    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-        times = torch.full((2,), t, dtype=torch.float64)
-        return wrapper.denoise(net, x, times, {"text": text}, guidance=guidance, null_condition={"text": null})[0]
-
-    with torch.no_grad():
-        got = solver(denoise, noise)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-
-
-def gaussian_denoiser(mu: float, sd: float):
-    """The exact x̂0 for data ~ N(mu, sd²) in TrigFlow; its ODE solution is x_t = cos t·mu + √(cos²t·sd² + sin²t)·z."""
-
-    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-        c, s = math.cos(t), math.sin(t)
-        return mu + c * sd**2 / (c * c * sd**2 + s * s) * (x - c * mu)
-
-    return denoise
-
-
-def test_unipc_is_diffusers_flow_unipc() -> None:
-    """UniPC (bh2, order 2, data prediction) in TrigFlow equals diffusers' flow-matching UniPC, Wan's solver."""
-    from diffusers import UniPCMultistepScheduler
-
-    denoise = gaussian_denoiser(0.7, 0.3)
-    steps = 10
-    u = np.linspace(0.999, 0.0, steps + 1)[:-1]
-    u = (3.0 * u / (1 + 2.0 * u)).astype(np.float32).astype(np.float64)  # shift 3, as diffusers holds them
-    times = [math.atan2(v, 1 - v) for v in u] + [0.0]
-    z = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    got = synth.TeacherSolver("unipc", times)(denoise, z)
-
-    scheduler = UniPCMultistepScheduler(
-        use_flow_sigmas=True, prediction_type="flow_prediction", solver_order=2, predict_x0=True, solver_type="bh2"
-    )
-    scheduler.set_timesteps(sigmas=u.copy())
-    x = (z / (math.cos(times[0]) + math.sin(times[0]))).float()  # the rectified-flow state
-    for i, timestep in enumerate(scheduler.timesteps):
-        sigma = float(scheduler.sigmas[i])
-        t = math.atan2(sigma, 1 - sigma)
-        x0 = denoise(x.double() * (math.cos(t) + math.sin(t)), t)
-        velocity = (x.double() - x0) / sigma
-        x = scheduler.step(velocity.float(), timestep, x).prev_sample
-    torch.testing.assert_close(got, x.double(), rtol=0, atol=1e-6)
-    euler = synth.TeacherSolver("euler", times)(denoise, z)
-    assert (euler - got).abs().max() > 1e-2  # a different solver: the comparison can tell them apart
-
-
-def test_unipc_converges_faster_than_euler() -> None:
-    mu, sd = 0.7, 0.3
-    denoise = gaussian_denoiser(mu, sd)
-    z = torch.randn(256, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    t0, t1 = 1.4, 0.2  # away from the ends, where λ = log cot t is unbounded
-    exact = math.cos(t1) * mu + math.sqrt(math.cos(t1) ** 2 * sd**2 + math.sin(t1) ** 2) * z
-    start = math.cos(t0) * mu + math.sqrt(math.cos(t0) ** 2 * sd**2 + math.sin(t0) ** 2) * z
-
-    def error(kind: str, steps: int) -> float:
-        lam = torch.linspace(math.log(1 / math.tan(t0)), math.log(1 / math.tan(t1)), steps + 1, dtype=torch.float64)
-        times = torch.atan(torch.exp(-lam)).tolist()
-        return (synth.TeacherSolver(kind, times)(denoise, start) - exact).abs().max().item()
-
-    euler = [error("euler", n) for n in (20, 40)]
-    unipc = [error("unipc", n) for n in (20, 40)]
-    assert 1.8 < euler[0] / euler[1] < 2.2  # first order
-    assert unipc[0] / unipc[1] > 4.0  # at least second order
-    assert unipc[1] < euler[1] / 100
-
-
-def test_time_grid() -> None:
-    grid = synth.time_grid(4, 1.0)
-    assert grid[0] == pytest.approx(torch.pi / 2) and grid[-1] == 0.0 and len(grid) == 5
-    assert grid == sorted(grid, reverse=True)
-    capped = synth.time_grid(50, 5.0, sigma_max=80.0)
-    assert capped[0] == pytest.approx(float(torch.atan(torch.tensor(80.0)))) and len(capped) < 51
 
 
 # -- conditions besides the text (image-to-video, video-to-world) -------------------------------------
@@ -384,9 +318,9 @@ def test_i2v_synth_stores_the_image_conditions_and_training_reads_them(tmp_path:
     out = tmp_path / "data"
     result = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(tmp_path / "conditions.safetensors")))
     assert result.code == 0, result.err
-    index = synth.ShardIndex.read(out)
-    assert index.tensors["cond.image"] == synth.TensorSpec("bfloat16", (3, 24))
-    assert index.tensors["cond.image_latent"] == synth.TensorSpec("bfloat16", (20, 3, 4, 4))
+    index = ShardIndex.read(out)
+    assert index.tensors["cond.image"] == TensorSpec("bfloat16", (3, 24))
+    assert index.tensors["cond.image_latent"] == TensorSpec("bfloat16", (20, 3, 4, 4))
     assert index.info["conditions"] == ["image", "image_latent"]
     shards = [load_file(str(out / e.file)) for e in index.shards]
     for key in ("cond.image", "cond.image_latent"):
@@ -423,7 +357,7 @@ def test_v2w_synth_keeps_the_conditioning_frames(tmp_path: Path) -> None:
     out = tmp_path / "data"
     result = run_cli(*tiny_synth(recipe, prompts, out, "--conditions", str(conditions)))
     assert result.code == 0, result.err
-    index = synth.ShardIndex.read(out)
+    index = ShardIndex.read(out)
     stored = torch.cat([load_file(str(out / e.file))["latents"] for e in index.shards])
     # cosmos_edm replaces the prediction on conditioning frames by the clean latents: the teacher got them.
     assert torch.equal(stored[:, :, 0], latents[:, :, 0].to(torch.bfloat16))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from rcm_plugins.data.latent_shards_format import ShardIndex
 from safetensors.torch import load_file, save_file
 
-from rcm_registry import synth
 from rcm_registry.testing import CliResult, run_cli
 
 pytest.importorskip("diffusers")
@@ -72,7 +72,7 @@ def test_t2i_synth_run_generate_with_the_cosmos_codecs(codecs: dict[str, Path], 
     data = tmp_path / "data"
     made = run_cli(*synth_args(recipe, codecs, data, "16,1,4,4", "--negative-prompt", "night"))
     assert made.code == 0, made.err
-    index = synth.ShardIndex.read(data)
+    index = ShardIndex.read(data)
     assert index.total == len(PROMPTS) and index.tensors["text"].shape == (512, TEXT_DIM)  # t5, max_length 512
     assert index.negative is not None
 
@@ -98,7 +98,7 @@ def test_v2w_synth_run_generate_with_conditions(codecs: dict[str, Path], tmp_pat
     assert refused.code == 2 and "cond.condition_latents (16, 3, 4, 4)" in refused.err and not data.exists()
     made = run_cli(*synth_args(recipe, codecs, data, "16,3,4,4", "--conditions", str(conditions)))
     assert made.code == 0, made.err
-    assert synth.ShardIndex.read(data).info["conditions"] == ["condition_latents", "condition_mask"]
+    assert ShardIndex.read(data).info["conditions"] == ["condition_latents", "condition_mask"]
 
     run = tmp_path / "run"
     trained = train(recipe, codecs, data, run)

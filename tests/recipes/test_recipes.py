@@ -85,7 +85,7 @@ def test_production_cosmos_recipes_train_on_synthesised_data_with_the_cosmos_cod
 
 def test_v2w_recipe_names_the_conditions_its_teacher_needs() -> None:
     """The shapes its header gives for `rcm synth --conditions` are the network's at the training shape."""
-    from rcm_registry.synth import network_conditions
+    from rcm_registry.conditions import network_conditions
 
     recipe = ROOT / "recipes/cosmos-predict2/v2w_2b_rcm.yaml"
     needs = network_conditions(validated(recipe).networks["teacher"].spec, (16, 24, 88, 160))

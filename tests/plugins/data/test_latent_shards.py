@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 from rcm_plugins.data.latent_shards_dataset import open_dataset
+from rcm_plugins.data.latent_shards_format import (
+    NEGATIVE_NAME,
+    ShardError,
+    ShardIndex,
+    TensorSpec,
+    read_header,
+    write_shard,
+)
 from safetensors.torch import save_file
 
 import rcm_registry as rr
-from rcm_registry.synth import NEGATIVE_NAME, ShardError, ShardIndex, TensorSpec, read_header, write_shard
 
 SHAPE = (4, 2, 2, 2)
 TEXT = (5, 6)
