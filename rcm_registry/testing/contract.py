@@ -61,11 +61,12 @@ class ComponentContract:
         return rr.registry().get(self.kind, self.name).provides
 
     def built_config(self) -> Any:
-        """The component's validated config object: from the registry by ``name``, else the built
-        object's ``config`` attribute (None if it has none)."""
-        if self.name is not None:
-            return rr.registry().config(self.kind, self.name, **self.config)
-        return getattr(self.make(), "config", None)
+        """The component's validated config: the built object's ``config`` attribute, else (for an object
+        without one) the registry's validation of :attr:`config` for ``name``; None if neither exists."""
+        config = getattr(self.make(), "config", None)
+        if config is None and self.name is not None:
+            config = rr.registry().config(self.kind, self.name, **self.config)
+        return config
 
     def config_field(self, field: str) -> bool:
         """Whether the component's config (an attrs class) has ``field``."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from rcm_registry.testing.contract import ComponentContract
-
-HALF_PI = math.pi / 2
+from rcm_registry.testing.fixtures import HALF_PI
 
 
 def _trigflow_times(n: int = 33) -> Tensor:
