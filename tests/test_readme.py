@@ -21,6 +21,8 @@ def test_example_plugin_files_match_the_readme() -> None:
     assert block_after("`pyproject.toml`:", "toml") == (plugin / "pyproject.toml").read_text()
     code = block_after("`rcm_logit_normal/__init__.py`:", "python")
     assert code == (plugin / "rcm_logit_normal/__init__.py").read_text()
+    test = block_after("`tests/test_logit_normal.py`:", "python")
+    assert test == (plugin / "tests/test_logit_normal.py").read_text()
 
 
 def test_setup_commands_match_ci() -> None:

@@ -38,10 +38,15 @@ def needs_child() -> bool:
     return not interpreter_active()
 
 
-def _nodeid_of(case: ET.Element) -> str:
-    # JUnit names: classname "tests.kernels.test_x" (dotted path) and name "test_y[param]".
-    path = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
-    return f"{path}::{case.get('name')}"
+def _nodeid_of(case: ET.Element, root: Path) -> str:
+    # JUnit names: classname "tests.kernels.test_x" (the module's dotted path, followed by ".TestClass" for a
+    # test method: the module is the longest prefix that is a file) and name "test_y[param]".
+    parts = case.get("classname", "").split(".")
+    for cut in range(len(parts), 0, -1):
+        path = "/".join(parts[:cut]) + ".py"
+        if (root / path).is_file():
+            return "::".join([path, *parts[cut:], case.get("name", "")])
+    return f"{'/'.join(parts)}.py::{case.get('name')}"
 
 
 def _run_child(config: pytest.Config, paths: list[str]) -> dict[str, tuple[str, str]]:
@@ -61,7 +66,7 @@ def _run_child(config: pytest.Config, paths: list[str]) -> dict[str, tuple[str, 
                     outcome = tag
                     message = (node.get("message") or "") + "\n" + (node.text or "")
                     break
-            results[_nodeid_of(case)] = (outcome, message)
+            results[_nodeid_of(case, config.rootpath)] = (outcome, message)
         return results
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from rcm_registry import registry
 from rcm_registry.engine.checkpoint import save_checkpoint
 from rcm_registry.testing import run_cli
-
-pytest.importorskip("diffusers")
 
 RECIPE = {
     "data": {"use": "gaussian_mixture_2d"},

@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rcm_plugins.data.tiny import write_tiny_codecs
 from safetensors.torch import load_file, save_file
 
 import rcm_registry as rr
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
 from rcm_registry.testing import run_cli
-
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-from rcm_plugins.data.tiny import write_tiny_codecs
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")

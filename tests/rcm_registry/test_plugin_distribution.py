@@ -66,6 +66,22 @@ def test_usable_by_name_in_a_recipe(plugin_path: dict[str, str], tmp_path: Path)
     assert bad.code == 2 and "phases.teacher.losses[0].time.std: must be > 0" in bad.err
 
 
+def test_the_plugins_own_contract_test_passes_against_the_installed_plugin(
+    plugin_path: dict[str, str], tmp_path: Path
+) -> None:
+    """tests/test_logit_normal.py (TimeSamplerContract), run the way the plugin's author runs it, on the
+    installed distribution: copied out of the source tree, so only the entry point can find the plugin."""
+    test_file = tmp_path / "test_logit_normal.py"
+    shutil.copy(PLUGIN / "tests/test_logit_normal.py", test_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(test_file)],
+        cwd=tmp_path, env={**os.environ, **plugin_path}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed = [line for line in proc.stdout.splitlines() if line.startswith("PASSED") and "TestLogitNormal::" in line]
+    assert len(passed) == 5, proc.stdout
+
+
 def test_without_the_plugin_the_name_is_unknown(tmp_path: Path) -> None:
     recipe = str(ROOT / "recipes/quickstart/teacher.yaml")
     result = run_cli_subprocess("validate", recipe, "--set", "phases.teacher.losses[0].time={use: logit_normal}")

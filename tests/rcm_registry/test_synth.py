@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rcm_plugins.data.latent_shards_format import NEGATIVE_NAME, ShardIndex, TensorSpec
+from rcm_plugins.data.tiny import write_tiny_codecs
 from safetensors.torch import load_file, save_file
 
 import rcm_registry as rr
 from rcm_registry import synth
 from rcm_registry.testing import run_cli
-
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-from rcm_plugins.data.latent_shards_format import NEGATIVE_NAME, ShardIndex, TensorSpec
-from rcm_plugins.data.tiny import write_tiny_codecs
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/wan2.1/t2v_tiny_synth.yaml")

@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from rcm_plugins.data.latent_shards_format import ShardIndex
+from rcm_plugins.data.tiny import write_tiny_codecs
 from safetensors.torch import load_file, save_file
 
 from rcm_registry.testing import CliResult, run_cli
-
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-from rcm_plugins.data.tiny import write_tiny_codecs
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red fox in the snow", "a dog on the sea", "the cat"]

@@ -18,11 +18,12 @@ fallback = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fallback)
 fallback.prepare()
 
-_TRITON_TESTS = Path(__file__).with_name("test_triton_jvp.py")
+# The modules that run the triton_jvp backend on CPU tensors.
+_TRITON_TESTS = {Path(__file__).with_name(name) for name in ("test_triton_jvp.py", "test_attention_contracts.py")}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if pyfuncitem.path != _TRITON_TESTS or "gpu" in pyfuncitem.keywords or not fallback.needs_child():
+    if pyfuncitem.path not in _TRITON_TESTS or "gpu" in pyfuncitem.keywords or not fallback.needs_child():
         return None
-    return fallback.run_in_child(pyfuncitem, _TRITON_TESTS)
+    return fallback.run_in_child(pyfuncitem, pyfuncitem.path.parent)

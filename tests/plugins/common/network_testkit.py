@@ -23,14 +23,9 @@ from torch.autograd import forward_ad
 import rcm_registry as rr
 from rcm_registry.errors import CheckpointError, RecipeError
 from rcm_registry.jvp import jvp
+from rcm_registry.testing.fixtures import rel_err
 
 M = TypeVar("M", bound=nn.Module)
-
-
-def rel_err(a: Tensor, b: Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64."""
-    a64, b64 = a.detach().double(), b.detach().double()
-    return ((a64 - b64).norm() / b64.norm()).item()
 
 
 def build(name: str, **config: Any) -> Any:

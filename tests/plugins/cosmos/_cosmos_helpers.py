@@ -7,15 +7,12 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import torch
 import torch.nn.functional as F
-from network_testkit import random_reference
-from torch import Tensor
-
-pytest.importorskip("diffusers")
 from diffusers import CosmosTransformer3DModel
 from diffusers.models.transformers import transformer_cosmos
+from network_testkit import random_reference
+from torch import Tensor
 
 
 def diffusers_kwargs(

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import rcm_registry as rr
-
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 from diffusers import AutoencoderKLWan
 from rcm_plugins.data.tiny import write_tiny_codecs
 from transformers import AutoTokenizer, T5Config, T5EncoderModel, UMT5EncoderModel
+
+import rcm_registry as rr
 
 
 @pytest.fixture(scope="module")

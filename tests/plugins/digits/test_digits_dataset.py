@@ -7,8 +7,6 @@ import torch
 
 import rcm_registry as rr
 
-pytest.importorskip("sklearn")
-
 
 @pytest.fixture(scope="module")
 def registry() -> rr.Registry:

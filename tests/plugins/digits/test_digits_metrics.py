@@ -86,7 +86,6 @@ def classifier_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_metric_components_on_the_data_itself(classifier_path: Path) -> None:
-    pytest.importorskip("sklearn")
     reg = rr.registry()
     ds = reg.build("dataset", "digits")
     n = 500
@@ -109,7 +108,6 @@ def test_metric_components_on_the_data_itself(classifier_path: Path) -> None:
 
 
 def test_missing_classifier_is_a_user_error(tmp_path: Path) -> None:
-    pytest.importorskip("sklearn")
     reg = rr.registry()
     ds = reg.build("dataset", "digits")
     metric = reg.build("metric", "digits_fd", classifier=str(tmp_path / "none.safetensors"))
@@ -118,7 +116,6 @@ def test_missing_classifier_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_samples_are_clipped_to_the_pixel_range_unless_asked_not_to(classifier_path: Path) -> None:
-    pytest.importorskip("sklearn")
     reg = rr.registry()
     ds = reg.build("dataset", "digits")
     loud = ds.x[:300] * 3.0  # over-saturated: most pixels far outside [-1, 1]

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distill_testkit import (
-    FixedTimes,
-    TinyNet,
-    assert_close,
-    col,
-    make_ctx,
-    rf_reference,
-    rf_reference_cfg,
-)
+from distill_testkit import assert_close, col, rf_reference, rf_reference_cfg
 from rcm_plugins.distill.dcm import DcmConfig, DcmLoss
 from rcm_plugins.distill.dmd import DmdConfig, DmdLoss
 from rcm_plugins.distill.fake_score_dsm import FakeScoreDsmConfig, FakeScoreDsmLoss
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from rcm_plugins.distill.scm import ScmConfig, ScmLoss
 from torch import Tensor, nn
+
+from rcm_registry.testing.fixtures import FixedTimes, TinyNet, step_context
 
 B = 6
 TIMES = [0.05, 0.3, 0.7, 1.0, 1.3, 1.52]
@@ -83,7 +77,7 @@ def _scm_reference(
 def test_scm_matches_reference(iteration: int, reduction: str) -> None:
     x0, nets, wrapper = _setup()
     t = torch.tensor(TIMES, dtype=torch.float64)
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=iteration)
+    ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=iteration)
     out = ScmLoss(ScmConfig(weight=2.0, reduction=reduction, tangent_warmup=100))(ctx)
     per = _scm_reference(ctx, nets, t, iteration, 100)
     ref = 2.0 * (per.mean() if reduction == "mean" else per.sum())
@@ -98,13 +92,13 @@ def test_scm_semi_continuous_matches_reference_and_approximates_jvp() -> None:
     x0, nets, wrapper = _setup(1)
     t = torch.tensor(TIMES, dtype=torch.float64)
     semi = ScmLoss(ScmConfig(semi_continuous=True))
-    out = semi(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=0))
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=0)
+    out = semi(step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=0))
+    ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=0)
     ref = _scm_reference(ctx, nets, t, 0, 0, semi=True).mean()
     assert_close(out.loss, ref, 1e-9, "semi-continuous loss")
     g_semi = _grads(nets["student"], out.loss)
     _compare_grads(g_semi, _grads(nets["student"], ref), 1e-8)
-    exact = ScmLoss(ScmConfig())(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}))
+    exact = ScmLoss(ScmConfig())(step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}))
     g_exact = _grads(nets["student"], exact.loss)
     for a, b in zip(g_semi, g_exact, strict=True):
         assert_close(a, b, 1e-2, "finite difference ≈ time tangent")
@@ -113,7 +107,9 @@ def test_scm_semi_continuous_matches_reference_and_approximates_jvp() -> None:
 def test_scm_semi_continuous_uses_forward_point_for_tiny_t() -> None:
     x0, nets, wrapper = _setup(2)
     t = torch.full((B,), 5e-5, dtype=torch.float64)  # below h = 1e-4: t − h would be negative
-    out = ScmLoss(ScmConfig(semi_continuous=True))(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}))
+    out = ScmLoss(ScmConfig(semi_continuous=True))(
+        step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)})
+    )
     assert torch.isfinite(out.loss) and out.metrics["nan_masked"] == 0.0
 
 
@@ -136,12 +132,12 @@ def test_scm_masks_and_counts_nan_samples() -> None:
     t = torch.tensor(TIMES, dtype=torch.float64)
     clean = dict(nets)
     nets = {**nets, "teacher": NanForFirst(nets["teacher"])}
-    out = ScmLoss(ScmConfig(reduction="sum"))(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}))
+    out = ScmLoss(ScmConfig(reduction="sum"))(step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}))
     assert out.metrics["nan_masked"] == 1.0
     assert torch.isfinite(out.loss)
     grads = _grads(nets["student"], out.loss)
     assert all(torch.isfinite(g).all() for g in grads)
-    ctx = make_ctx(x0, clean, teacher=wrapper, time={"student": FixedTimes(t)})
+    ctx = step_context(x0, clean, teacher=wrapper, time={"student": FixedTimes(t)})
     ref = _scm_reference(ctx, clean, t, 0, 0)[1:].sum()
     assert_close(out.loss, ref, 1e-10, "masked loss = sum over the clean samples")
     _compare_grads(grads, _grads(clean["student"], ref), 1e-9)
@@ -149,7 +145,7 @@ def test_scm_masks_and_counts_nan_samples() -> None:
 
 def test_scm_guidance_without_null_condition_is_an_error() -> None:
     x0, nets, wrapper = _setup()
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}, null=False)
+    ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}, null=False)
     with pytest.raises(RuntimeError, match="null_condition"):
         ScmLoss(ScmConfig())(ctx)
     # guidance 1 needs none
@@ -161,7 +157,7 @@ def test_dcm_matches_reference() -> None:
     x0, nets, wrapper = _setup(4)
     x0 = torch.cat([x0, x0 * 0.5, -x0])  # 18 samples: k = 1 (the t' = 0 boundary) is drawn too
     n, steps, shift, sigma_max = x0.shape[0], 4, 3.0, 80.0
-    ctx = make_ctx(x0, nets, teacher=wrapper)
+    ctx = step_context(x0, nets, teacher=wrapper)
     out = DcmLoss(DcmConfig(steps=steps, shift=shift, sigma_max=sigma_max, reduction="sum"))(ctx)
 
     gen = torch.Generator().manual_seed(7)
@@ -203,7 +199,7 @@ def test_dmd_matches_reference(reduction: str) -> None:
     x0, nets, wrapper = _setup(5)
     t = torch.tensor(TIMES, dtype=torch.float64)
     rollout = _rollout_stub(nets["student"])
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"critic": FixedTimes(t)}, rollout=rollout)
+    ctx = step_context(x0, nets, teacher=wrapper, time={"critic": FixedTimes(t)}, rollout=rollout)
     out = DmdLoss(DmdConfig(weight=0.5, reduction=reduction))(ctx)
 
     cond, null = _conds(ctx)
@@ -225,7 +221,7 @@ def test_dmd_masks_nan_samples() -> None:
     x0, nets, wrapper = _setup(6)
     nets = {**nets, "fake_score": NanForFirst(nets["fake_score"])}
     rollout = _rollout_stub(nets["student"])
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"critic": FixedTimes(TIMES)}, rollout=rollout)
+    ctx = step_context(x0, nets, teacher=wrapper, time={"critic": FixedTimes(TIMES)}, rollout=rollout)
     out = DmdLoss(DmdConfig())(ctx)
     assert out.metrics["nan_masked"] == 1.0 and torch.isfinite(out.loss)
     assert all(torch.isfinite(g).all() for g in _grads(nets["student"], out.loss))
@@ -235,7 +231,7 @@ def test_fake_score_dsm_matches_reference() -> None:
     x0, nets, wrapper = _setup(7)
     t = torch.tensor(TIMES, dtype=torch.float64)
     rollout = _rollout_stub(nets["student"])
-    ctx = make_ctx(x0, nets, teacher=wrapper, time={"critic": FixedTimes(t)}, rollout=rollout, trained="fake_score")
+    ctx = step_context(x0, nets, teacher=wrapper, time={"critic": FixedTimes(t)}, rollout=rollout, trained="fake_score")
     out = FakeScoreDsmLoss(FakeScoreDsmConfig(weight=1.5))(ctx)
     assert out.loss.grad_fn is not None
     cond, _ = _conds(ctx)
@@ -270,10 +266,10 @@ def test_dead_fake_score_gives_nan_losses(reduction: str) -> None:
     nets = {**nets, "fake_score": AllNan(nets["fake_score"])}
     time = {"critic": FixedTimes(TIMES)}
     rollout = _rollout_stub(nets["student"])
-    ctx = make_ctx(x0, nets, teacher=wrapper, time=time, rollout=rollout, trained="fake_score")
+    ctx = step_context(x0, nets, teacher=wrapper, time=time, rollout=rollout, trained="fake_score")
     critic = FakeScoreDsmLoss(FakeScoreDsmConfig(reduction=reduction))(ctx)
     assert critic.metrics["nan_masked"] == B and torch.isnan(critic.loss)
-    ctx = make_ctx(x0, nets, teacher=wrapper, time=time, rollout=rollout)
+    ctx = step_context(x0, nets, teacher=wrapper, time=time, rollout=rollout)
     dmd = DmdLoss(DmdConfig(reduction=reduction))(ctx)
     assert dmd.metrics["nan_masked"] == B and torch.isnan(dmd.loss)
 
@@ -281,7 +277,7 @@ def test_dead_fake_score_gives_nan_losses(reduction: str) -> None:
 def test_all_masked_scm_and_dcm_losses_are_nan() -> None:
     x0, nets, wrapper = _setup(9)
     nets = {**nets, "teacher": AllNan(nets["teacher"])}
-    scm = ScmLoss(ScmConfig())(make_ctx(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}))
+    scm = ScmLoss(ScmConfig())(step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}))
     assert scm.metrics["nan_masked"] == B and torch.isnan(scm.loss)
-    dcm = DcmLoss(DcmConfig(steps=4))(make_ctx(x0, nets, teacher=wrapper))
+    dcm = DcmLoss(DcmConfig(steps=4))(step_context(x0, nets, teacher=wrapper))
     assert dcm.metrics["nan_masked"] == B and torch.isnan(dcm.loss)

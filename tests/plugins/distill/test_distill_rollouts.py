@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 import torch
-from distill_testkit import HALF_PI, FixedTimes, TinyNet, make_ctx
 from rcm_plugins.distill.fixed_timesteps import FixedTimesteps, FixedTimestepsConfig
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from rcm_plugins.distill.stochastic_backward import StochasticBackward, StochasticBackwardConfig
 from torch import Tensor, nn
+
+from rcm_registry.testing.fixtures import HALF_PI, FixedTimes, TinyNet, step_context
 
 
 class Recorder(nn.Module):
@@ -35,7 +36,7 @@ def _ctx(rec: Recorder, critic: FixedTimes | None = None, seed: int = 0) -> obje
     x0 = torch.zeros(5, 2, dtype=torch.float64)
     wrapper = RectifiedFlowTeacher(RectifiedFlowConfig(t_scale=1000.0))
     time = {"critic": critic or FixedTimes([0.9])}
-    return make_ctx(x0, {"student": rec}, teacher=wrapper, time=time, seed=seed, null=False)
+    return step_context(x0, {"student": rec}, teacher=wrapper, time=time, seed=seed, null=False)
 
 
 @pytest.mark.parametrize("make", ["stochastic", "fixed"])

@@ -64,8 +64,7 @@ def gaussian_denoiser(mu: float, sd: float):
 
 def test_unipc_is_diffusers_flow_unipc() -> None:
     """UniPC (bh2, order 2, data prediction) in TrigFlow equals diffusers' flow-matching UniPC, Wan's solver."""
-    diffusers = pytest.importorskip("diffusers")
-    UniPCMultistepScheduler = diffusers.UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler
 
     denoise = gaussian_denoiser(0.7, 0.3)
     steps = 10

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
-from distill_testkit import HALF_PI, NULL_LABEL, TinyNet, assert_close, col
+from distill_testkit import assert_close, col
 from rcm_plugins.distill.edm import EdmConfig, EdmTeacher
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from rcm_plugins.distill.vp_eps import VpEpsConfig, VpEpsTeacher
 from torch import Tensor, nn
 
 from rcm_registry.jvp import jvp
+from rcm_registry.testing.fixtures import HALF_PI, NULL_LABEL, TinyNet
 
 
 def _data(t: list[float], dim: int = 3, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:

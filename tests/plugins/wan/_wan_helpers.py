@@ -7,15 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from network_testkit import random_reference
 from rcm_plugins.common.diffusers_interop import from_pretrained_strict
 from torch import Tensor
-
-pytest.importorskip("diffusers")
-from diffusers import WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 #: Text length the diffusers I2V model requires (it splits image from text tokens at len − 512).
 DIFFUSERS_I2V_TEXT = 512
