@@ -12,7 +12,6 @@ What the codec kinds must do (duck-typed; the built-in ones are in ``rcm_plugins
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rcm_registry.atomic import atomic_file
 from rcm_registry.errors import UserError
 from rcm_registry.protocols import close_dataset
 
@@ -215,16 +215,11 @@ def contact_sheet(frames: np.ndarray) -> np.ndarray:
     return sheet
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
 def save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = _tmp(path)
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def save_video(frames: np.ndarray, path: Path, fps: int) -> list[Path]:
@@ -240,15 +235,13 @@ def save_video(frames: np.ndarray, path: Path, fps: int) -> list[Path]:
             save_png(frame, file)
             files.append(file)
         return files
-    tmp = _tmp(path)
-    iio.imwrite(tmp, frames, fps=fps)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        iio.imwrite(tmp, frames, fps=fps)
     return [path]
 
 
 def save_latents(latents: Tensor, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = _tmp(path)
-    save_file({"latents": latents.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp), metadata=metadata)

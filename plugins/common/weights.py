@@ -13,12 +13,9 @@ Every problem is a :class:`rcm_registry.errors.CheckpointError` naming the file;
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from rcm_registry import atomic
 from rcm_registry.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -146,34 +144,6 @@ def diffusers_class_name(path: PathLike) -> str | None:
 # -- writing ------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_directory(out: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to ``out``; on success it is renamed to ``out``.
-
-    On an exception the temporary directory is removed and ``out`` is untouched, so a reader never sees
-    a half-written checkpoint. With ``overwrite=True`` an existing ``out`` is replaced (moved aside first,
-    then deleted once the new one is in place).
-    """
-    target = Path(out)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target}: already exists (pass overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _storable(state_dict: Mapping[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
     """Contiguous CPU tensors with no shared storage (safetensors refuses aliasing)."""
     out: dict[str, Tensor] = {}
@@ -202,7 +172,7 @@ def write_safetensors(
 ) -> list[Path]:
     """Write tensors into an existing ``directory`` as ``{basename}.safetensors``, or as shards
     ``{basename}-00001-of-0000N.safetensors`` plus ``{basename}.safetensors.index.json`` when they exceed
-    ``max_shard_bytes`` (the diffusers/transformers naming). Use inside :func:`atomic_directory`.
+    ``max_shard_bytes`` (the diffusers/transformers naming). Use inside :func:`rcm_registry.atomic.atomic_directory`.
     """
     tensors = _storable(state_dict, dtype)
     groups: list[dict[str, Tensor]] = [{}]
@@ -250,8 +220,8 @@ def write_checkpoint_directory(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``config.json`` and the tensors (sharded above ``max_shard_bytes``) as a model directory that
-    appears complete or not at all (see :func:`atomic_directory`). Returns ``out``."""
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    appears complete or not at all (see :func:`rcm_registry.atomic.atomic_directory`). Returns ``out``."""
+    with atomic.atomic_directory(out, overwrite=overwrite) as tmp:
         write_safetensors(state_dict, tmp, max_shard_bytes=max_shard_bytes, dtype=dtype)
         write_config(config, tmp)
     return Path(out)

@@ -61,6 +61,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from rcm_registry.atomic import atomic_file, write_text_atomic
 from rcm_registry.errors import UserError
 
 FORMAT = "rcm-latent-shards"
@@ -241,27 +242,6 @@ class ShardIndex:
 # -- files ------------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """fsync ``tmp``, give it the permissions of a normally created file, rename it to ``path``."""
-    # safetensors creates files readable by the owner only; datasets are shared, so follow the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    publish(tmp, path)
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -378,15 +358,14 @@ def write_shard(path: Path, tensors: Mapping[str, Tensor], captions: Sequence[st
     metadata = {"format": FORMAT}
     if captions is not None:
         metadata[CAPTIONS_KEY] = json.dumps(list(captions), ensure_ascii=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    entry = ShardEntry(
-        file=path.name,
-        count=int(next(iter(tensors.values())).shape[0]),
-        bytes=tmp.stat().st_size,
-        sha256=file_sha256(tmp),
-    )
-    publish(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        entry = ShardEntry(
+            file=path.name,
+            count=int(next(iter(tensors.values())).shape[0]),
+            bytes=tmp.stat().st_size,
+            sha256=file_sha256(tmp),
+        )
     return entry
 
 

@@ -11,7 +11,6 @@ trusted only after its ``prompt_index`` tensor is checked to hold exactly its pr
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,14 @@ from rcm_plugins.data.latent_shards_format import (
     ShardIndex,
     file_sha256,
     header_specs,
-    publish,
     read_header,
     shard_name,
     write_shard,
-    write_text_atomic,
 )
 from rcm_plugins.data.prompts import PromptSet, read_prompt_set
 from torch import Tensor
 
+from rcm_registry.atomic import atomic_file, is_temporary, write_text_atomic
 from rcm_registry.conditions import COND_PREFIX
 from rcm_registry.errors import UserError
 
@@ -72,8 +70,9 @@ class LatentShardsWriter:
     def start(self, settings: Mapping[str, Any], info: Mapping[str, Any], *, captions: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_settings(dict(settings))
-        for stale in self.root.glob(".*.tmp-*"):  # a write cut short by a kill; its shard is simply redone
-            stale.unlink(missing_ok=True)
+        for stale in self.root.iterdir():  # a write cut short by a kill; its shard is simply redone
+            if is_temporary(stale) and stale.is_file():
+                stale.unlink()
         self.info = dict(info)
         self.captions = captions
         if (self.root / INDEX_NAME).is_file():
@@ -129,10 +128,9 @@ class LatentShardsWriter:
             return
         from safetensors.torch import save_file
 
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tensors = {"text": text.cpu().contiguous(), "text_mask": mask.to(torch.bool).cpu().contiguous()}
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "prompt": prompt})
-        publish(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "prompt": prompt})
 
     def write_shard(
         self,

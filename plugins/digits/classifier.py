@@ -18,6 +18,7 @@ from rcm_plugins.digits.digits_dataset import NUM_CLASSES, load_digits_tensors, 
 from torch import Tensor, nn
 
 import rcm_registry as rr
+from rcm_registry.atomic import atomic_file
 
 #: Where the training script writes the weights and the metrics look for them by default.
 DEFAULT_PATH = "runs/digits/classifier.safetensors"
@@ -103,9 +104,8 @@ def save_classifier(model: DigitClassifier, path: str | os.PathLike[str], accura
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={"width": str(model.width), "test_accuracy": json.dumps(accuracy)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata={"width": str(model.width), "test_accuracy": json.dumps(accuracy)})
 
 
 _CACHE: dict[tuple[str, int], DigitClassifier] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from rcm_registry.commands._shared import add_command
@@ -51,11 +50,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         from safetensors.torch import save_file
 
+        from rcm_registry.atomic import atomic_file
+
         tensors = {"samples": result.samples.contiguous()}
         tensors.update({f"condition.{k}": v.contiguous() for k, v in result.condition.items()})
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"run": str(run.checkpoint.path), "network": run.role})
-        os.replace(tmp, out)
+        with atomic_file(out) as tmp:
+            save_file(tensors, str(tmp), metadata={"run": str(run.checkpoint.path), "network": run.role})
     print(f"wrote {out}: {args.num} samples from {run.role} ({'EMA' if run.used_ema else 'raw'} weights)")
     print(f"sampling time: {result.seconds:.3f} s")
     for name, value in result.metrics.items():

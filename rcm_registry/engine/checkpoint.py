@@ -22,7 +22,6 @@ so ``rcm sample`` and ``rcm export`` read every checkpoint the same way.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -33,38 +32,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rcm_registry.engine.run_layout import LATEST, PREFIX, checkpoint_root, is_complete, latest_checkpoint
+from rcm_registry.atomic import TMP_MARK, atomic_directory, is_temporary, publish_directory, write_text_atomic
+from rcm_registry.engine.run_layout import LATEST, META, PREFIX, checkpoint_root, is_complete, latest_checkpoint
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.recipe.load import apply_overrides
 from rcm_registry.recipe.schema import Recipe
 from rcm_registry.recipe.validate import validate_recipe
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _flat(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,35 +58,12 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``iteration`` atomically and prune to the newest ``keep``; returns its folder."""
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{iteration:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model_flat: dict[str, torch.Tensor] = {}
-    for role, sd in models.items():
-        model_flat.update(_flat(role, sd))
-    save_file(model_flat, str(tmp / "model.safetensors"))
-    ema_flat: dict[str, torch.Tensor] = {}
-    for role, sd in emas.items():
-        ema_flat.update(_flat(role, sd))
-    save_file(ema_flat, str(tmp / "ema.safetensors"))
-    torch.save(optimizers, tmp / "optim.pt")
-    torch.save(state, tmp / "state.pt")
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    meta = {"iteration": iteration, "written_at": time.time(), "format": 1}
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
-    if final.exists():  # re-writing the same iteration (e.g. a resumed run ending where it stopped)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    write_text_atomic(root / LATEST, name + "\n")
-    _prune(root, keep)
+    # overwrite: re-writing the same iteration (e.g. a resumed run ending where it stopped)
+    with atomic_directory(final, overwrite=True) as tmp:
+        _write_files(tmp, models, emas, state, recipe, iteration, optimizers=optimizers)
+    _point_latest(root, name, keep)
     return final
 
 
@@ -160,7 +111,7 @@ def save_sharded_checkpoint(
     root = checkpoint_root(run_dir)
     name = f"{PREFIX}{iteration:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-sharded"  # one name for every rank (their pids differ)
+    tmp = root / f".{name}{TMP_MARK}sharded"  # one name for every rank (their pids differ)
     if main:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -170,13 +121,14 @@ def save_sharded_checkpoint(
     dcp.save(sharded, checkpoint_id=str(tmp / SHARDED))
     barrier()
     if main:
-        _write_rank0_files(tmp, models, emas, state, recipe, iteration, sharded=True)
-        _publish(root, tmp, final, name, keep)
+        _write_files(tmp, models, emas, state, recipe, iteration, optimizers=None)
+        publish_directory(tmp, final)
+        _point_latest(root, name, keep)
     barrier()
     return final
 
 
-def _write_rank0_files(
+def _write_files(
     tmp: Path,
     models: dict[str, dict[str, torch.Tensor]],
     emas: dict[str, dict[str, torch.Tensor]],
@@ -184,31 +136,25 @@ def _write_rank0_files(
     recipe: dict[str, Any],
     iteration: int,
     *,
-    sharded: bool,
+    optimizers: dict[str, Any] | None,
 ) -> None:
-    model_flat: dict[str, torch.Tensor] = {}
-    for role, sd in models.items():
-        model_flat.update(_flat(role, sd))
-    save_file(model_flat, str(tmp / "model.safetensors"))
-    ema_flat: dict[str, torch.Tensor] = {}
-    for role, sd in emas.items():
-        ema_flat.update(_flat(role, sd))
-    save_file(ema_flat, str(tmp / "ema.safetensors"))
+    """The checkpoint's files into the folder ``tmp``; without ``optimizers`` (their states are in the
+    sharded part) the format is 2."""
+    for file, states in (("model.safetensors", models), ("ema.safetensors", emas)):
+        flat: dict[str, torch.Tensor] = {}
+        for role, sd in states.items():
+            flat.update(_flat(role, sd))
+        save_file(flat, str(tmp / file))
+    if optimizers is not None:
+        torch.save(optimizers, tmp / "optim.pt")
     torch.save(state, tmp / "state.pt")
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    meta = {"iteration": iteration, "written_at": time.time(), "format": 2 if sharded else 1}
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    for f in tmp.iterdir():
-        if f.is_file():
-            _fsync_file(f)
-    _fsync_dir(tmp)
+    meta = {"iteration": iteration, "written_at": time.time(), "format": 1 if optimizers is not None else 2}
+    (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
 
 
-def _publish(root: Path, tmp: Path, final: Path, name: str, keep: int) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+def _point_latest(root: Path, name: str, keep: int) -> None:
+    """Make ``name`` the latest checkpoint, then prune to the newest ``keep``."""
     write_text_atomic(root / LATEST, name + "\n")
     _prune(root, keep)
 
@@ -224,7 +170,7 @@ def clean_partial(run_dir: Path) -> None:
     root = checkpoint_root(run_dir)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
+            if is_temporary(p):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -246,7 +192,7 @@ class Checkpoint:
 
     @property
     def iteration(self) -> int:
-        return int(json.loads((self.path / "meta.json").read_text(encoding="utf-8"))["iteration"])
+        return int(json.loads((self.path / META).read_text(encoding="utf-8"))["iteration"])
 
     def recipe(self) -> dict[str, Any]:
         return yaml.safe_load((self.path / "recipe.yaml").read_text(encoding="utf-8"))
@@ -296,7 +242,7 @@ class Checkpoint:
 
 def resolve_checkpoint(target: Path) -> Checkpoint:
     """A run directory (its latest complete checkpoint) or a checkpoint folder itself."""
-    if (target / "meta.json").is_file():
+    if (target / META).is_file():
         return Checkpoint(target)
     if not target.is_dir():
         raise UserError(f"run directory not found: {target}")

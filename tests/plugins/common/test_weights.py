@@ -11,7 +11,7 @@ from rcm_plugins.common import weights
 from safetensors.torch import save_file
 from torch import nn
 
-from rcm_registry import state_dicts
+from rcm_registry import atomic, state_dicts
 from rcm_registry.errors import CheckpointError
 
 
@@ -59,7 +59,7 @@ def test_refuses_pickles_that_are_not_plain_tensors(tmp_path: Path) -> None:
 
 def test_sharded_write_reads_back_through_the_index(tmp_path: Path) -> None:
     t = {f"layer{i}.weight": torch.randn(16, 16) for i in range(5)}
-    with weights.atomic_directory(tmp_path / "ckpt") as d:
+    with atomic.atomic_directory(tmp_path / "ckpt") as d:
         files = weights.write_safetensors(t, d, basename="model", max_shard_bytes=2 * 16 * 16 * 4)
     assert [f.name for f in files] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
@@ -140,16 +140,16 @@ def test_load_strict_copies_or_assigns_with_the_module_dtype() -> None:
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="boom"), weights.atomic_directory(target) as d:
+    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_directory(target) as d:
         (d / "partial.safetensors").write_bytes(b"x")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
-    with weights.atomic_directory(target) as d:
+    with atomic.atomic_directory(target) as d:
         weights.write_config({"k": 1}, d)
     assert json.loads((target / "config.json").read_text()) == {"k": 1}
-    with pytest.raises(CheckpointError, match="already exists"), weights.atomic_directory(target):
+    with pytest.raises(CheckpointError, match="already exists"), atomic.atomic_directory(target):
         pass
-    with weights.atomic_directory(target, overwrite=True) as d:
+    with atomic.atomic_directory(target, overwrite=True) as d:
         weights.write_config({"k": 2}, d)
     assert json.loads((target / "config.json").read_text()) == {"k": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

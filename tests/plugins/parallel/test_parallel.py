@@ -22,6 +22,7 @@ import torch
 from _parallel_recipe import RECIPE
 from safetensors.torch import load_file
 
+from rcm_registry.atomic import is_temporary
 from rcm_registry.engine.checkpoint import latest_checkpoint
 from rcm_registry.errors import RecipeError, UserError
 from rcm_registry.plugin_loading import registry
@@ -133,7 +134,7 @@ def test_sharded_checkpoint_layout_and_consolidated_export(runs: dict[str, Any])
     ckpt = latest_checkpoint(run_dir)
     assert ckpt is not None
     assert (ckpt / "sharded" / ".metadata").is_file() and not (ckpt / "optim.pt").exists()
-    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if is_temporary(p)]
     model = load_file(str(ckpt / "model.safetensors"))
     assert {k.split(".")[0] for k in model} == {"student", "fake_score"}
     assert model["student.blocks.0.self_attn.q.weight"].shape == (64, 64)  # whole, not a shard

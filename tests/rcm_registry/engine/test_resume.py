@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rcm_registry.atomic import is_temporary
 from rcm_registry.engine.checkpoint import Checkpoint, latest_checkpoint
 from rcm_registry.testing import run_cli, run_cli_subprocess
 
@@ -112,11 +113,11 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(reference_run: P
     assert ckpt is not None and Checkpoint(ckpt).iteration == 100
     loaded = Checkpoint(ckpt)
     assert loaded.models()["teacher"] and loaded.emas()["teacher"] and loaded.state()["iteration"] == 100
-    leftovers = [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    leftovers = [p for p in (out / "checkpoints").iterdir() if is_temporary(p)]
     assert leftovers, "the killed write should have left its temporary folder behind"
     resumed = run_cli_subprocess("run", *argv[1:], "--resume")
     assert resumed.code == 0, resumed.err
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in (out / "checkpoints").iterdir() if is_temporary(p)]
     assert_bitwise_equal(final_tensors(reference_run), final_tensors(out))
 
 
