@@ -12,8 +12,10 @@ dialects; native ``model_type`` read as Wan2.2's). What this module adds is wher
   and under ``transformer/`` in the diffusers one (whose model_index.json has ``expand_timesteps: true``).
 
 A network holding one expert also reads that expert's checkpoint folder on its own. Exports write the same
-layouts: both experts as a repository (a diffusers one loads with ``WanPipeline.from_pretrained`` once its
-text encoder, tokenizer, VAE and scheduler are copied in), one expert or the 5B as one checkpoint folder.
+layouts: both experts as a repository, one expert or the 5B as one checkpoint folder. An exported diffusers
+repository's model_index.json names the text encoder, tokenizer, VAE and scheduler absent (``[null, null]``,
+as diffusers writes a missing component): pass them to ``WanPipeline.from_pretrained``, or copy them in from
+the teacher's repository and name them there.
 """
 
 from __future__ import annotations
