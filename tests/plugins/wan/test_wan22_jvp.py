@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from network_testkit import JvpChecks, build, rel_err
 
@@ -65,3 +66,28 @@ def test_ti2v_first_frame_tangent_is_the_velocity_towards_the_frame() -> None:
     # On the first frame, v = (x − frame)/s: its tangent is dx/s − v·ds/s.
     s, ds = (t / 1000).view(2, 1, 1, 1, 1), (dt / 1000).view(2, 1, 1, 1, 1)
     torch.testing.assert_close(tangent[:, :, :1], dx[:, :, :1] / s - out[:, :, :1] * ds / s, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_jvp_backend_through_both_experts_on_cuda() -> None:
+    """The fused JVP attention in each expert, bf16 on the GPU, against float64 ``math``; a mixed batch, and
+    one expert on no samples (the process-group mode), whose empty batch never reaches the kernel."""
+    torch.manual_seed(0)
+    shape = {"size": "tiny", "dim": 256, "num_heads": 2}  # real head width (128): production tile shapes
+    ref = build("wan2.2-t2v-a14b", **shape, attention={"use": "math"}).cuda().double().eval()
+    net = build("wan2.2-t2v-a14b", **shape, attention={"use": "triton_jvp"}).cuda().eval()
+    net.load_state_dict(ref.state_dict())
+    net = net.to(torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(2, 16, 5, 16, 18, generator=g, device="cuda", dtype=torch.float64)
+    text = torch.randn(2, 40, 32, generator=g, device="cuda", dtype=torch.float64)
+    dx = torch.randn_like(x)
+    for t, every in ((torch.tensor([950.0, 200.0]), False), (torch.tensor([950.0, 990.0]), True)):
+        t = t.to("cuda", torch.float64)
+        dt = torch.randn_like(t)
+        net.run_every_expert = every
+        out64, tan64 = jvp(lambda a, b: ref(a, b, text), (x, t), (dx, dt))
+        out16, tan16 = jvp(lambda a, b: net(a, b, text.bfloat16()), (x.bfloat16(), t.float()), (dx, dt))
+        assert rel_err(out16, out64) < 3e-2
+        assert rel_err(tan16, tan64) < 5e-2
