@@ -10,12 +10,20 @@ import rcm_registry as rr
 
 @rr.hookimpl
 def rcm_components() -> list[rr.Component]:
-    from rcm_plugins.data import cosmos_vae_codec, latent_shards_dataset, t5_codec, umt5_codec, wan_vae_codec
+    from rcm_plugins.data import (
+        cosmos_vae_codec,
+        latent_shards_dataset,
+        t5_codec,
+        umt5_codec,
+        wan22_vae_codec,
+        wan_vae_codec,
+    )
 
     return [
         latent_shards_dataset.COMPONENT,
         umt5_codec.COMPONENT,
         wan_vae_codec.COMPONENT,
+        wan22_vae_codec.COMPONENT,
         t5_codec.COMPONENT,
         cosmos_vae_codec.COMPONENT,
     ]

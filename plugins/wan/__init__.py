@@ -1,4 +1,4 @@
-"""Wan2.1 networks (T2V and I2V) with checkpoint interop."""
+"""Wan networks with checkpoint interop: Wan2.1 (T2V, I2V) and Wan2.2 (the A14B experts, TI2V-5B)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,6 @@ import rcm_registry as rr
 
 @rr.hookimpl
 def rcm_components() -> list[rr.Component]:
-    from rcm_plugins.wan import i2v, t2v
+    from rcm_plugins.wan import i2v, i2v_a14b, t2v, t2v_a14b, ti2v_5b
 
-    return [t2v.COMPONENT, i2v.COMPONENT]
+    return [t2v.COMPONENT, i2v.COMPONENT, t2v_a14b.COMPONENT, i2v_a14b.COMPONENT, ti2v_5b.COMPONENT]

@@ -1,17 +1,19 @@
-"""Wan2.1 checkpoints: native ↔ diffusers key layouts, config.json translation, strict loading, export.
+"""Wan checkpoints: native ↔ diffusers key layouts, config.json translation, strict loading, export.
 
 Our parameter names are the native Wan2.1 ones (``Wan-AI/Wan2.1-T2V-1.3B`` and friends ship them), so the
 only mapping needed is native ↔ diffusers (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``,
-``diffusers.WanTransformer3DModel``). Key correspondences were checked against diffusers'
-``convert_wan_transformer_to_diffusers`` (diffusers/loaders/single_file_utils.py) and the module structure
-of ``WanTransformer3DModel``.
+``diffusers.WanTransformer3DModel``). Every Wan2.2 transformer (each A14B expert, the TI2V-5B) is one such
+checkpoint too; its native config.json differs only in what ``model_type`` means (``release="2.2"``).
+Key correspondences were checked against diffusers' ``convert_wan_transformer_to_diffusers``
+(diffusers/loaders/single_file_utils.py) and the module structure of ``WanTransformer3DModel``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rcm_plugins.common import weights
@@ -33,6 +35,10 @@ DIFFUSERS_CLASS = "WanTransformer3DModel"
 NATIVE_CLASS = "WanModel"
 #: The oldest diffusers release with WanTransformer3DModel; written into exported configs.
 DIFFUSERS_VERSION = "0.33.0"
+#: The Wan release a native config.json comes from: ``model_type`` ``i2v`` has CLIP image layers in Wan2.1
+#: and none in Wan2.2 (I2V-A14B), and Wan2.2 adds ``ti2v`` (TI2V-5B). Their config.json files do not say.
+Release = Literal["2.1", "2.2"]
+_NATIVE_MODEL_TYPES: dict[str, tuple[str, ...]] = {"2.1": ("t2v", "i2v"), "2.2": ("t2v", "i2v", "ti2v")}
 #: Prefix some single-file native checkpoints (ComfyUI) put in front of every key.
 _FOREIGN_PREFIX = "model.diffusion_model."
 
@@ -164,11 +170,12 @@ def arch_from_diffusers_config(config: Mapping[str, Any], *, source: str = "conf
     )
 
 
-def native_config(arch: WanArch) -> dict[str, Any]:
-    """A config.json in the style of the native Wan2.1 releases (``WanModel``)."""
+def native_config(arch: WanArch, *, model_type: str | None = None) -> dict[str, Any]:
+    """A config.json in the style of the native Wan releases (``WanModel``); ``model_type`` defaults to
+    Wan2.1's (``i2v`` with CLIP image layers, else ``t2v``)."""
     return {
         "_class_name": NATIVE_CLASS,
-        "model_type": "i2v" if arch.i2v else "t2v",
+        "model_type": model_type or ("i2v" if arch.i2v else "t2v"),
         "patch_size": list(arch.patch_size),
         "text_len": 512,
         "in_dim": arch.in_channels,
@@ -188,14 +195,20 @@ def native_config(arch: WanArch) -> dict[str, Any]:
     }
 
 
-def arch_from_native_config(config: Mapping[str, Any], *, source: str = "config.json") -> WanArch:
-    """The architecture a native ``WanModel`` config.json describes (WanModel's defaults fill gaps)."""
+def arch_from_native_config(
+    config: Mapping[str, Any], *, source: str = "config.json", release: Release = "2.1"
+) -> WanArch:
+    """The architecture a native ``WanModel`` config.json of ``release`` describes (WanModel's defaults
+    fill gaps)."""
     model_type = config.get("model_type", "t2v")
-    if model_type not in ("t2v", "i2v"):
-        raise CheckpointError(f"{source}: unsupported Wan model_type {model_type!r} (t2v and i2v are supported)")
+    known = _NATIVE_MODEL_TYPES[release]
+    if model_type not in known:
+        raise CheckpointError(
+            f"{source}: unsupported Wan{release} model_type {model_type!r} ({', '.join(known)} are supported)"
+        )
     if not config.get("qk_norm", True):
         raise CheckpointError(f"{source}: qk_norm false is not supported")
-    image_dim = config.get("image_dim") or (1280 if model_type == "i2v" else None)
+    image_dim = (config.get("image_dim") or (1280 if model_type == "i2v" else None)) if release == "2.1" else None
     return checked_arch(
         WanArch,
         source,
@@ -234,16 +247,19 @@ def detect_format(path: str | Path, state_dict: Mapping[str, Tensor] | None = No
     return "native"
 
 
-def arch_from_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> WanArch:
-    """The architecture described by the config.json of a checkpoint directory (or next to a file)."""
+def arch_from_checkpoint(
+    path: str | Path, format: WeightsFormat = "auto", *, release: Release = "2.1", sizes: str = "1.3B, 14B, tiny"
+) -> WanArch:
+    """The architecture described by the config.json of a checkpoint directory (or next to a file) of a
+    ``release``; ``sizes`` names the sizes the network offers instead, for the error without a config.json."""
     return arch_from_config_file(
         path,
         format,
         diffusers_class=DIFFUSERS_CLASS,
         detect_format=detect_format,
         from_diffusers=arch_from_diffusers_config,
-        from_native=arch_from_native_config,
-        sizes="1.3B, 14B, tiny",
+        from_native=partial(arch_from_native_config, release=release),
+        sizes=sizes,
     )
 
 

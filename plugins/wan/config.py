@@ -47,14 +47,15 @@ def preset(size: str, *, i2v: bool) -> dict[str, Any]:
 #: Where the weights come from (the same for every network family).
 WanWeights = CheckpointWeights
 
-_REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers")
+#: Architecture fields that, all given, describe the network without a size or weights.
+REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers")
 
 
 @attrs.define(kw_only=True)
-class WanT2VConfig:
-    """A Wan2.1 network: a ``size`` (or the weights' config.json) plus optional overrides of any field."""
+class WanFields:
+    """What every Wan network config has besides its ``size``: optional overrides of any architecture field,
+    the attention backend, the weights, activation checkpointing (Wan2.1's and Wan2.2's networks alike)."""
 
-    size: Size | None = None
     dim: int | None = optional_positive()
     ffn_dim: int | None = optional_positive()
     num_heads: int | None = optional_positive()
@@ -74,12 +75,24 @@ class WanT2VConfig:
     #: Recompute each block in the backward pass (saves activation memory when training).
     activation_checkpointing: bool = False
 
-    def __attrs_post_init__(self) -> None:
-        check_architecture_source(self, _REQUIRED, get_args(Size))
+    def check_fields(self, sizes: tuple[str, ...]) -> None:
+        """The architecture has a source (a size of ``sizes``, weights or every required field) and the
+        fields given agree with each other."""
+        check_architecture_source(self, REQUIRED, sizes)  # type: ignore[arg-type]
         if self.dim is not None and self.num_heads is not None and self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.freq_dim is not None and self.freq_dim % 2:
             raise ValueError(f"freq_dim {self.freq_dim} must be even")
+
+
+@attrs.define(kw_only=True)
+class WanT2VConfig(WanFields):
+    """A Wan2.1 network: a ``size`` (or the weights' config.json) plus optional overrides of any field."""
+
+    size: Size | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.check_fields(get_args(Size))
 
     i2v = False
 
@@ -115,7 +128,7 @@ def resolve_arch(config: WanT2VConfig) -> WanArch:
     fields = arch_fields(
         config,
         WanArch,
-        _REQUIRED,
+        REQUIRED,
         defaults={"image_dim": 1280, "in_channels": 36} if i2v else {},
         preset=lambda size: preset(size, i2v=i2v),
         from_weights=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format),
@@ -130,7 +143,7 @@ def build(config: WanT2VConfig) -> WanNetwork:
     arch = resolve_arch(config)
     check_weights_kind(
         config,
-        _REQUIRED,
+        REQUIRED,
         wanted=config.i2v,
         found=lambda weights: checkpoint.arch_from_checkpoint(weights.path, weights.format).i2v,
         names=("wan2.1-t2v", "wan2.1-i2v"),

@@ -1,4 +1,4 @@
-"""The Wan2.1 diffusion transformer (T2V and I2V), written for forward-mode AD.
+"""The Wan diffusion transformer (Wan2.1 T2V and I2V; each Wan2.2 expert), written for forward-mode AD.
 
 Architecture (Wan team, "Wan: Open and Advanced Large-Scale Video Generative Models", 2025): a 3-D patch
 embedding, a sinusoidal time embedding turned by an MLP into six per-block modulation vectors, blocks of
@@ -8,6 +8,10 @@ network, and a modulated linear head followed by unpatchify.
 
 Parameter names equal the native Wan2.1 checkpoint layout (``blocks.0.self_attn.q.weight`` ...), so native
 files load without renaming; :mod:`rcm_plugins.wan.checkpoint` maps to and from the diffusers layout.
+
+Timesteps are one per sample, or one per latent frame (Wan2.2 TI2V tells the tokens of a clean first frame
+timestep 0): the modulation is then computed per frame and applied to each frame's tokens, which is what
+diffusers' per-token timesteps amount to.
 
 Numerics follow the reference implementations: the time path (sinusoid, MLP, modulation), the layer norms
 and the gated residual additions run in at least float32 even when the network runs in bf16; the RoPE
@@ -44,6 +48,8 @@ from torch.utils.checkpoint import checkpoint
 
 #: Wan's pipelines pad T5 text embeddings to this many tokens (the network itself takes any length).
 TEXT_TOKENS = 512
+#: Wan's network time is this many units per unit of rectified-flow time s ∈ [0, 1] (timestep = 1000·s).
+TIMESTEP_SCALE = 1000.0
 
 
 @attrs.frozen
@@ -108,13 +114,25 @@ class _Projections(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
 
+def _attend(attn: Attn, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``attn(q, k, v)``; for a batch of no samples, an empty output that keeps q, k and v in the graph.
+
+    A Wan2.2 expert runs on no samples when every sample of a rank's batch belongs to the other expert
+    and ranks must still issue the same collectives (see :mod:`rcm_plugins.wan.experts`); the backends need
+    not handle empty batches, and every parameter still gets a (zero) gradient.
+    """
+    if q.shape[0] == 0:
+        return q + (k.sum() + v.sum()) * 0
+    return attn(q, k, v)
+
+
 class SelfAttention(_Projections):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: Attn) -> Tensor:
         heads = (self.num_heads, -1)
         q = _norm_rope(self.norm_q, self.q(x).unflatten(-1, heads), rope)
         k = _norm_rope(self.norm_k, self.k(x).unflatten(-1, heads), rope)
         v = self.v(x).unflatten(-1, heads)
-        return self.o(merge_heads(attn(heads_first(q), heads_first(k), heads_first(v))))
+        return self.o(merge_heads(_attend(attn, heads_first(q), heads_first(k), heads_first(v))))
 
 
 class CrossAttention(_Projections):
@@ -135,11 +153,11 @@ class CrossAttention(_Projections):
         q = heads_first(_norm_rope(self.norm_q, self.q(x).unflatten(-1, heads), None))
         k = heads_first(_norm_rope(self.norm_k, self.k(context).unflatten(-1, heads), None))
         v = heads_first(self.v(context).unflatten(-1, heads))
-        out = attn(q, k, v)
+        out = _attend(attn, q, k, v)
         if context_img is not None:
             k_img = heads_first(_norm_rope(self.norm_k_img, self.k_img(context_img).unflatten(-1, heads), None))
             v_img = heads_first(self.v_img(context_img).unflatten(-1, heads))
-            out = out + attn(q, k_img, v_img)
+            out = out + _attend(attn, q, k_img, v_img)
         return self.o(merge_heads(out))
 
 
@@ -168,24 +186,22 @@ class WanBlock(nn.Module):
         attn: Attn,
         self_attn: Attn | None = None,
     ) -> Tensor:
-        # e: (B, 6, dim) in the time dtype (>= float32): shift, scale, gate for attention, then for the FFN.
+        # e: (B, G, 6, dim) in the time dtype (>= float32): shift, scale, gate for attention, then for the
+        # FFN, for each of G groups of consecutive tokens (G = 1, or one group per latent frame).
         # self_attn: the backend for self-attention when it differs from attn (context parallel).
-        # Each modulation vector is (B, 1, dim): one group of tokens per sample for the fused ops.
         td = e.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unbind(1)
-        shift1, scale1, gate1, shift2, scale2, gate2 = (
-            m.unsqueeze(1) for m in (shift1, scale1, gate1, shift2, scale2, gate2)
-        )
-        h = modulated_layer_norm(x, 1 + scale1, shift1, self.norm1.eps)
-        x = gated_residual(x, self.self_attn(h, rope, self_attn or attn), gate1)
+        groups = e.shape[1]
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(td) + e).unbind(2)
+        h = modulated_layer_norm(x, 1 + scale1, shift1, self.norm1.eps, groups)
+        x = gated_residual(x, self.self_attn(h, rope, self_attn or attn), gate1, groups)
         if isinstance(self.norm3, nn.LayerNorm):
             x = x + self.cross_attn(
                 modulated_layer_norm(x, self.norm3.weight, self.norm3.bias, self.norm3.eps), context, context_img, attn
             )
         else:
             x = x + self.cross_attn(x, context, context_img, attn)
-        h = modulated_layer_norm(x, 1 + scale2, shift2, self.norm2.eps)
-        return gated_residual(x, self.ffn(h), gate2)
+        h = modulated_layer_norm(x, 1 + scale2, shift2, self.norm2.eps, groups)
+        return gated_residual(x, self.ffn(h), gate2, groups)
 
 
 class Head(nn.Module):
@@ -196,9 +212,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim) / arch.dim**0.5)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        # temb: (B, G, dim), one vector per group of consecutive tokens as in WanBlock.
         td = temb.dtype
-        shift, scale = (m.unsqueeze(1) for m in (self.modulation.to(td) + temb.unsqueeze(1)).unbind(1))
-        return self.head(modulated_layer_norm(x, 1 + scale, shift, self.norm.eps))
+        shift, scale = (self.modulation.to(td) + temb.unsqueeze(2)).unbind(2)
+        return self.head(modulated_layer_norm(x, 1 + scale, shift, self.norm.eps, temb.shape[1]))
 
 
 class ImageProjection(nn.Module):
@@ -219,7 +236,7 @@ class ImageProjection(nn.Module):
 
 
 class WanNetwork(ExportableNetwork, nn.Module):
-    """Wan2.1 transformer: ``net(x, timestep, text, image=None, image_latent=None)``.
+    """Wan transformer: ``net(x, timestep, text, image=None, image_latent=None)``.
 
     Args:
         arch: the architecture.
@@ -253,19 +270,21 @@ class WanNetwork(ExportableNetwork, nn.Module):
         return self.patch_embedding.weight.dtype
 
     def time_embedding_of(self, timestep: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(temb (B, dim), six-way modulation (B, 6, dim)) in ``dtype`` (at least float32)."""
-        sinusoid = sinusoidal_embedding(timestep, self.arch.freq_dim, dtype)
+        """(temb (B, dim), six-way modulation (B, 6, dim)) in ``dtype`` (at least float32); for per-frame
+        timesteps (B, F), (B, F, dim) and (B, F, 6, dim)."""
+        sinusoid = sinusoidal_embedding(timestep.reshape(-1), self.arch.freq_dim, dtype)
         h = F.silu(_linear(sinusoid, self.time_embedding[0], dtype))
         temb = _linear(h, self.time_embedding[2], dtype)
         e = _linear(F.silu(temb), self.time_projection[1], dtype)
-        return temb, e.unflatten(1, (6, self.arch.dim))
+        dim = self.arch.dim
+        return temb.reshape(*timestep.shape, dim), e.reshape(*timestep.shape, 6, dim)
 
     def patchify(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) → tokens (B, S, dim): the strided Conv3d, as a matmul over flattened patches."""
         b, c, t, h, w = x.shape
         pt, ph, pw = self.arch.patch_size
         patches = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        patches = patches.reshape(b, -1, c * pt * ph * pw)
+        patches = patches.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
         weight = self.patch_embedding.weight
         return linear(patches, weight.reshape(weight.shape[0], -1), self.patch_embedding.bias)
 
@@ -274,8 +293,9 @@ class WanNetwork(ExportableNetwork, nn.Module):
         b = tokens.shape[0]
         pt, ph, pw = self.arch.patch_size
         f, h, w = grid
-        out = tokens.reshape(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, -1, f * pt, h * ph, w * pw)
+        c = self.arch.out_channels  # named, not inferred: an empty batch has no size to infer it from
+        out = tokens.reshape(b, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, c, f * pt, h * ph, w * pw)
 
     def forward(
         self,
@@ -289,7 +309,7 @@ class WanNetwork(ExportableNetwork, nn.Module):
 
         Args:
             x: (B, C, T, H, W) latents; H and W divisible by the patch size.
-            timestep: (B,) in the network's units (0–1000).
+            timestep: (B,) in the network's units (0–1000), or (B, T / patch_t), one per latent frame.
             text: (B, L, text_dim) text-encoder tokens (Wan's pipelines zero-pad them to 512).
             image: I2V only: (B, N, image_dim) CLIP image tokens.
             image_latent: I2V only: (B, in_channels − C, T, H, W) conditioning latents (mask and
@@ -312,12 +332,16 @@ class WanNetwork(ExportableNetwork, nn.Module):
 
         tokens = self.patchify(inputs.to(dtype))
         temb, e = self.time_embedding_of(timestep, td)
+        if timestep.ndim == 1:  # one group of tokens per sample
+            temb, e = temb.unsqueeze(1), e.unsqueeze(1)
         context = self.text_embedding(text.to(dtype))
         context_img = self.img_emb(image.to(dtype)) if image is not None else None
         rope = rope_tables(grid, arch.head_dim, device=tokens.device, dtype=td)  # type: ignore[arg-type]
         sp = self.sequence_parallel
         self_attn = None
         if sp is not None:  # every rank keeps its chunk of the tokens (and of their RoPE angles)
+            if timestep.ndim == 2:
+                raise ValueError("per-frame timesteps do not split over context-parallel ranks: use context_parallel 1")
             tokens = sp.split(tokens, 1)
             rope = (sp.split(rope[0], 0), sp.split(rope[1], 0))
             self_attn = sp.attention(self.attention)
@@ -344,17 +368,19 @@ class WanNetwork(ExportableNetwork, nn.Module):
 
     def _check_inputs(self, x: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> None:
         arch = self.arch
-        hint = " (pass the conditioning latents as image_latent=...)" if arch.i2v else ""
+        # More input than output channels: conditioning latents ride along (Wan2.1 I2V, Wan2.2 I2V-A14B).
+        hint = " (pass the conditioning latents as image_latent=...)" if arch.in_channels > arch.out_channels else ""
         check_latents(x, arch.in_channels, arch.patch_size, hint=hint)
-        if timestep.shape != (x.shape[0],):
-            raise ValueError(f"timestep must have shape ({x.shape[0]},), got {tuple(timestep.shape)}")
+        b, frames = x.shape[0], x.shape[2] // arch.patch_size[0]
+        if timestep.shape not in ((b,), (b, frames)):
+            raise ValueError(f"timestep must have shape ({b},) or ({b}, {frames}), got {tuple(timestep.shape)}")
         check_tokens("text", text, x.shape[0], arch.text_dim)
         if arch.i2v:
             if image is None:
                 raise ValueError("the I2V network needs image= (CLIP image tokens)")
             check_tokens("image", image, x.shape[0], arch.image_dim, length="N")
         elif image is not None:
-            raise ValueError("this is a text-to-video network: it takes no image= (use wan2.1-i2v)")
+            raise ValueError("this network takes no image= (CLIP image tokens are wan2.1-i2v's)")
 
     def extra_repr(self) -> str:
         a = self.arch

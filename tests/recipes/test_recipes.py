@@ -38,7 +38,12 @@ def test_recipe_validates(recipe: Path) -> None:
 
 
 #: The codecs (text, vae) a network family's `rcm synth` / `rcm generate` need, by network name prefix.
-FAMILY_CODECS = {"wan2.1-": ("umt5", "wan_vae"), "cosmos-predict2-": ("t5", "cosmos_vae")}
+FAMILY_CODECS = {
+    "wan2.1-": ("umt5", "wan_vae"),
+    "wan2.2-ti2v-": ("umt5", "wan2.2_vae"),  # the Wan2.2 VAE; the A14B experts use Wan2.1's
+    "wan2.2-": ("umt5", "wan_vae"),
+    "cosmos-predict2-": ("t5", "cosmos_vae"),
+}
 ON_SYNTH_DATA = [p for p in RECIPES if load_recipe(p).get("data", {}).get("use") == "latent_shards"]
 
 

@@ -29,14 +29,17 @@ def diffusers_kwargs(
     cross_attn_norm: bool = True,
     eps: float = 1e-6,
     image_dim: int | None = None,
+    in_channels: int | None = None,
+    out_channels: int = 16,
 ) -> dict[str, Any]:
+    """A tiny WanTransformer3DModel config; ``in_channels`` defaults to Wan2.1's (36 with image_dim, else 16)."""
     i2v = image_dim is not None
     return {
         "patch_size": (1, 2, 2),
         "num_attention_heads": heads,
         "attention_head_dim": head_dim,
-        "in_channels": 36 if i2v else 16,
-        "out_channels": 16,
+        "in_channels": in_channels or (36 if i2v else 16),
+        "out_channels": out_channels,
         "text_dim": text_dim,
         "freq_dim": freq_dim,
         "ffn_dim": ffn,
