@@ -36,6 +36,7 @@ from rcm_plugins.wan.experts import EXPERTS, Expert, WanExperts
 from rcm_plugins.wan.model import WanArch, WanNetwork
 from rcm_plugins.wan.ti2v_model import WanTI2VNetwork
 
+from rcm_registry import atomic
 from rcm_registry.errors import CheckpointError
 
 MODEL_INDEX = "model_index.json"
@@ -235,7 +236,7 @@ def export(
     options: Mapping[str, Any] = {"format": format, "dtype": dtype, "max_shard_bytes": max_shard_bytes}
     if len(net.experts) == 1:
         return export_network(wan, net.expert(net.experts[0]), out, overwrite=overwrite, **options)
-    with weights.atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic.atomic_directory(out, overwrite=overwrite) as tmp:
         for expert in EXPERTS:
             export_network(wan, net.expert(expert), tmp / FOLDERS[format][expert], **options)
         if format == "diffusers":

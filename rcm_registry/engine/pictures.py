@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from rcm_registry.atomic import ImageDraw, atomic_file
+from rcm_registry.atomic import atomic_file
 
 _PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),

@@ -173,6 +173,7 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
         ("parallel", body.parallel),
         ("data", body.data),
         *((f"time.{role}", spec) for role, spec in body.time.items()),
+        *((f"networks.{role}", net.spec) for role, net in recipe.networks.items()),
         *((f"metrics[{i}]", spec) for i, spec in enumerate(body.metrics)),
     ]
     for path, spec in sections:

@@ -1,4 +1,4 @@
-"""rcm_registry.weights: reading every supported layout, strict checks, atomic sharded writing."""
+"""rcm_plugins.common.weights: every supported layout read, sharded atomic writing; strict loading."""
 
 from __future__ import annotations
 
