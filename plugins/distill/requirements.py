@@ -138,7 +138,7 @@ class Requirements:
         return out
 
     def check_recipe(self, recipe: Any, phase: str) -> list[str]:
-        """:meth:`problems` for a validated ``rcm_registry.recipe.schema.Recipe`` and one of its phases."""
+        """:meth:`problems` for a validated ``rcm_registry.recipe.sections.Recipe`` and one of its phases."""
         body = recipe.body
         caps: dict[str, frozenset[str]] = {}
         culprits: dict[str, list[str]] = {}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rcm_registry.errors import UserError
 
 if TYPE_CHECKING:
-    from rcm_registry.recipe.schema import Recipe
+    from rcm_registry.recipe.sections import Recipe
     from rcm_registry.registry import Registry
 
 CommandFunction = Callable[[argparse.Namespace], int]

@@ -37,7 +37,7 @@ from rcm_registry.engine.run_layout import LATEST, META, PREFIX, checkpoint_root
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.recipe.load import apply_overrides
-from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.sections import Recipe
 from rcm_registry.recipe.validate import validate_recipe
 
 

@@ -14,7 +14,7 @@ from rcm_registry.engine.checkpoint import checkpoint_recipe, full_tensors, reso
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.protocols import EmaAverager, Loss, Parallel
-from rcm_registry.recipe.schema import LossEntry, NetworkRole, PhaseConfig, Recipe, WeightsRef
+from rcm_registry.recipe.sections import LossEntry, NetworkRole, PhaseConfig, Recipe, WeightsRef
 from rcm_registry.state_dicts import load_strict
 
 
@@ -67,7 +67,7 @@ class Graph:
         return self.parallel.unwrap(self.nets[role])
 
     def select_phase(self, iteration: int) -> PhaseRuntime:
-        """The phase that runs at ``iteration`` (see :meth:`~rcm_registry.recipe.schema.Recipe.phase_at`)."""
+        """The phase that runs at ``iteration`` (see :meth:`~rcm_registry.recipe.sections.Recipe.phase_at`)."""
         return self.phases[self.recipe.phase_at(iteration)]
 
 
@@ -100,7 +100,7 @@ def _role_order(recipe: Recipe) -> list[str]:
 
 
 def read_weights(ref: WeightsRef) -> dict[str, torch.Tensor]:
-    """The state dict ``ref`` names (see :class:`~rcm_registry.recipe.schema.WeightsRef`): network
+    """The state dict ``ref`` names (see :class:`~rcm_registry.recipe.sections.WeightsRef`): network
     ``ref.role`` of a run (default: its output network), its EMA when ``ref.ema`` and the run kept one; or a
     safetensors file in the network's own key names."""
     path = Path(ref.path)

@@ -17,7 +17,7 @@ from rcm_registry.engine.graph import build_network, pick_device
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
-from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.sections import Recipe
 from rcm_registry.state_dicts import load_strict
 
 

@@ -30,7 +30,7 @@ from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.protocols import Parallel, loss_reduction, parallel_layout
-from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.sections import Recipe
 from rcm_registry.state_dicts import load_strict
 
 #: Recipe keys that may change between a run and its resumption.

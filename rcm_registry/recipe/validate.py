@@ -13,7 +13,7 @@ from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
 from rcm_registry.protocols import recipe_problems
 from rcm_registry.recipe.load import merge
-from rcm_registry.recipe.schema import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
+from rcm_registry.recipe.sections import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
 from rcm_registry.schema import ComponentSpec
 from rcm_registry.structure import is_invalid, structure, structure_component

@@ -9,7 +9,7 @@ import pytest
 
 from rcm_registry import registry
 from rcm_registry.recipe.load import load_recipe
-from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.sections import Recipe
 from rcm_registry.recipe.validate import validate_recipe
 from rcm_registry.schema import MISSING
 from rcm_registry.testing import run_cli

@@ -13,7 +13,7 @@ import pytest
 from rcm_registry import registry
 from rcm_registry.engine.trainer import Trainer, prepare_run_dir
 from rcm_registry.errors import RecipeError
-from rcm_registry.recipe.schema import Recipe
+from rcm_registry.recipe.sections import Recipe
 from rcm_registry.recipe.validate import validate_recipe
 
 _LOSS = {"use": "flow_matching", "time": {"use": "uniform_shift", "shift": 1.0}}

@@ -14,7 +14,7 @@ import pytest
 
 from rcm_registry import registry
 from rcm_registry.errors import RecipeError
-from rcm_registry.recipe.schema import Recipe, WeightsRef
+from rcm_registry.recipe.sections import Recipe, WeightsRef
 from rcm_registry.recipe.validate import validate_recipe
 
 BASE: dict[str, Any] = {
