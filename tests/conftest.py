@@ -1,8 +1,13 @@
 """The suite runs under the test extra (``pip install -e ".[test]"``): a test dependency that is missing or
-too old stops the run with one message naming it, rather than the tests that need it being skipped."""
+too old stops the run with one message naming it, rather than the tests that need it being skipped.
+
+``RCM_TEST_PARTIAL_ENV=1`` lifts the check for a machine that runs only part of the suite without the extra
+(the GPU tests on an accelerator that has torch and triton but not diffusers): a test whose dependency is
+missing then fails to import, it is still not skipped."""
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 
 import pytest
@@ -28,6 +33,8 @@ def missing_test_requirements() -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("RCM_TEST_PARTIAL_ENV") == "1":
+        return
     problems = missing_test_requirements()
     if problems:
         raise pytest.UsageError(
