@@ -531,18 +531,6 @@ def _fused_step(
             else:
                 tl.atomic_add(dqt_ptrs, dqt, sem="relaxed")
     return dk, dv
-    dqt_ptrs = DQT + bh.to(tl.int64) * HEAD_DIM * stride_dqtd + offs_d[:, None] * stride_dqtd + offs_m[None, :]
-    if MASK_M:
-        if MASK_D:
-            tl.atomic_add(dqt_ptrs, dqt, mask=(offs_d[:, None] < HEAD_DIM) & (offs_m[None, :] < n_q), sem="relaxed")
-        else:
-            tl.atomic_add(dqt_ptrs, dqt, mask=offs_m[None, :] < n_q, sem="relaxed")
-    else:
-        if MASK_D:
-            tl.atomic_add(dqt_ptrs, dqt, mask=offs_d[:, None] < HEAD_DIM, sem="relaxed")
-        else:
-            tl.atomic_add(dqt_ptrs, dqt, sem="relaxed")
-    return dk, dv
 
 
 @triton.jit
