@@ -22,7 +22,16 @@ from typing import Any, NamedTuple
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, dot, dot_flags, interpreter_active, load_rows
+from rcm_kernels.triton_common import (
+    device_context,
+    dot,
+    dot_flags,
+    head_block,
+    head_rows,
+    interpreter_active,
+    load_head_rows,
+    load_rows,
+)
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -85,11 +94,7 @@ def _bwd_delta_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, offs_m = head_block(n_heads, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
     o = tl.load(
@@ -234,33 +239,13 @@ def _bwd_dkdv_kernel(
     DQ_TMA: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_bh, b, h, offs_n = head_block(n_heads, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # One program per key block: dK and dV, and with ATOMIC_DQ each tile's dQ contribution added into DQT
     # (else _bwd_dq_kernel computes dQ). Padded key rows load as zeros: their dQ contributions are exactly
     # zero, their dK/dV rows unstored.
-    k = load_rows(
-        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-        offs_n,
-        n_k,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
-    v = load_rows(
-        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-        offs_n,
-        n_k,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
+    k = load_head_rows(K, b, h, stride_kb, stride_kh, stride_kn, stride_kd, offs_n, n_k, offs_d, HEAD_DIM, MASK_D)
+    v = load_head_rows(V, b, h, stride_vb, stride_vh, stride_vn, stride_vd, offs_n, n_k, offs_d, HEAD_DIM, MASK_D)
     Q += b * stride_qb + h * stride_qh
     DO += b * stride_dob + h * stride_doh
     LSE += pid_bh.to(tl.int64) * n_q
@@ -329,11 +314,12 @@ def _bwd_dkdv_kernel(
             ATOMIC_DQ,
             DQ_TMA,
         )
-    mask = offs_n[:, None] < n_k
-    if MASK_D:
-        mask = mask & (offs_d[None, :] < HEAD_DIM)
-    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
-    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd
+    dk_ptrs, mask = head_rows(
+        DK, b, h, stride_dkb, stride_dkh, stride_dkn, stride_dkd, offs_n, n_k, offs_d, HEAD_DIM, MASK_D
+    )
+    dv_ptrs, _ = head_rows(
+        DV, b, h, stride_dvb, stride_dvh, stride_dvn, stride_dvd, offs_n, n_k, offs_d, HEAD_DIM, MASK_D
+    )
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=mask)
 
@@ -420,30 +406,10 @@ def _bwd_dq_kernel(
     DOT_UPCAST: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, offs_m = head_block(n_heads, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = load_rows(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        offs_m,
-        n_q,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
-    do = load_rows(
-        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-        offs_m,
-        n_q,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
+    q = load_head_rows(Q, b, h, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
+    do = load_head_rows(DO, b, h, stride_dob, stride_doh, stride_dom, stride_dod, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
     row = pid_bh.to(tl.int64) * n_q + offs_m
     lse2 = tl.load(LSE + row, mask=offs_m < n_q, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + row, mask=offs_m < n_q, other=0.0)
@@ -498,10 +464,9 @@ def _bwd_dq_kernel(
             PRECISION,
             DOT_UPCAST,
         )
-    mask = offs_m[:, None] < n_q
-    if MASK_D:
-        mask = mask & (offs_d[None, :] < HEAD_DIM)
-    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+    dq_ptrs, mask = head_rows(
+        DQ, b, h, stride_dqb, stride_dqh, stride_dqm, stride_dqd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
+    )
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=mask)
 
 
@@ -521,11 +486,7 @@ def _dq_from_transposed_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, offs_m = head_block(n_heads, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_d[:, None] < HEAD_DIM) & (offs_m[None, :] < n_q)
     src = DQT + (pid_bh.to(tl.int64) * HEAD_DIM + offs_d[:, None]) * stride_dqtd + offs_m[None, :]

@@ -38,7 +38,9 @@ from rcm_kernels.triton_common import (
     device_context,
     dot,
     dot_flags,
+    head_rows,
     interpreter_active,
+    load_head_rows,
     load_rows,
     tma_loads_possible,
 )
@@ -376,24 +378,10 @@ def _attn_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q = load_rows(
-        Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        offs_m,
-        n_q,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
+    q = load_head_rows(Q, b64, h64, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
     if HAS_TQ:
-        tq = load_rows(
-            TQ + b64 * stride_tqb + h64 * stride_tqh + offs_m[:, None] * stride_tqm + offs_d[None, :] * stride_tqd,
-            offs_m,
-            n_q,
-            offs_d,
-            HEAD_DIM,
-            True,
-            MASK_D,
+        tq = load_head_rows(
+            TQ, b64, h64, stride_tqb, stride_tqh, stride_tqm, stride_tqd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
         )
     else:
         tq = q  # never read: the HAS_TQ branches are compiled out
@@ -511,15 +499,14 @@ def _attn_fwd_kernel(
 
     l_inv = 1.0 / l_i
     o = acc_o * l_inv[:, None]
-    store_mask = offs_m[:, None] < n_q
-    if MASK_D:
-        store_mask = store_mask & (offs_d[None, :] < HEAD_DIM)
-    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs, store_mask = head_rows(
+        Out, b64, h64, stride_ob, stride_oh, stride_om, stride_od, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
+    )
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=store_mask)
     if HAS_T:
         to = acc_t * l_inv[:, None] - (r_i * l_inv)[:, None] * o
-        to_ptrs = (
-            TOut + b64 * stride_tob + h64 * stride_toh + offs_m[:, None] * stride_tom + offs_d[None, :] * stride_tod
+        to_ptrs, _ = head_rows(
+            TOut, b64, h64, stride_tob, stride_toh, stride_tom, stride_tod, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
         )
         tl.store(to_ptrs, to.to(TOut.dtype.element_ty), mask=store_mask)
     # Natural-log LSE: m_i and log2(l_i) are in base-2 units of the scaled scores.

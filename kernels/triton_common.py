@@ -37,6 +37,38 @@ def load_rows(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS
 
 
 @triton.jit
+def head_block(n_heads, BLOCK: tl.constexpr):
+    # Attention programs over (block of rows, batch·head): the batch·head index, the batch and the head (64-bit:
+    # B·H·S·D exceeds 2³¹ elements at video sizes) and the block's row indices.
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    return pid_bh, b, h, pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def head_rows(
+    X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM: tl.constexpr, MASK_D: tl.constexpr
+):
+    # Rows offs_s of head (b, h) of a strided (B, H, S, D) tensor: their pointers, and the mask of those that
+    # exist (rows before n; channels before HEAD_DIM where the block is wider than the head).
+    mask = offs_s[:, None] < n
+    if MASK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    return X + b * stride_b + h * stride_h + offs_s[:, None] * stride_s + offs_d[None, :] * stride_d, mask
+
+
+@triton.jit
+def load_head_rows(
+    X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM: tl.constexpr, MASK_D: tl.constexpr
+):
+    # Those rows, with zeros where they do not exist (load_rows builds the same mask again; the copy compiles away).
+    ptrs, _ = head_rows(X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM, MASK_D)
+    return load_rows(ptrs, offs_s, n, offs_d, HEAD_DIM, True, MASK_D)
+
+
+@triton.jit
 def group_run_program(groups, D, BLOCK_D: tl.constexpr):
     # Backward kernels over runs of one token group: program (sample·group, run) and the channel lanes.
     bg = tl.program_id(0).to(tl.int64)
