@@ -23,6 +23,7 @@ from rcm_kernels.triton_common import (
     row_launch,
     sum_group_partials,
     token_groups,
+    token_row_program,
 )
 from torch import Tensor
 
@@ -35,10 +36,7 @@ def _gated_residual(
     HAS_TGATE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     # Primal: HAS_X and HAS_A. Tangent: whichever of TX, TA (times GATE) and TGATE (times A) are present.
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     y = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_X:
         y += tl.load(X + row * D + offs, mask=mask, other=0.0).to(tl.float32)

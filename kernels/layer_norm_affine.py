@@ -36,6 +36,7 @@ from rcm_kernels.triton_common import (
     row_launch,
     sum_group_partials,
     token_groups,
+    token_row_program,
 )
 from torch import Tensor
 
@@ -55,10 +56,7 @@ def _layer_norm_affine_fwd(
     S, D, tokens_per_group, mul_sb, add_sb, eps,
     HAS_MUL: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     y, _ = _row_stats(X, row, D, eps, offs, mask)
     if HAS_MUL:
         y = y * group_vector(MUL, b, g, mul_sb, D, offs, mask)
@@ -74,10 +72,7 @@ def _layer_norm_affine_jvp(
     HAS_TX: tl.constexpr, HAS_MUL: tl.constexpr, HAS_TMUL: tl.constexpr, HAS_TADD: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     n, r = _row_stats(X, row, D, eps, offs, mask)
     ty = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_TX:

@@ -69,6 +69,15 @@ def load_head_rows(
 
 
 @triton.jit
+def token_row_program(S, tokens_per_group, D, BLOCK_D: tl.constexpr):
+    # Forward kernels over token rows: program = row of (B·S, D) tokens, its sample and token group, the lanes.
+    row = tl.program_id(0).to(tl.int64)
+    b, g = row // S, (row % S) // tokens_per_group
+    offs = tl.arange(0, BLOCK_D)
+    return row, b, g, offs, offs < D
+
+
+@triton.jit
 def group_run_program(groups, D, BLOCK_D: tl.constexpr):
     # Backward kernels over runs of one token group: program (sample·group, run) and the channel lanes.
     bg = tl.program_id(0).to(tl.int64)
