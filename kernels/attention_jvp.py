@@ -35,6 +35,7 @@ import triton.language as tl
 from rcm_kernels import attention_backward
 from rcm_kernels.triton_common import (
     ScratchAllocator,
+    check_shape_like,
     device_context,
     dot,
     dot_flags,
@@ -88,8 +89,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None,
     if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     for name, t, ref in zip(("tq", "tk", "tv"), tangents, (q, k, v), strict=False):
-        if t is not None and t.shape != ref.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, its primal {tuple(ref.shape)}")
+        check_shape_like(name, t, ref, "its primal")
     devices = {t.device for t in (q, k, v, *tangents) if t is not None}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 from rcm_kernels.triton_common import (
+    check_shape_like,
     device_context,
     group_operand,
     group_partials,
@@ -60,8 +61,7 @@ def _launch(
 ) -> Tensor:  # fmt: skip
     b, s, d, per_group = token_groups(x, groups)
     for name, t in (("a", a), ("tx", tx), ("ta", ta)):
-        if t is not None and t.shape != x.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, x {tuple(x.shape)}")
+        check_shape_like(name, t, x, "x")
     gate, gate_sb = group_operand(gate, b, groups, d, "gate")
     tgate, tgate_sb = group_operand(tgate, b, groups, d, "tgate")
     out_dtype = x.dtype
@@ -134,8 +134,7 @@ def gated_residual_backward(
     dx is ``dy`` itself (the residual passes it through unchanged); dgate comes back in gate's shape and dtype.
     """
     b, s, d, per_group = token_groups(dy, groups)
-    if a.shape != dy.shape:
-        raise ValueError(f"a has shape {tuple(a.shape)}, dy {tuple(dy.shape)}")
+    check_shape_like("a", a, dy, "dy")
     dy, a = dy.contiguous(), a.contiguous()
     gate_c, gate_sb = group_operand(gate, b, groups, d, "gate")
     need_da, need_dgate = needs[1], needs[2]

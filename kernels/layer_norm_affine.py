@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 from rcm_kernels.triton_common import (
+    check_shape_like,
     device_context,
     group_operand,
     group_partials,
@@ -119,9 +120,8 @@ def layer_norm_affine_jvp(
     """The tangent of :func:`layer_norm_affine` along (tx, tmul, tadd); ``None`` means a zero tangent."""
     b, s, d, per_group = token_groups(x, groups)
     x = x.contiguous()
+    check_shape_like("tx", tx, x, "x")
     if tx is not None:
-        if tx.shape != x.shape:
-            raise ValueError(f"tx has shape {tuple(tx.shape)}, x {tuple(x.shape)}")
         tx = tx.contiguous()
     mul, mul_sb = group_operand(mul, b, groups, d, "mul")
     tmul, tmul_sb = group_operand(tmul, b, groups, d, "tmul")
@@ -183,8 +183,7 @@ def layer_norm_affine_backward(
     ``mul`` and ``add`` as there ((D,) or (Bt, G, D)); their gradients come back in their shapes and dtypes.
     """
     b, s, d, per_group = token_groups(x, groups)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
+    check_shape_like("dy", dy, x, "x")
     x, dy = x.contiguous(), dy.contiguous()
     mul_c, mul_sb = group_operand(mul, b, groups, d, "mul")
     group_operand(add, b, groups, d, "add")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context
+from rcm_kernels.triton_common import check_shape_like, device_context
 from torch import Tensor
 
 
@@ -111,9 +111,7 @@ def _checked_tables(
         raise ValueError(f"head dim must be even, got {d}")
     if weight.shape not in ((d,), (h * d,)):
         raise ValueError(f"weight must be ({d},) or ({h * d},), got {tuple(weight.shape)}")
-    name, t = other
-    if t is not None and t.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, x {tuple(x.shape)}")
+    check_shape_like(*other, x, "x")
     if rope is None:
         return None, None
     cos, sin = (t.reshape(t.shape[0], -1).contiguous() for t in rope)

@@ -145,6 +145,12 @@ def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def check_shape_like(name: str, t: Tensor | None, like: Tensor, like_name: str) -> None:
+    """Raise a ValueError naming ``t`` unless it is None or shaped like ``like``."""
+    if t is not None and t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, {like_name} {tuple(like.shape)}")
+
+
 def token_groups(x: Tensor, groups: int) -> tuple[int, int, int, int]:
     """(B, S, D, S/G) of tokens x split into ``groups`` equal runs of consecutive tokens per sample."""
     if x.dim() != 3:
