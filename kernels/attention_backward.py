@@ -16,7 +16,6 @@ as the forward.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -26,11 +25,14 @@ from rcm_kernels.triton_common import (
     device_context,
     dot,
     dot_flags,
+    empty_bhsd,
     head_block,
+    head_dim_block,
     head_rows,
     interpreter_active,
     load_head_rows,
     load_rows,
+    softmax_scale,
 )
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -500,11 +502,6 @@ def _bulk_reduce_available(t: Tensor) -> bool:
     return t.is_cuda and not interpreter_active() and torch.cuda.get_device_capability(t.device)[0] >= 9
 
 
-def _empty_like_bhsd(t: Tensor) -> Tensor:
-    b, h, s, d = t.shape
-    return torch.empty((b, s, h, d), dtype=t.dtype, device=t.device).transpose(1, 2)
-
-
 def attention_backward(
     q: Tensor,
     k: Tensor,
@@ -524,14 +521,13 @@ def attention_backward(
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
+    scale = softmax_scale(scale, d)
     do = do.to(q.dtype)
     lse = lse.contiguous()
     cfg = config or default_backward_config(d, q.dtype, q.device, n_k)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = head_dim_block(d)
     flags = dot_flags(q.dtype)
-    dq, dk, dv = _empty_like_bhsd(q), _empty_like_bhsd(k), _empty_like_bhsd(v)
+    dq, dk, dv = (empty_bhsd(*t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     delta = torch.empty((b, h, n_q), dtype=torch.float32, device=q.device)
     if b * h == 0 or n_q == 0 or n_k == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
@@ -572,7 +568,7 @@ def attention_backward(
             h,
             n_q,
             n_k,
-            float(scale),
+            scale,
             HEAD_DIM=d,
             BLOCK_M=cfg.block_m_kv,
             BLOCK_N=cfg.block_n_kv,
@@ -585,7 +581,7 @@ def attention_backward(
         )
         if dqt is not None:
             _dq_from_transposed_kernel[(triton.cdiv(n_q, 64), b * h)](
-                dqt, dq, stride_dqtd, *dq.stride(), h, n_q, float(scale), HEAD_DIM=d, BLOCK_M=64, BLOCK_D=block_d
+                dqt, dq, stride_dqtd, *dq.stride(), h, n_q, scale, HEAD_DIM=d, BLOCK_M=64, BLOCK_D=block_d
             )
         else:
             _bwd_dq_kernel[(triton.cdiv(n_q, cfg.block_m_q), b * h)](
@@ -604,7 +600,7 @@ def attention_backward(
                 h,
                 n_q,
                 n_k,
-                float(scale),
+                scale,
                 HEAD_DIM=d,
                 BLOCK_M=cfg.block_m_q,
                 BLOCK_N=cfg.block_n_q,

@@ -26,7 +26,6 @@ for free.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -39,10 +38,13 @@ from rcm_kernels.triton_common import (
     device_context,
     dot,
     dot_flags,
+    empty_bhsd,
+    head_dim_block,
     head_rows,
     interpreter_active,
     load_head_rows,
     load_rows,
+    softmax_scale,
     tma_loads_possible,
 )
 from torch import Tensor
@@ -514,11 +516,6 @@ def _attn_fwd_kernel(
     tl.store(LSE + pid_bh.to(tl.int64) * n_q + offs_m, lse, mask=offs_m < n_q)
 
 
-def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
-    return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
-
-
 def _strides(t: Tensor | None, fallback: Tensor) -> tuple[int, ...]:
     return tuple((t if t is not None else fallback).stride())
 
@@ -548,8 +545,7 @@ def attention_jvp_forward(
     check_inputs(q, k, v, (tq, tk, tv))
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
+    scale = softmax_scale(scale, d)
     tq, tk, tv = (None if t is None else t.to(q.dtype) for t in (tq, tk, tv))
     has_t = any(t is not None for t in (tq, tk, tv))
     tma_possible = tma_loads_possible(q, (k, v, tk, tv))
@@ -617,11 +613,11 @@ def attention_jvp_forward(
             h,
             n_q,
             n_k,
-            float(scale),
+            scale,
             HEAD_DIM=d,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
-            BLOCK_D=max(16, triton.next_power_of_2(d)),
+            BLOCK_D=head_dim_block(d),
             HAS_TQ=tq is not None,
             HAS_TK=tk is not None,
             HAS_TV=tv is not None,
@@ -690,7 +686,7 @@ def attention_jvp(
     if tq is None and tk is None and tv is None:
         o = attention(q, k, v, scale, config=config)
         return o, torch.zeros_like(o)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     o, to = _AttentionJvp.apply(q, k, v, tq, tk, tv, scale, config)
     return o, to
 
@@ -721,5 +717,5 @@ def attention(
     q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, *, config: LaunchConfig | None = None
 ) -> Tensor:
     """Plain FlashAttention-2 forward (the JVP kernel with its tangent compiled out), Triton backward."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     return _Attention.apply(q, k, v, scale, config)

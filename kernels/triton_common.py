@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -138,6 +139,21 @@ def dot_flags(dtype: torch.dtype) -> dict[str, Any]:
         "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
         "DOT_UPCAST": interpreter_active() and dtype != torch.float32,
     }
+
+
+def softmax_scale(scale: float | None, head_dim: int) -> float:
+    """The attention score scale: ``scale`` as a float, by default 1/√D."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def head_dim_block(head_dim: int) -> int:
+    """BLOCK_D of the attention kernels: the head dim padded to a power of two, at least 16 (the smallest dot)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
+    return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
 
 
 def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
