@@ -148,6 +148,12 @@ def _checked_tables(
     return cos, sin
 
 
+def _tile_launch(heads: int, head_dim: int) -> dict[str, int]:
+    """Tile sizes and warp count for kernels that keep one token row of ``heads`` × ``head_dim`` in registers."""
+    block_h, block_p = max(2, triton.next_power_of_2(heads)), max(2, triton.next_power_of_2(head_dim // 2))
+    return {"BLOCK_H": block_h, "BLOCK_P": block_p, "num_warps": max(1, min(16, block_h * block_p // 128))}
+
+
 def _launch(
     x: Tensor, tx: Tensor | None, weight: Tensor, rope: tuple[Tensor, Tensor] | None, eps: float, *,
     per_head: bool, interleaved: bool,
@@ -156,15 +162,13 @@ def _launch(
     b, s, h, d = x.shape
     x = x.contiguous()
     y = torch.empty_like(x)
-    block_h, block_p = max(2, triton.next_power_of_2(h)), max(2, triton.next_power_of_2(d // 2))
     with device_context(x):
         _rms_norm_rope[(b * s,)](
             x, x if tx is None else tx.contiguous(), weight.contiguous(), x if cos is None else cos,
             x if sin is None else sin, y,
             s, h, d, eps,
             TANGENT=tx is not None, PER_HEAD=per_head, W_PER_HEAD=weight.numel() == d, ROPE=rope is not None,
-            INTERLEAVED=interleaved, BLOCK_H=block_h, BLOCK_P=block_p,
-            num_warps=max(1, min(16, block_h * block_p // 128)),
+            INTERLEAVED=interleaved, **_tile_launch(h, d),
         )  # fmt: skip
     return y
 
@@ -248,13 +252,11 @@ def rms_norm_rope_backward(
     parts = triton.cdiv(rows, rows_per_program)
     dx = torch.empty_like(x) if need_dx else x
     dw = torch.empty((parts if need_dw else 0, weight.numel()), dtype=torch.float32, device=x.device)
-    block_h, block_p = max(2, triton.next_power_of_2(h)), max(2, triton.next_power_of_2(d // 2))
     with device_context(x):
         _rms_norm_rope_bwd[(parts,)](
             x, weight.contiguous(), x if cos is None else cos, x if sin is None else sin, dy, dx, dw,
             rows, s, h, d, eps, rows_per_program,
             NEED_DX=need_dx, NEED_DW=need_dw, PER_HEAD=per_head, W_PER_HEAD=weight.numel() == d,
-            ROPE=rope is not None, INTERLEAVED=interleaved, BLOCK_H=block_h, BLOCK_P=block_p,
-            num_warps=max(1, min(16, block_h * block_p // 128)),
+            ROPE=rope is not None, INTERLEAVED=interleaved, **_tile_launch(h, d),
         )  # fmt: skip
     return (dx if need_dx else None), (dw.sum(0).to(weight.dtype).view_as(weight) if need_dw else None)
