@@ -26,7 +26,6 @@ for free.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -35,11 +34,17 @@ import triton.language as tl
 from rcm_kernels import attention_backward
 from rcm_kernels.triton_common import (
     ScratchAllocator,
+    check_shape_like,
     device_context,
     dot,
     dot_flags,
+    empty_bhsd,
+    head_dim_block,
+    head_rows,
     interpreter_active,
+    load_head_rows,
     load_rows,
+    softmax_scale,
     tma_loads_possible,
 )
 from torch import Tensor
@@ -86,8 +91,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None,
     if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     for name, t, ref in zip(("tq", "tk", "tv"), tangents, (q, k, v), strict=False):
-        if t is not None and t.shape != ref.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, its primal {tuple(ref.shape)}")
+        check_shape_like(name, t, ref, "its primal")
     devices = {t.device for t in (q, k, v, *tangents) if t is not None}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
@@ -376,24 +380,10 @@ def _attn_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q = load_rows(
-        Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        offs_m,
-        n_q,
-        offs_d,
-        HEAD_DIM,
-        True,
-        MASK_D,
-    )
+    q = load_head_rows(Q, b64, h64, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
     if HAS_TQ:
-        tq = load_rows(
-            TQ + b64 * stride_tqb + h64 * stride_tqh + offs_m[:, None] * stride_tqm + offs_d[None, :] * stride_tqd,
-            offs_m,
-            n_q,
-            offs_d,
-            HEAD_DIM,
-            True,
-            MASK_D,
+        tq = load_head_rows(
+            TQ, b64, h64, stride_tqb, stride_tqh, stride_tqm, stride_tqd, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
         )
     else:
         tq = q  # never read: the HAS_TQ branches are compiled out
@@ -511,25 +501,19 @@ def _attn_fwd_kernel(
 
     l_inv = 1.0 / l_i
     o = acc_o * l_inv[:, None]
-    store_mask = offs_m[:, None] < n_q
-    if MASK_D:
-        store_mask = store_mask & (offs_d[None, :] < HEAD_DIM)
-    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs, store_mask = head_rows(
+        Out, b64, h64, stride_ob, stride_oh, stride_om, stride_od, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
+    )
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=store_mask)
     if HAS_T:
         to = acc_t * l_inv[:, None] - (r_i * l_inv)[:, None] * o
-        to_ptrs = (
-            TOut + b64 * stride_tob + h64 * stride_toh + offs_m[:, None] * stride_tom + offs_d[None, :] * stride_tod
+        to_ptrs, _ = head_rows(
+            TOut, b64, h64, stride_tob, stride_toh, stride_tom, stride_tod, offs_m, n_q, offs_d, HEAD_DIM, MASK_D
         )
         tl.store(to_ptrs, to.to(TOut.dtype.element_ty), mask=store_mask)
     # Natural-log LSE: m_i and log2(l_i) are in base-2 units of the scaled scores.
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     tl.store(LSE + pid_bh.to(tl.int64) * n_q + offs_m, lse, mask=offs_m < n_q)
-
-
-def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
-    return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
 
 
 def _strides(t: Tensor | None, fallback: Tensor) -> tuple[int, ...]:
@@ -561,8 +545,7 @@ def attention_jvp_forward(
     check_inputs(q, k, v, (tq, tk, tv))
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
+    scale = softmax_scale(scale, d)
     tq, tk, tv = (None if t is None else t.to(q.dtype) for t in (tq, tk, tv))
     has_t = any(t is not None for t in (tq, tk, tv))
     tma_possible = tma_loads_possible(q, (k, v, tk, tv))
@@ -630,11 +613,11 @@ def attention_jvp_forward(
             h,
             n_q,
             n_k,
-            float(scale),
+            scale,
             HEAD_DIM=d,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
-            BLOCK_D=max(16, triton.next_power_of_2(d)),
+            BLOCK_D=head_dim_block(d),
             HAS_TQ=tq is not None,
             HAS_TK=tk is not None,
             HAS_TV=tv is not None,
@@ -703,7 +686,7 @@ def attention_jvp(
     if tq is None and tk is None and tv is None:
         o = attention(q, k, v, scale, config=config)
         return o, torch.zeros_like(o)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     o, to = _AttentionJvp.apply(q, k, v, tq, tk, tv, scale, config)
     return o, to
 
@@ -734,5 +717,5 @@ def attention(
     q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, *, config: LaunchConfig | None = None
 ) -> Tensor:
     """Plain FlashAttention-2 forward (the JVP kernel with its tangent compiled out), Triton backward."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     return _Attention.apply(q, k, v, scale, config)

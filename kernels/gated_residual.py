@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 from rcm_kernels.triton_common import (
+    check_shape_like,
     device_context,
     group_operand,
     group_partials,
@@ -23,6 +24,7 @@ from rcm_kernels.triton_common import (
     row_launch,
     sum_group_partials,
     token_groups,
+    token_row_program,
 )
 from torch import Tensor
 
@@ -35,10 +37,7 @@ def _gated_residual(
     HAS_TGATE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     # Primal: HAS_X and HAS_A. Tangent: whichever of TX, TA (times GATE) and TGATE (times A) are present.
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     y = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_X:
         y += tl.load(X + row * D + offs, mask=mask, other=0.0).to(tl.float32)
@@ -62,8 +61,7 @@ def _launch(
 ) -> Tensor:  # fmt: skip
     b, s, d, per_group = token_groups(x, groups)
     for name, t in (("a", a), ("tx", tx), ("ta", ta)):
-        if t is not None and t.shape != x.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, x {tuple(x.shape)}")
+        check_shape_like(name, t, x, "x")
     gate, gate_sb = group_operand(gate, b, groups, d, "gate")
     tgate, tgate_sb = group_operand(tgate, b, groups, d, "tgate")
     out_dtype = x.dtype
@@ -136,8 +134,7 @@ def gated_residual_backward(
     dx is ``dy`` itself (the residual passes it through unchanged); dgate comes back in gate's shape and dtype.
     """
     b, s, d, per_group = token_groups(dy, groups)
-    if a.shape != dy.shape:
-        raise ValueError(f"a has shape {tuple(a.shape)}, dy {tuple(dy.shape)}")
+    check_shape_like("a", a, dy, "dy")
     dy, a = dy.contiguous(), a.contiguous()
     gate_c, gate_sb = group_operand(gate, b, groups, d, "gate")
     need_da, need_dgate = needs[1], needs[2]

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 from rcm_kernels.triton_common import (
+    check_shape_like,
     device_context,
     group_operand,
     group_partials,
@@ -36,6 +37,7 @@ from rcm_kernels.triton_common import (
     row_launch,
     sum_group_partials,
     token_groups,
+    token_row_program,
 )
 from torch import Tensor
 
@@ -55,10 +57,7 @@ def _layer_norm_affine_fwd(
     S, D, tokens_per_group, mul_sb, add_sb, eps,
     HAS_MUL: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     y, _ = _row_stats(X, row, D, eps, offs, mask)
     if HAS_MUL:
         y = y * group_vector(MUL, b, g, mul_sb, D, offs, mask)
@@ -74,10 +73,7 @@ def _layer_norm_affine_jvp(
     HAS_TX: tl.constexpr, HAS_MUL: tl.constexpr, HAS_TMUL: tl.constexpr, HAS_TADD: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b, g = row // S, (row % S) // tokens_per_group
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
+    row, b, g, offs, mask = token_row_program(S, tokens_per_group, D, BLOCK_D)
     n, r = _row_stats(X, row, D, eps, offs, mask)
     ty = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_TX:
@@ -124,9 +120,8 @@ def layer_norm_affine_jvp(
     """The tangent of :func:`layer_norm_affine` along (tx, tmul, tadd); ``None`` means a zero tangent."""
     b, s, d, per_group = token_groups(x, groups)
     x = x.contiguous()
+    check_shape_like("tx", tx, x, "x")
     if tx is not None:
-        if tx.shape != x.shape:
-            raise ValueError(f"tx has shape {tuple(tx.shape)}, x {tuple(x.shape)}")
         tx = tx.contiguous()
     mul, mul_sb = group_operand(mul, b, groups, d, "mul")
     tmul, tmul_sb = group_operand(tmul, b, groups, d, "tmul")
@@ -188,8 +183,7 @@ def layer_norm_affine_backward(
     ``mul`` and ``add`` as there ((D,) or (Bt, G, D)); their gradients come back in their shapes and dtypes.
     """
     b, s, d, per_group = token_groups(x, groups)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
+    check_shape_like("dy", dy, x, "x")
     x, dy = x.contiguous(), dy.contiguous()
     mul_c, mul_sb = group_operand(mul, b, groups, d, "mul")
     group_operand(add, b, groups, d, "add")

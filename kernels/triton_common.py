@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -34,6 +35,47 @@ def load_rows(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS
             return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
         else:
             return tl.load(ptrs)
+
+
+@triton.jit
+def head_block(n_heads, BLOCK: tl.constexpr):
+    # Attention programs over (block of rows, batch·head): the batch·head index, the batch and the head (64-bit:
+    # B·H·S·D exceeds 2³¹ elements at video sizes) and the block's row indices.
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    return pid_bh, b, h, pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def head_rows(
+    X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM: tl.constexpr, MASK_D: tl.constexpr
+):
+    # Rows offs_s of head (b, h) of a strided (B, H, S, D) tensor: their pointers, and the mask of those that
+    # exist (rows before n; channels before HEAD_DIM where the block is wider than the head).
+    mask = offs_s[:, None] < n
+    if MASK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    return X + b * stride_b + h * stride_h + offs_s[:, None] * stride_s + offs_d[None, :] * stride_d, mask
+
+
+@triton.jit
+def load_head_rows(
+    X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM: tl.constexpr, MASK_D: tl.constexpr
+):
+    # Those rows, with zeros where they do not exist (load_rows builds the same mask again; the copy compiles away).
+    ptrs, _ = head_rows(X, b, h, stride_b, stride_h, stride_s, stride_d, offs_s, n, offs_d, HEAD_DIM, MASK_D)
+    return load_rows(ptrs, offs_s, n, offs_d, HEAD_DIM, True, MASK_D)
+
+
+@triton.jit
+def token_row_program(S, tokens_per_group, D, BLOCK_D: tl.constexpr):
+    # Forward kernels over token rows: program = row of (B·S, D) tokens, its sample and token group, the lanes.
+    row = tl.program_id(0).to(tl.int64)
+    b, g = row // S, (row % S) // tokens_per_group
+    offs = tl.arange(0, BLOCK_D)
+    return row, b, g, offs, offs < D
 
 
 @triton.jit
@@ -99,9 +141,30 @@ def dot_flags(dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
+def softmax_scale(scale: float | None, head_dim: int) -> float:
+    """The attention score scale: ``scale`` as a float, by default 1/√D."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def head_dim_block(head_dim: int) -> int:
+    """BLOCK_D of the attention kernels: the head dim padded to a power of two, at least 16 (the smallest dot)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def empty_bhsd(b: int, h: int, s: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A (B, H, S, D) view of a fresh (B, S, H, D) buffer: the layout networks consume without a copy."""
+    return torch.empty((b, s, h, d), dtype=dtype, device=device).transpose(1, 2)
+
+
 def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     """Launch on the tensor's GPU (Triton uses the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def check_shape_like(name: str, t: Tensor | None, like: Tensor, like_name: str) -> None:
+    """Raise a ValueError naming ``t`` unless it is None or shaped like ``like``."""
+    if t is not None and t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, {like_name} {tuple(like.shape)}")
 
 
 def token_groups(x: Tensor, groups: int) -> tuple[int, int, int, int]:
