@@ -78,7 +78,9 @@ class AttentionContract(ComponentContract):
             q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
             weight = torch.randn(q.shape[:3] + v.shape[-1:], generator=torch.Generator().manual_seed(9))
             got = torch.autograd.grad((attn(q, k, v, scale=scale) * weight.to(q)).sum(), (q, k, v))
-            want = torch.autograd.grad((reference(q, k, v, scale) * weight.double()).sum(), (q, k, v))
+            want = torch.autograd.grad(
+                (reference(q, k, v, scale) * weight.to(q.device, torch.float64)).sum(), (q, k, v)
+            )
             for name, g, w in zip("qkv", got, want, strict=True):
                 err = rel_err(g, w)
                 assert err <= self.tolerance, f"gradient of {name} (q {tuple(q.shape)}, k {tuple(k.shape)}): {err:.3e}"
