@@ -122,15 +122,20 @@ def _read_file(file: Path, device: str | torch.device) -> dict[str, Tensor]:
 def read_config(path: PathLike) -> dict[str, Any] | None:
     """``config.json`` of a checkpoint directory (or the one next to a weights file), or None."""
     p = Path(path)
-    candidate = p / CONFIG_NAME if p.is_dir() else p.parent / CONFIG_NAME
-    if not candidate.is_file():
+    return read_json_object(p / CONFIG_NAME if p.is_dir() else p.parent / CONFIG_NAME)
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a checkpoint's config.json, a repository's model_index.json), or None when
+    there is no such file; anything else is a :class:`CheckpointError` naming it."""
+    if not path.is_file():
         return None
     try:
-        data = json.loads(candidate.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{candidate}: not readable JSON ({exc})") from exc
+        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{candidate}: expected a JSON object")
+        raise CheckpointError(f"{path}: expected a JSON object")
     return data
 
 

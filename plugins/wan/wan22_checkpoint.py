@@ -73,16 +73,7 @@ def model_type(arch: WanArch) -> str:
 
 def read_model_index(root: Path) -> dict[str, Any] | None:
     """A diffusers repository's model_index.json, or None when there is none."""
-    path = root / MODEL_INDEX
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return weights.read_json_object(root / MODEL_INDEX)
 
 
 def repository_layout(root: Path, format: WeightsFormat) -> Format | None:
