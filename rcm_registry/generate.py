@@ -3,10 +3,9 @@
 The run's output network (EMA weights when the run kept them) samples with the recipe's few-step sampler;
 the recipe's ``codecs`` turn the prompt into the network's text condition and the latents into pixels.
 
-What the codec kinds must do (duck-typed; the built-in ones are in ``rcm_plugins.data``):
-
-* a **text** codec (``codecs.text``) is a :class:`TextEncoder`;
-* a **vae** codec (``codecs.vae``) is a :class:`VideoCodec`.
+What the codecs must do is in :mod:`rcm_registry.protocols`: ``codecs.text`` is a
+:class:`~rcm_registry.protocols.TextEncoder`, ``codecs.vae`` a :class:`~rcm_registry.protocols.VideoCodec`
+(the built-in ones are in ``rcm_plugins.data``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -31,33 +30,6 @@ if TYPE_CHECKING:
 
 #: Suffixes ``--out`` may have.
 OUTPUTS = (".mp4", ".png", ".safetensors")
-
-
-class TextEncoder(Protocol):
-    """Prompts → the network's text condition."""
-
-    def to(self, device: torch.device | str) -> TextEncoder: ...
-
-    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """``(text (B, L, D) float32, mask (B, L) bool)`` on the codec's device, zero past each prompt."""
-        ...
-
-
-class VideoCodec(Protocol):
-    """Pixels ↔ the normalised latents the network is trained on."""
-
-    latent_channels: int
-
-    def to(self, device: torch.device | str) -> VideoCodec: ...
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]: ...
-
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) in [−1, 1] → (B, C, T', H', W')."""
-        ...
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """(B, C, T', H', W') → (B, 3, T, H, W) in [−1, 1]."""
-        ...
 
 
 class _Counting(nn.Module):

@@ -267,6 +267,33 @@ class Metric(Protocol):
     def __call__(self, samples: Tensor, condition: Condition, dataset: Dataset) -> dict[str, float]: ...
 
 
+class TextEncoder(Protocol):
+    """A ``codec`` in the role ``codecs.text``: prompts → the network's text condition (rcm synth, rcm generate)."""
+
+    def to(self, device: torch.device | str) -> TextEncoder: ...
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``(text (B, L, D) float32, mask (B, L) bool)`` on the codec's device, zero past each prompt."""
+        ...
+
+
+class VideoCodec(Protocol):
+    """A ``codec`` in the role ``codecs.vae``: pixels ↔ the normalised latents the network is trained on."""
+
+    latent_channels: int
+
+    def to(self, device: torch.device | str) -> VideoCodec: ...
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]: ...
+
+    def encode(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) in [−1, 1] → (B, C, T', H', W')."""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """(B, C, T', H', W') → (B, 3, T, H, W) in [−1, 1]."""
+        ...
+
+
 class Attention(Protocol):
     """kind ``attention``: ``attn(q, k, v, scale=None) -> o`` in the (B, H, S, D) layout of SDPA.
 

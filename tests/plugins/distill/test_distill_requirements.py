@@ -48,10 +48,10 @@ def _problems(recipe: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _needs_components() -> None:
+    # Built-in components: their absence is a broken install, a failure rather than a skip.
     reg = rr.registry()
     for kind, name in [("network", "mlp"), ("dataset", "gaussian_mixture_2d"), ("optimizer", "adamw")]:
-        if reg.find(kind, name) is None:
-            pytest.skip(f"{kind} {name!r} not registered")
+        assert reg.find(kind, name) is not None, f"{kind} {name!r} not registered"
 
 
 def test_rcm_recipe_is_valid() -> None:
@@ -105,8 +105,7 @@ def test_missing_teacher_wrapper() -> None:
 
 
 def test_scm_with_attention_lacking_jvp() -> None:
-    if rr.registry().find("network", "wan2.1-t2v") is None:
-        pytest.skip("wan2.1-t2v not registered")
+    assert rr.registry().find("network", "wan2.1-t2v") is not None, "wan2.1-t2v not registered"
     recipe = copy.deepcopy(RCM)
     recipe["networks"] = {
         "teacher": {"use": "wan2.1-t2v", "size": "1.3B", "attention": {"use": "sdpa"}},
