@@ -70,14 +70,19 @@ def rcm(*args: str) -> None:
 
 
 def train_missing(args: argparse.Namespace) -> None:
-    """Feature networks, teacher and students, each unless its output is already there."""
+    """Feature networks, teacher and students, each unless its output is already there.
+
+    The feature networks train in processes of their own beside the runs (the digit classifier on the CPU);
+    the runs need them only when they are sampled.
+    """
     sets = [a for s in args.set for a in ("--set", s)]
     path = recipe(args.size, "teacher")
     body = validate_recipe(load_recipe(path, args.set), registry(), str(path)).body
     data = body.data.config
+    jobs = []
     for spec in body.metrics:
         weights = getattr(spec.config, "classifier", None)
-        if weights is None or Path(weights).is_file():
+        if weights is None or Path(weights).is_file() or any(weights == w for w, _ in jobs):
             continue
         if isinstance(spec.config, VideoClassifierConfig):
             geometry = [f"--frames={data.frames}", f"--canvas={data.canvas}", f"--digit-size={data.digit_size}",
@@ -86,7 +91,7 @@ def train_missing(args: argparse.Namespace) -> None:
         else:
             command = [str(ROOT / "train_digit_classifier.py"), "--out", weights]
         print("+ python " + " ".join(command), flush=True)
-        subprocess.run([sys.executable, *command], check=True)
+        jobs.append((weights, subprocess.Popen([sys.executable, *command])))
     if not (args.runs / "teacher").is_dir():
         rcm("run", str(recipe(args.size, "teacher")), "--out", str(args.runs / "teacher"), "--no-progress", *sets)
     for method in args.methods:
@@ -94,6 +99,9 @@ def train_missing(args: argparse.Namespace) -> None:
             teacher = f"networks.teacher.weights.path={args.runs / 'teacher'}"
             rcm("run", str(recipe(args.size, method)), "--out", str(args.runs / method), "--no-progress", *sets,
                 "--set", teacher)  # fmt: skip
+    for weights, job in jobs:
+        if job.wait() != 0:
+            raise SystemExit(f"training the feature network {weights} failed (exit code {job.returncode})")
 
 
 def data_row(teacher: LoadedRun, seeds: list[int], num: int) -> list[dict[str, float]]:
