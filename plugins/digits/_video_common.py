@@ -6,6 +6,8 @@ classifier; video metrics read whole clips with the 3-D video classifier.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -40,7 +42,10 @@ def clip_dataset(dataset: Any, metric: str) -> Any:
 
 def frame_features(config: ClassifierConfig, clips: Tensor, digit_size: int) -> tuple[Tensor, Tensor]:
     """(features, logits) of every frame's digit crop, (N·T, ·), frames of a clip consecutive."""
-    return features(config, digit_crops(as_clips(clips), digit_size))
+    x = as_clips(clips)
+    if config.clip:  # before cropping and pooling, as for a saved frame
+        x = x.clamp(-1.0, 1.0)
+    return features(config, digit_crops(x, digit_size))
 
 
 def video_features(config: VideoClassifierConfig, clips: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,3 +72,40 @@ def class_labels(condition: dict[str, Tensor], n: int, metric: str) -> Tensor:
     if label is None:
         raise rr.UserError(f"{metric} needs the samples' class labels: condition {{'label': (N,) tensor}}")
     return label
+
+
+# The reference clips' features, per feature network: every metric of a row (and every row of a table)
+# compares with the same clips, and they are most of the work. The entry keeps the clips it was made
+# from, so a new reference set (another dataset) is never matched by a recycled id.
+_REFERENCE: dict[tuple[Any, ...], tuple[Tensor, Any]] = {}
+
+
+def _cached(key: tuple[Any, ...], real: Tensor, compute: Callable[[], Any]) -> Any:
+    hit = _REFERENCE.get(key)
+    if hit is not None and hit[0] is real:
+        return hit[1]
+    if len(_REFERENCE) >= 8:
+        _REFERENCE.pop(next(iter(_REFERENCE)))
+    value = compute()
+    _REFERENCE[key] = (real, value)
+    return value
+
+
+def _weights_key(path: str) -> tuple[str, int]:
+    p = Path(path)
+    return (str(p.resolve()), p.stat().st_mtime_ns if p.is_file() else -1)
+
+
+def reference_frame_features(config: ClassifierConfig, dataset: Any) -> tuple[Tensor, Tensor]:
+    """:func:`frame_features` of the dataset's reference clips."""
+    real, _ = dataset.reference()
+    size = dataset.config.digit_size
+    key = ("frames", id(real), _weights_key(config.classifier), config.clip, size)
+    return _cached(key, real, lambda: frame_features(config, real, size))
+
+
+def reference_video_features(config: VideoClassifierConfig, dataset: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`video_features` of the dataset's reference clips."""
+    real, _ = dataset.reference()
+    key = ("video", id(real), _weights_key(config.classifier), config.clip)
+    return _cached(key, real, lambda: video_features(config, real))

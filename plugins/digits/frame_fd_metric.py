@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 from rcm_plugins.digits._common import ClassifierConfig
-from rcm_plugins.digits._video_common import clip_dataset, frame_features
+from rcm_plugins.digits._video_common import clip_dataset, frame_features, reference_frame_features
 from rcm_plugins.digits.features import frechet_distance
 from torch import Tensor
 
@@ -30,10 +30,8 @@ class FrameFrechet:
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
         data = clip_dataset(dataset, NAME)
-        real, _ = data.reference()
-        size = data.config.digit_size
-        fake_features, _ = frame_features(self.config, samples, size)
-        real_features, _ = frame_features(self.config, real, size)
+        fake_features, _ = frame_features(self.config, samples, data.config.digit_size)
+        real_features, _ = reference_frame_features(self.config, data)
         return {"frame_fd": frechet_distance(fake_features, real_features)}
 
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import attrs
-from rcm_plugins.digits._video_common import VideoClassifierConfig, class_labels, clip_dataset, video_features
+from rcm_plugins.digits._video_common import (
+    VideoClassifierConfig,
+    class_labels,
+    clip_dataset,
+    reference_video_features,
+    video_features,
+)
 from rcm_plugins.digits.features import within_class_diversity
 from torch import Tensor
 
@@ -28,9 +34,10 @@ class VideoDiversity:
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
         label = class_labels(condition, samples.shape[0], NAME)
-        real, real_labels = clip_dataset(dataset, NAME).reference()
+        data = clip_dataset(dataset, NAME)
+        _, real_labels = data.reference()
         fake_features = video_features(self.config, samples)[0]
-        real_features = video_features(self.config, real)[0]
+        real_features = reference_video_features(self.config, data)[0]
         return within_class_diversity(fake_features, label, real_features, real_labels["label"])
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import attrs
-from rcm_plugins.digits._video_common import VideoClassifierConfig, clip_dataset, video_features
+from rcm_plugins.digits._video_common import (
+    VideoClassifierConfig,
+    clip_dataset,
+    reference_video_features,
+    video_features,
+)
 from rcm_plugins.digits.features import frechet_distance
 from torch import Tensor
 
@@ -29,9 +34,8 @@ class VideoFrechet:
         self.config = config
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
-        real, _ = clip_dataset(dataset, NAME).reference()
+        real_features = reference_video_features(self.config, clip_dataset(dataset, NAME))[0]
         fake_features = video_features(self.config, samples)[0]
-        real_features = video_features(self.config, real)[0]
         return {"video_fd": frechet_distance(fake_features, real_features)}
 
 

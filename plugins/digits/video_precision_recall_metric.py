@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import attrs
 import torch
-from rcm_plugins.digits._video_common import VideoClassifierConfig, clip_dataset, video_features
+from rcm_plugins.digits._video_common import (
+    VideoClassifierConfig,
+    clip_dataset,
+    reference_video_features,
+    video_features,
+)
 from rcm_plugins.digits.features import precision_recall
 from torch import Tensor
 
@@ -34,10 +39,10 @@ class VideoPrecisionRecall:
         self.config = config
 
     def __call__(self, samples: Tensor, condition: Condition, dataset: object) -> dict[str, float]:
-        real, _ = clip_dataset(dataset, NAME).reference()
-        n = min(samples.shape[0], real.shape[0])
-        pick = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(self.config.seed))[:n]
-        real_features = video_features(self.config, real[pick])[0]
+        all_real = reference_video_features(self.config, clip_dataset(dataset, NAME))[0]
+        n = min(samples.shape[0], all_real.shape[0])
+        pick = torch.randperm(all_real.shape[0], generator=torch.Generator().manual_seed(self.config.seed))[:n]
+        real_features = all_real[pick]
         fake_features = video_features(self.config, samples)[0]
         precision, recall = precision_recall(real_features, fake_features, self.config.k)
         return {"precision": precision, "recall": recall}

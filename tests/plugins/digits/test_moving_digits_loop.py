@@ -35,7 +35,7 @@ def classifiers(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     folder = tmp_path_factory.mktemp("classifiers")
     torch.set_num_threads(1)
     data = MovingDigitsConfig(canvas=16, digit_size=8, frames=5, speed=(0.5, 2.0))
-    video, accuracy = train_video_classifier(data, steps=200, batch_size=16, lr=1e-2, test_clips=100)
+    video, accuracy = train_video_classifier(data, steps=600, batch_size=32, test_clips=100)
     save_video_classifier(video, folder / "video.safetensors", accuracy)
     torch.manual_seed(0)
     save_classifier(DigitClassifier(), folder / "digit.safetensors", math.nan)
@@ -51,7 +51,7 @@ def train(recipe: str, out: Path, *sets: str) -> None:
 
 
 def sample_metrics(run: Path, out: Path) -> dict[str, float]:
-    result = run_cli("sample", str(run), "--steps", "2", "--num", "60", "--out", str(out))
+    result = run_cli("sample", str(run), "--steps", "2", "--num", "200", "--out", str(out))
     assert result.code == 0, result.err
     return {k: float(v) for k, v in re.findall(r"^(\w+): (-?[\d.]+|nan|inf)$", result.out, flags=re.M)}
 

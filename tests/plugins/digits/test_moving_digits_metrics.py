@@ -237,3 +237,10 @@ def test_clips_of_another_geometry_or_two_digits_are_user_errors(
     save_classifier(DigitClassifier(), not_video, math.nan)
     with pytest.raises(rr.UserError, match="not a video classifier"):
         reg.build("metric", "moving_digits_video_fd", classifier=str(not_video))(real, labels, big)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"conv1.weight": torch.zeros(1)}, str(other), metadata={"geometry": '{"frames": 9, "canvas": 32, '
+              '"digit_size": 16, "directions": 8}'})  # fmt: skip
+    with pytest.raises(rr.UserError, match=r"not this video classifier's weights.*train them again"):
+        reg.build("metric", "moving_digits_video_fd", classifier=str(other))(real, labels, big)
