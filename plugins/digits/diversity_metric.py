@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 from rcm_plugins.digits._common import ClassifierConfig, features, reference_set, sample_labels
-from rcm_plugins.digits.features import mean_pairwise_distance
+from rcm_plugins.digits.features import within_class_diversity
 from torch import Tensor
 
 import rcm_registry as rr
@@ -32,16 +32,7 @@ class DigitsDiversity:
         x_real, y_real = reference_set(dataset)
         fake, _ = features(self.config, samples)
         real, _ = features(self.config, x_real)
-        ratios = []
-        for c in label.unique().tolist():
-            mine = fake[label == c]
-            theirs = real[y_real == c]
-            if mine.shape[0] < 2 or theirs.shape[0] < 2:
-                continue
-            ratios.append(mean_pairwise_distance(mine) / max(mean_pairwise_distance(theirs), 1e-12))
-        if not ratios:
-            return {"diversity": float("nan"), "diversity_min": float("nan")}
-        return {"diversity": sum(ratios) / len(ratios), "diversity_min": min(ratios)}
+        return within_class_diversity(fake, label, real, y_real)
 
 
 COMPONENT = rr.Component(kind="metric", name="digits_diversity", factory=DigitsDiversity, config=DigitsDiversityConfig)

@@ -67,3 +67,21 @@ def mean_pairwise_distance(x: Tensor) -> float:
         return 0.0
     d = torch.cdist(x.double(), x.double())
     return float(d.sum() / (n * (n - 1)))
+
+
+def within_class_diversity(fake: Tensor, labels: Tensor, real: Tensor, real_labels: Tensor) -> dict[str, float]:
+    """Within-class spread of the samples relative to that of the data, in a feature space.
+
+    Per class c: mean pairwise distance of the fake rows labelled c over the same for the real rows of c;
+    ``diversity`` is the mean over classes with at least two rows on both sides (1: as varied as the data;
+    near 0: mode collapse), ``diversity_min`` the least varied class (both NaN when no class qualifies).
+    """
+    ratios = []
+    for c in labels.unique().tolist():
+        mine, theirs = fake[labels == c], real[real_labels == c]
+        if mine.shape[0] < 2 or theirs.shape[0] < 2:
+            continue
+        ratios.append(mean_pairwise_distance(mine) / max(mean_pairwise_distance(theirs), 1e-12))
+    if not ratios:
+        return {"diversity": float("nan"), "diversity_min": float("nan")}
+    return {"diversity": sum(ratios) / len(ratios), "diversity_min": min(ratios)}

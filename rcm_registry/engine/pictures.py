@@ -1,4 +1,4 @@
-"""PNG pictures of samples without plotting libraries: 2-D scatter plots and image grids."""
+"""PNG pictures of samples without plotting libraries: 2-D scatter plots, image grids and video strips."""
 
 from __future__ import annotations
 
@@ -79,14 +79,46 @@ def image_grid_png(images: torch.Tensor, *, columns: int | None = None, scale: i
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def video_strips_png(videos: torch.Tensor, *, columns: int = 1, scale: int = 4, gap: int = 3) -> Image.Image:
+    """Clips (N, C, T, H, W) in [-1, 1] as strips: each clip's T frames left to right on one row.
+
+    Frames are 1 pixel apart, clips ``gap`` pixels; ``columns`` strips stand side by side (clip i in row
+    i // columns), so long batches stay viewable.
+    """
+    x = videos.detach().float().cpu()
+    if x.ndim != 5:
+        raise ValueError(f"expected (N, C, T, H, W) clips, got shape {tuple(videos.shape)}")
+    n, c, t, h, w = x.shape
+    if c not in (1, 3):
+        x, c = x[:, :1], 1
+    strip_w = t * (w + 1) - 1
+    rows = math.ceil(n / columns)
+    grid = torch.ones(c, rows * (h + gap) - gap, columns * (strip_w + gap) - gap)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        top, left = r * (h + gap), col * (strip_w + gap)
+        for f in range(t):
+            grid[:, top : top + h, left + f * (w + 1) : left + f * (w + 1) + w] = x[i, :, f]
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+#: Rows of strips in the picture of a batch of clips; longer batches get more strips side by side.
+VIDEO_ROWS = 32
+
+
 def samples_picture(
     samples: torch.Tensor, condition: dict[str, torch.Tensor], dataset: object, title: str
 ) -> Image.Image:
-    """The natural picture of a batch of samples: a labelled scatter plot for 2-D points, else a grid."""
+    """The natural picture of a batch of samples: a labelled scatter plot for 2-D points, a strip of frames
+    per clip for (N, C, T, H, W) samples with T > 1, else an image grid."""
     if samples.ndim == 2 and samples.shape[1] == 2:
         labels = condition.get("label")
         labels = labels if labels is not None and labels.ndim == 1 else None
         return scatter_png(samples, labels, centers=getattr(dataset, "centers", None), title=title)
+    if samples.ndim == 5 and samples.shape[2] > 1:
+        return video_strips_png(samples, columns=math.ceil(samples.shape[0] / VIDEO_ROWS))
     return image_grid_png(samples)
 
 

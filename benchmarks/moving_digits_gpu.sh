@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The moving-digits benchmark at GPU size (recipes/moving_digits/{teacher,scm,dcm,dmd,rcm}.yaml: Wan2.1 at width
+# 256, 8 blocks, bf16, 9 frames of 32x32) on one GPU, in stages that each fit in 10 minutes on one H200.
+# Everything a stage writes that the next machine needs goes to ${OUT:-runs/moving_digits_out}: logs, wall times
+# (times.txt), the teacher packed in 15 MiB parts, table rows as JSON.
+#
+#   OUT=o1 bash benchmarks/moving_digits_gpu.sh teacher        # both feature networks and the teacher; packed as
+#                                                              # o1/teacher.tar.part-*
+#   cat o1/teacher.tar.part-* | tar x                          # on each next machine, from the repository root
+#   OUT=o2 bash benchmarks/moving_digits_gpu.sh reference      # data and 50-step CFG teacher rows: o2/rows-reference.json
+#   OUT=o3 bash benchmarks/moving_digits_gpu.sh student rcm    # train one student, then its rows: o3/rows-rcm.json
+#   OUT=o4 bash benchmarks/moving_digits_gpu.sh student scm    # ... and dcm, dmd, one machine each
+#   bash benchmarks/moving_digits_gpu.sh table o2/rows-reference.json o3/rows-rcm.json ...   # the table (any machine)
+#
+# `table` writes benchmarks/moving_digits_table.md and benchmarks/moving_digits_strips.png. TABLE_ARGS adds
+# moving_digits_table.py options to the sampling stages (e.g. "--num 250 --seeds 0 1"), SETS `rcm run` overrides
+# to the training ones (e.g. "--set run.iterations=3000"). SIZE=tiny DEVICE=cpu runs the same stages with the
+# CPU-sized recipes (a check of this script; with SETS="--set run.iterations=10" in a few minutes).
+set -euo pipefail
+out=${OUT:-runs/moving_digits_out}
+size=${SIZE:-gpu}
+device=${DEVICE:-cuda}
+runs=runs/moving_digits
+[[ $size == tiny ]] && runs=runs/moving_digits_tiny
+mkdir -p "$out" "$runs"
+read -ra sets <<< "${SETS:-}"
+read -ra extra <<< "${TABLE_ARGS:-}"
+table=(python benchmarks/moving_digits_table.py --size "$size" --device "$device" --runs "$runs")
+for s in "${sets[@]}"; do [[ $s == --set ]] || table+=(--set "$s"); done
+
+timed() {  # timed NAME COMMAND...: run, log to OUT/NAME.log, append the wall time to OUT/times.txt
+  local name=$1 start=$SECONDS
+  shift
+  "$@" > "$out/$name.log" 2>&1 || { echo "$name failed, see $out/$name.log" >&2; tail -20 "$out/$name.log" >&2; return 1; }
+  echo "$name: $((SECONDS - start)) s" | tee -a "$out/times.txt"
+}
+
+need_teacher() {
+  [[ -d $runs/teacher ]] || { echo "no teacher in $runs/teacher: run the teacher stage and unpack its parts first" >&2; exit 2; }
+}
+
+pack_teacher() {  # the teacher's newest EMA weights, recipe and log, with both feature networks
+  local ckpt classifiers
+  ckpt=$runs/teacher/checkpoints/$(cat "$runs/teacher/checkpoints/latest")
+  classifiers=$(python - "$size" <<'EOF'
+import sys
+from pathlib import Path
+
+from rcm_registry import registry
+from rcm_registry.recipe.load import load_recipe
+from rcm_registry.recipe.validate import validate_recipe
+
+path = Path("recipes/moving_digits") / ("teacher_tiny.yaml" if sys.argv[1] == "tiny" else "teacher.yaml")
+body = validate_recipe(load_recipe(path), registry(), str(path)).body
+print(" ".join(sorted({m.config.classifier for m in body.metrics if hasattr(m.config, "classifier")})))
+EOF
+)
+  # shellcheck disable=SC2086  # the classifier paths hold no spaces
+  tar c "$runs/teacher/recipe.yaml" "$runs/teacher/metrics.jsonl" "$runs/teacher/checkpoints/latest" \
+    "$ckpt/ema.safetensors" "$ckpt/meta.json" "$ckpt/recipe.yaml" $classifiers | split -b 15M - "$out/teacher.tar.part-"
+}
+
+case ${1:-} in
+  teacher)
+    # The feature networks train beside the teacher (the digit classifier on the CPU).
+    timed teacher "${table[@]}" --methods --train-only
+    pack_teacher
+    ;;
+  reference)
+    need_teacher
+    timed reference "${table[@]}" --no-train --methods "${extra[@]}" --save-rows "$out/rows-reference.json" \
+      --out "$out/table-reference.md" --strips "$out/strips-reference.png"
+    ;;
+  student)
+    shift
+    [[ $# -eq 1 ]] || { echo "student: name one method (rcm, scm, dcm or dmd)" >&2; exit 2; }
+    need_teacher
+    timed "train-$1" "${table[@]}" --methods "$1" --train-only
+    timed "rows-$1" "${table[@]}" --no-train --no-reference --methods "$1" "${extra[@]}" \
+      --save-rows "$out/rows-$1.json" --out "$out/table-$1.md" --strips "$out/strips-$1.png"
+    ;;
+  table)
+    shift
+    [[ $# -gt 0 ]] || { echo "table: name the rows files, the reference first" >&2; exit 2; }
+    python benchmarks/moving_digits_table.py --from-rows "$@"
+    ;;
+  *)
+    echo "usage: moving_digits_gpu.sh teacher | reference | student METHOD | table ROWS.json..." >&2
+    exit 2
+    ;;
+esac
