@@ -18,7 +18,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from rcm_plugins.digits.digits_dataset import NUM_CLASSES
-from rcm_plugins.digits.moving_digits_dataset import MovingDigits, MovingDigitsConfig
+from rcm_plugins.digits.moving_digits_dataset import DIGIT_PIXELS, MovingDigits, MovingDigitsConfig
 from torch import Tensor, nn
 
 import rcm_registry as rr
@@ -52,13 +52,14 @@ class VideoClassifier(nn.Module):
     """Three 3×3×3 convolutions with batch norm (2× spatial max-pool after the first two), the spatial mean of
     each channel, ``width`` features.
 
-    Input (N, 1, T, H, W) in [-1, 1]. The spatial mean (not a max) keeps how much of the canvas responds:
-    with a max, clips of pure noise, full of stroke-like bits, came out closer to the data than dark clips
-    with one faint blob. With batch norm a few hundred steps already give usable features (tests and
-    smoke runs train that short). Time is never pooled: the per-frame channels are concatenated
-    before the feature layer, so the features know the order of the frames (the initial direction is the
-    direction before the first bounce). ``features`` (N, width) are the post-ReLU penultimate activations;
-    ``forward`` gives (class logits (N, 10), direction logits (N, directions)).
+    Input (N, 1, T, H, W) in [-1, 1], average-pooled first by digit_size / 8, so that in every geometry the
+    digits reach the convolutions at the 8x8 of the digits dataset. The spatial mean (not a max) keeps how
+    much of the canvas responds: with a max, clips of pure noise, full of stroke-like bits, came out closer
+    to the data than dark clips with one faint blob. With batch norm a few hundred steps already give
+    usable features (tests and smoke runs train that short). Time is never pooled: the per-frame channels
+    are concatenated before the feature layer, so the features know the order of the frames (the initial
+    direction is the direction before the first bounce). ``features`` (N, width) are the post-ReLU
+    penultimate activations; ``forward`` gives (class logits (N, 10), direction logits (N, directions)).
     """
 
     def __init__(self, geometry: ClipGeometry, width: int = 64, channels: int = 16) -> None:
@@ -74,6 +75,10 @@ class VideoClassifier(nn.Module):
         self.directions = nn.Linear(width, geometry.directions)
 
     def features(self, x: Tensor) -> Tensor:
+        scale = self.geometry.digit_size // DIGIT_PIXELS
+        if scale > 1:  # digits upscaled from 8x8 are read at their own resolution
+            t, h, w = x.shape[2:]
+            x = F.adaptive_avg_pool3d(x, (t, max(h // scale, 1), max(w // scale, 1)))
         h = F.max_pool3d(F.relu(self.norm1(self.conv1(x))), (1, 2, 2))
         h = F.max_pool3d(F.relu(self.norm2(self.conv2(h))), (1, 2, 2))
         h = F.relu(self.norm3(self.conv3(h))).mean(dim=(3, 4))  # (N, C, T)

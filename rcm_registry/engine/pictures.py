@@ -74,9 +74,7 @@ def image_grid_png(images: torch.Tensor, *, columns: int | None = None, scale: i
     for i in range(n):
         r, col = divmod(i, cols)
         grid[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = x[i]
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return _grid_png(grid, scale)
 
 
 def video_strips_png(videos: torch.Tensor, *, columns: int = 1, scale: int = 4, gap: int = 3) -> Image.Image:
@@ -99,13 +97,19 @@ def video_strips_png(videos: torch.Tensor, *, columns: int = 1, scale: int = 4, 
         top, left = r * (h + gap), col * (strip_w + gap)
         for f in range(t):
             grid[:, top : top + h, left + f * (w + 1) : left + f * (w + 1) + w] = x[i, :, f]
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return _grid_png(grid, scale)
 
 
 #: Rows of strips in the picture of a batch of clips; longer batches get more strips side by side.
 VIDEO_ROWS = 32
+
+
+def _grid_png(grid: torch.Tensor, scale: int) -> Image.Image:
+    """A (C, H, W) canvas in [-1, 1] (C = 1: grey, 3: RGB) as a picture, each pixel ``scale`` × ``scale``."""
+    c = grid.shape[0]
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
 def samples_picture(
