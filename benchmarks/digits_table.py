@@ -61,21 +61,26 @@ def by_class(samples: torch.Tensor, labels: torch.Tensor, per_class: int) -> tor
     return torch.cat([torch.stack([p[i] for p in picks]) for i in range(per_class)])
 
 
-def labelled_grid(rows: list[tuple[str, torch.Tensor]], scale: int = 4) -> Image.Image:
-    """One image row per model, its name on the left."""
-    pictures = [image_grid_png(images, columns=images.shape[0], scale=scale) for _, images in rows]
+def labelled_pictures(named: list[tuple[str, Image.Image]], gap: int) -> Image.Image:
+    """The pictures one under another, ``gap`` pixels apart, each with its name on the left."""
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    margin = 12 + int(max(measure.textlength(name) for name, _ in rows))
-    width = margin + max(p.width for p in pictures)
-    height = sum(p.height for p in pictures) + 4 * len(pictures)
+    margin = 12 + int(max(measure.textlength(name) for name, _ in named))
+    width = margin + max(p.width for _, p in named)
+    height = sum(p.height for _, p in named) + gap * len(named)
     canvas = Image.new("L", (width, height), 255)
     pen = ImageDraw.Draw(canvas)
     y = 0
-    for (name, _), picture in zip(rows, pictures, strict=True):
+    for name, picture in named:
         canvas.paste(picture, (margin, y))
         pen.text((4, y + picture.height // 2 - 6), name, fill=0)
-        y += picture.height + 4
+        y += picture.height + gap
     return canvas
+
+
+def labelled_grid(rows: list[tuple[str, torch.Tensor]], scale: int = 4) -> Image.Image:
+    """One image row per model, its name on the left."""
+    named = [(name, image_grid_png(images, columns=images.shape[0], scale=scale)) for name, images in rows]
+    return labelled_pictures(named, gap=4)
 
 
 def sample_with_sdpa(run: LoadedRun) -> None:

@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 
 import torch
-from digits_table import Row, load_rows, sample_with_sdpa, save_rows, summary
-from PIL import Image, ImageDraw
+from digits_table import Row, labelled_pictures, load_rows, sample_with_sdpa, save_rows, summary
+from PIL import Image
 from rcm_plugins.digits._video_common import VideoClassifierConfig
 from safetensors import safe_open
 
 from rcm_registry import registry
 from rcm_registry.engine.pictures import video_strips_png
-from rcm_registry.engine.sampling import LoadedRun, draw, open_run
+from rcm_registry.engine.sampling import LoadedRun, draw, open_checkpoint
 from rcm_registry.recipe.load import load_recipe
 from rcm_registry.recipe.validate import validate_recipe
 
@@ -122,7 +122,7 @@ def data_row(teacher: LoadedRun, seeds: list[int], num: int) -> list[dict[str, f
 def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.Tensor]]]:
     table: list[Row] = []
     pictures: list[tuple[str, torch.Tensor]] = []
-    teacher = open_run(args.runs / "teacher", device=args.device)
+    teacher = open_checkpoint(args.runs / "teacher", device=args.device)
     guidance = teacher.recipe.body.sample.config.guidance
     num = max(args.num, max(PICTURE_CLIPS) + 1)
 
@@ -146,7 +146,7 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(teacher)
         measure(teacher, f"teacher (Euler, CFG {guidance:g})", args.teacher_steps, 2 * args.teacher_steps)
     for method in args.methods:
-        run = open_run(args.runs / method, device=args.device)
+        run = open_checkpoint(args.runs / method, device=args.device)
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
@@ -155,19 +155,7 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
 
 def labelled_strips(rows: list[tuple[str, torch.Tensor]], scale: int = 3) -> Image.Image:
     """One block per model: its clips as strips of frames, one clip a line, its name on the left."""
-    pictures = [video_strips_png(clips, scale=scale) for _, clips in rows]
-    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    margin = 12 + int(max(measure.textlength(name) for name, _ in rows))
-    width = margin + max(p.width for p in pictures)
-    height = sum(p.height for p in pictures) + 8 * len(pictures)
-    canvas = Image.new("L", (width, height), 255)
-    pen = ImageDraw.Draw(canvas)
-    y = 0
-    for (name, _), picture in zip(rows, pictures, strict=True):
-        canvas.paste(picture, (margin, y))
-        pen.text((4, y + picture.height // 2 - 6), name, fill=0)
-        y += picture.height + 8
-    return canvas
+    return labelled_pictures([(name, video_strips_png(clips, scale=scale)) for name, clips in rows], gap=8)
 
 
 def render(metas: list[dict[str, object]], table: list[Row]) -> str:
@@ -212,7 +200,7 @@ def render(metas: list[dict[str, object]], table: list[Row]) -> str:
 
 
 def meta(args: argparse.Namespace, started: float) -> dict[str, object]:
-    teacher = open_run(args.runs / "teacher", device="cpu")
+    teacher = open_checkpoint(args.runs / "teacher", device="cpu")
     paths = {spec.name: spec.config for spec in teacher.recipe.body.metrics}
     video = paths["moving_digits_video_fd"].classifier
     with safe_open(video, "pt") as f:

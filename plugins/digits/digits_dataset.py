@@ -49,6 +49,16 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[Tensor, Tens
     return order[n_test:].sort().values, order[:n_test].sort().values
 
 
+def split_digits(split: str, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The digit images and labels of ``split`` (``all``, ``train`` or ``test``, by :func:`split_indices`)."""
+    images, labels = load_digits_tensors()
+    if split == "all":
+        return images, labels
+    train, test = split_indices(images.shape[0], test_fraction, seed)
+    keep = train if split == "train" else test
+    return images[keep], labels[keep]
+
+
 def to_model_space(images: Tensor, upsample: int = 1) -> Tensor:
     """(N, 8, 8) pixels in [0, 16] → (N, 1, 1, 8·upsample, 8·upsample) in [-1, 1] (C = 1, T = 1)."""
     x = images / (MAX_PIXEL / 2) - 1.0
@@ -70,11 +80,7 @@ class Digits:
 
     def __init__(self, config: DigitsConfig) -> None:
         self.config = config
-        images, labels = load_digits_tensors()
-        if config.split != "all":
-            train, test = split_indices(images.shape[0], config.test_fraction, config.split_seed)
-            keep = train if config.split == "train" else test
-            images, labels = images[keep], labels[keep]
+        images, labels = split_digits(config.split, config.test_fraction, config.split_seed)
         self.x: Tensor = to_model_space(images, config.upsample)
         self.y: Tensor = labels
         self.sample_shape: tuple[int, ...] = tuple(self.x.shape[1:])

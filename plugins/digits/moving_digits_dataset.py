@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import attrs
 import torch
-from rcm_plugins.digits.digits_dataset import NUM_CLASSES, load_digits_tensors, split_indices, to_model_space
+from rcm_plugins.digits.digits_dataset import NUM_CLASSES, split_digits, to_model_space
 from torch import Tensor
 
 import rcm_registry as rr
@@ -167,11 +167,7 @@ class MovingDigits:
 
     def __init__(self, config: MovingDigitsConfig) -> None:
         self.config = config
-        images, labels = load_digits_tensors()
-        if config.split != "all":
-            train, test = split_indices(images.shape[0], config.test_fraction, config.split_seed)
-            keep = train if config.split == "train" else test
-            images, labels = images[keep], labels[keep]
+        images, labels = split_digits(config.split, config.test_fraction, config.split_seed)
         self.images: Tensor = to_model_space(images, config.digit_size // DIGIT_PIXELS)[:, 0, 0]  # (N, S, S)
         self.image_labels: Tensor = labels
         self.sample_shape: tuple[int, ...] = (1, config.frames, config.canvas, config.canvas)
