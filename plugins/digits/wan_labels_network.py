@@ -44,6 +44,7 @@ class WanLabelsConfig:
     patch_size: tuple[int, int, int] | None = _optional_positive()
     attention: ComponentSpec = schema.component("attention", default={"use": "sdpa"})  # noqa: RUF009
     activation_checkpointing: bool = False
+    fused_ops: bool = True
     #: Labels 0..num_classes−1; label num_classes is the null label of classifier-free guidance.
     num_classes: int = attrs.field(default=10, validator=schema.positive)
     #: Length L of the token sequence each label becomes (the cross-attention keys).
@@ -62,7 +63,7 @@ class WanLabelsConfig:
 
     def wan_config(self) -> WanT2VConfig:
         fields = ("size", "dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels")
-        more = ("text_dim", "freq_dim", "patch_size", "attention", "activation_checkpointing")
+        more = ("text_dim", "freq_dim", "patch_size", "attention", "activation_checkpointing", "fused_ops")
         return WanT2VConfig(**{f: getattr(self, f) for f in fields + more})
 
     def __attrs_post_init__(self) -> None:

@@ -74,6 +74,13 @@ class WanFields:
     weights: WanWeights | None = None
     #: Recompute each block in the backward pass (saves activation memory when training).
     activation_checkpointing: bool = False
+    #: The fused Triton token ops on CUDA; false runs their plain-torch references (eager forward-mode AD
+    #: through every op: the bf16 JVP study's comparison, benchmarks/jvp_precision.md).
+    fused_ops: bool = True
+
+    def network_options(self) -> dict[str, bool]:
+        """The keyword options every Wan network class takes besides its architecture and attention."""
+        return {"activation_checkpointing": self.activation_checkpointing, "fused_ops": self.fused_ops}
 
     def check_fields(self, sizes: tuple[str, ...]) -> None:
         """The architecture has a source (a size of ``sizes``, weights or every required field) and the
@@ -150,7 +157,7 @@ def build(config: WanT2VConfig) -> WanNetwork:
     )
     attention = config.attention.build()
     return build_network(
-        lambda: WanNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),
+        lambda: WanNetwork(arch, attention, **config.network_options()),
         config.weights,
         checkpoint.load_weights,
     )

@@ -209,7 +209,7 @@ def build_a14b(config: WanA14BConfig) -> WanExperts:
             attention,
             boundary=config.boundary_ratio(),
             experts=config.experts(),
-            activation_checkpointing=config.activation_checkpointing,
+            **config.network_options(),
         ),
         config.weights,
         wan22_checkpoint.load_experts,
@@ -220,7 +220,7 @@ def build_ti2v(config: WanTI2VConfig) -> WanTI2VNetwork:
     arch = resolve_ti2v(config)
     attention = config.attention.build()
     return build_network(
-        lambda: WanTI2VNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),
+        lambda: WanTI2VNetwork(arch, attention, **config.network_options()),
         config.weights,
         wan22_checkpoint.load_ti2v,
     )
