@@ -164,7 +164,7 @@ def render(metas: list[dict[str, object]], table: list[Row]) -> str:
     wall = (
         "one CPU thread, other jobs sharing the machine, so wall times are rough"
         if first["device"] == "cpu"
-        else f"on {first['device_name']}, every row sampled alone after training"
+        else f"on {first['device_name']} (whether rows shared the device with other jobs: RESULTS.md)"
     )
     accuracy = first["video_classifier_accuracy"]
     lines = [
