@@ -58,13 +58,20 @@ def int_list(text: str | None, what: str) -> list[int] | None:
 
 
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry and against this
+    machine (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`)."""
+    from rcm_registry.errors import RecipeError
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.machine_check import machine_problems
     from rcm_registry.recipe.validate import validate_recipe
 
     data = load_recipe(recipe, overrides)
-    return validate_recipe(data, registry(), source=recipe)
+    checked = validate_recipe(data, registry(), source=recipe)
+    problems = machine_problems(checked)
+    if problems:
+        raise RecipeError(problems, source=recipe)
+    return checked
 
 
 def report_plugin_failures(reg: Registry) -> None:
