@@ -26,11 +26,12 @@ from rcm_registry.schema import ComponentSpec
 from rcm_registry.suggestions import suggest
 
 
-def graph_problems(recipe: Recipe, *, open_files: bool = True) -> list[str]:
+def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: bool = False) -> list[str]:
     """Every problem between the networks, the data, the codecs and the files the recipe names.
 
     ``open_files=False`` leaves out whatever needs a file the recipe names (weights, a dataset directory, a
-    codec folder): for recipes whose paths are stand-ins.
+    codec folder): for recipes whose paths are stand-ins. ``data_written``: the dataset is what the command
+    writes (``rcm synth``), so it is not read.
     """
     problems: list[str] = []
     if open_files:
@@ -39,7 +40,8 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True) -> list[str]:
                 problems += _engine_weights_problems(entry.weights, f"networks.{role}.weights")
     sources: list[tuple[str, SampleShapes]] = []
     body = recipe.body
-    declarers = [("data", body.data), *((f"codecs.{name}", spec) for name, spec in body.codecs.items())]
+    declarers = [] if data_written else [("data", body.data)]
+    declarers += [(f"codecs.{name}", spec) for name, spec in body.codecs.items()]
     for path, spec in declarers:
         shapes = _declared(lambda spec=spec: sample_shapes(spec.config), f"{path} ({spec.name})", open_files, problems)
         if shapes is not None:

@@ -25,7 +25,12 @@ _ENGINE_NETWORK_KEYS = ("init_from",)
 
 
 def validate_recipe(
-    data: Mapping[str, Any], registry: Registry, source: str = "", *, open_files: bool = True
+    data: Mapping[str, Any],
+    registry: Registry,
+    source: str = "",
+    *,
+    open_files: bool = True,
+    data_written: bool = False,
 ) -> Recipe:
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
 
@@ -33,7 +38,8 @@ def validate_recipe(
     otherwise every recipe naming one of its components would fail as "unknown loss 'scm'". Once every
     part is valid, the parts are checked together (:func:`~rcm_registry.recipe.graph_check.graph_problems`:
     networks against data and codecs, the files named); ``open_files=False`` leaves out the checks that read
-    a file the recipe names (for recipes whose paths are stand-ins).
+    a file the recipe names (for recipes whose paths are stand-ins); ``data_written``: the dataset is the
+    command's output (``rcm synth``), not read.
     """
     registry.check_builtins()
     problems: list[str] = []
@@ -45,7 +51,7 @@ def validate_recipe(
     recipe = Recipe(networks=networks, body=body, data=data, source=source)
     _cross_check(recipe, problems)
     if not problems:
-        problems += graph_problems(recipe, open_files=open_files)
+        problems += graph_problems(recipe, open_files=open_files, data_written=data_written)
     if problems:
         raise RecipeError(problems, source=source or None)
     return recipe
