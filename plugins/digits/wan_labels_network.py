@@ -62,10 +62,7 @@ class WanLabelsConfig:
         """The Wan latents and, instead of text, the labels: the data must give exactly these keys (a label
         it never gives would only ever be its null value)."""
         wan = resolve_arch(self.wan_config())
-        labels = {
-            key: InputSpec(shape=(), names=(), classes=size)
-            for key, size in self.label_vocabulary().items()
-        }
+        labels = {key: InputSpec(shape=(), names=(), classes=size) for key, size in self.label_vocabulary().items()}
         return NetworkInputs(
             x=latent_input(wan.in_channels, wan.patch_size),
             condition=labels,

@@ -51,7 +51,7 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: boo
         inputs = _declared(lambda entry=entry: network_inputs(entry.spec.config), label, open_files, problems)
         if inputs is None:
             continue
-        problems += _network_problems(label, inputs)
+        problems += _network_problems(f"networks.{role}", label, inputs)
         for source, shapes in sources:
             problems += _compare(label, inputs, source, shapes)
     return problems
@@ -74,7 +74,7 @@ def _source_label(path: str, spec: ComponentSpec, shapes: SampleShapes) -> str:
     return f"{path} ({spec.name}{', ' + shapes.source if shapes.source else ''})"
 
 
-def _network_problems(label: str, inputs: NetworkInputs) -> list[str]:
+def _network_problems(path: str, label: str, inputs: NetworkInputs) -> list[str]:
     problems = []
     if inputs.heads is not None and inputs.width is not None and inputs.width % inputs.heads:
         problems.append(f"{label}: width {inputs.width} does not split into {inputs.heads} attention heads")
@@ -82,7 +82,7 @@ def _network_problems(label: str, inputs: NetworkInputs) -> list[str]:
     if inputs.head_dim is not None and isinstance(attention, ComponentSpec):
         problem = head_dim_problem(attention.config, inputs.head_dim)
         if problem:
-            problems.append(f"{label}.attention ({attention.name}): {problem}")
+            problems.append(f"{path}.attention ({attention.name}): {problem}")
     return problems
 
 
