@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import UserError
 from rcm_registry.protocols import (
@@ -173,6 +175,10 @@ def _run_role_problems(ref: WeightsRef, target: Path, path: str) -> list[str]:
         saved = resolve_checkpoint(target).recipe()
     except UserError as exc:
         return [f"{path}.path: {exc}"]
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"{path}.path: {ref.path}: cannot read the run's recipe.yaml ({exc})"]
+    if not isinstance(saved, dict):
+        return [f"{path}.path: {ref.path}: the run's recipe.yaml is not a mapping"]
     networks = saved.get("networks") if isinstance(saved.get("networks"), dict) else {}
     phases = saved.get("phases") if isinstance(saved.get("phases"), dict) else {}
     trained = [str((p or {}).get("trains") or name) for name, p in phases.items() if isinstance(p, dict) or p is None]

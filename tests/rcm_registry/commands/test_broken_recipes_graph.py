@@ -51,6 +51,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("weights-empty-run", run_case(QUICK, "networks.teacher.weights={TMP}/empty_run"), "no complete checkpoint"),
     ("weights-role-unknown", run_case(QUICK, "networks.teacher.weights={path: {RUN}, role: studnt}"), "weights.role: 'studnt'"),
     ("weights-role-on-file", run_case(QUICK, "networks.teacher.weights={path: {TMP}/w.safetensors, role: teacher}"), "weights.role: applies to a run"),
+    ("weights-run-no-recipe", run_case(QUICK, "networks.teacher.weights={TMP}/bare_run"), "cannot read the run's recipe.yaml"),
     ("weights-format-run", run_case(QUICK, "networks.teacher.weights={path: {TMP}/folder, format: run}"), "is not a run directory"),
     ("batch-accumulation", run_case(QUICK, "parallel={use: single, gradient_accumulation: 3}"), "run.batch_size 512 is not divisible"),
     ("batch-ddp-accumulation", run_case(QUICK, "parallel={use: ddp, gradient_accumulation: 5}"), "run.batch_size 512"),
@@ -143,6 +144,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (tmp / "w.safetensors").write_bytes(b"")
     (tmp / "folder").mkdir()
     (tmp / "empty_run" / "checkpoints").mkdir(parents=True)
+    bare = tmp / "bare_run" / "checkpoints" / "iter_00000001"
+    bare.mkdir(parents=True)
+    (bare / "meta.json").write_text("{}")
     return {"TMP": tmp, "RUN": run, "CODECS": tmp / "codecs", "SHARDS": shards}
 
 
