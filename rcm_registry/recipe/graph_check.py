@@ -54,8 +54,8 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: boo
         if inputs is None:
             continue
         problems += _network_problems(f"networks.{role}", label, inputs)
-        for source, shapes in sources:
-            problems += _compare(label, inputs, source, shapes)
+        for i, (source, shapes) in enumerate(sources):
+            problems += _compare(label, inputs, source, shapes, complete=i == 0 and not data_written)
     return problems
 
 
@@ -88,15 +88,13 @@ def _network_problems(path: str, label: str, inputs: NetworkInputs) -> list[str]
     return problems
 
 
-def _compare(label: str, inputs: NetworkInputs, source: str, shapes: SampleShapes) -> list[str]:
-    """What ``source`` gives that the network does not take, or needs that ``source`` does not give."""
+def _compare(label: str, inputs: NetworkInputs, source: str, shapes: SampleShapes, *, complete: bool) -> list[str]:
+    """What ``source`` gives that the network does not take, or (``complete``: the data, which gives every
+    condition the network sees) needs that ``source`` does not give. A codec is compared on what it gives."""
     problems = []
     if shapes.x0 is not None:
         problems += _shape_problems(label, "samples", inputs.x, source, shapes.x0, None)
-    if shapes.x0 is None:  # a codec that only encodes conditions: compare those it gives
-        keys = list(shapes.condition)
-    else:  # the data: it gives every condition the network sees
-        keys = sorted(set(shapes.condition) | set(inputs.condition))
+    keys = sorted(set(shapes.condition) | set(inputs.condition)) if complete else list(shapes.condition)
     for key in keys:
         want = inputs.condition.get(key)
         got = shapes.condition.get(key)
