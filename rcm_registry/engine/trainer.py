@@ -384,12 +384,12 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool
 
 def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
     """Create a new run's folder with its ``recipe.yaml`` (rank 0; every rank gets its error)."""
+    distributed.on_main(lambda: _create_run_dir(run_dir, recipe))
 
-    def create() -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.data, sort_keys=False))
 
-    distributed.on_main(create)
+def _create_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.data, sort_keys=False))
 
 
 def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
@@ -404,8 +404,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: boo
         return Checkpoint(existing)
     if existing is not None or (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    if create:
-        start_run_dir(run_dir, recipe)
+    if create:  # already on rank 0 alone (prepare_run_dir): not through on_main again
+        _create_run_dir(run_dir, recipe)
     return None
 
 
