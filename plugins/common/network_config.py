@@ -8,15 +8,18 @@ architecture class, presets, config.json reader and component names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import attrs
 import torch
 from rcm_plugins.common.loading import WeightsFormat
+from rcm_plugins.common.weights import weight_files
 
 from rcm_registry import schema
 from rcm_registry.errors import CheckpointError
+from rcm_registry.protocols import InputSpec
 
 N = TypeVar("N")
 
@@ -119,3 +122,35 @@ def build_network(make: Callable[[], N], weights: CheckpointWeights | None, load
         net = make()
     load_weights(net, weights.path, weights.format, assign=True)
     return net
+
+
+def check_checkpoint_path(weights: CheckpointWeights | None) -> None:
+    """A CheckpointError when ``weights.path`` is not there, or is a file of no weights format we read
+    (the format detection of :func:`rcm_plugins.common.weights.weight_files`). A folder is the family's to
+    read (a checkpoint folder, a repository of several)."""
+    if weights is None:
+        return
+    path = Path(weights.path)
+    if not path.exists():
+        raise CheckpointError(f"weights.path: {path}: no such file or directory")
+    if path.is_file():
+        weight_files(path)
+
+
+def latent_input(channels: int, patch_size: Sequence[int], *, channel_name: str = "in_channels") -> InputSpec:
+    """A (C, T, H, W) latent input of ``channels`` channels whose sizes divide by ``patch_size``."""
+    return InputSpec(
+        shape=(channels, None, None, None), names=(channel_name, "T", "H", "W"), multiple_of=(1, *patch_size)
+    )
+
+
+def token_input(width: int, *, width_name: str = "text_dim", length: int | None = None) -> InputSpec:
+    """An (L, D) token sequence of width ``width`` (any length unless ``length``)."""
+    return InputSpec(shape=(length, width), names=("L", width_name))
+
+
+def meta_parameter_count(make: Callable[[], torch.nn.Module]) -> int:
+    """The parameters of ``make()``, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        net = make()
+    return sum(p.numel() for p in net.parameters())

@@ -38,6 +38,7 @@ import attrs
 import torch
 from rcm_plugins.data.latent_shards_format import (
     CAPTIONS_KEY,
+    INDEX_NAME,
     ShardError,
     ShardIndex,
     check_negative,
@@ -52,7 +53,7 @@ from torch import Tensor
 import rcm_registry as rr
 from rcm_registry import schema
 from rcm_registry.conditions import COND_PREFIX
-from rcm_registry.protocols import Batch, Condition
+from rcm_registry.protocols import Batch, Condition, SampleShapes
 
 NullMode = Literal["auto", "negative", "zeros", "none"]
 
@@ -87,6 +88,18 @@ class LatentShardsConfig:
     #: Also pass the text mask to the network under this condition key (Wan and Cosmos take none: their
     #: embeddings are already zero past each prompt).
     mask_key: str | None = None
+
+    def sample_shapes(self) -> SampleShapes:
+        """The per-sample shapes ``index.json`` records (latents, text, ``cond.NAME``); a ShardError naming
+        the directory or the index when it cannot be read."""
+        index = ShardIndex.read(self.path)
+        condition = {
+            key[len(COND_PREFIX) :]: spec.shape for key, spec in index.tensors.items() if key.startswith(COND_PREFIX)
+        }
+        condition["text"] = index.tensors["text"].shape
+        if self.mask_key is not None:
+            condition[self.mask_key] = index.tensors["text"].shape[:1]
+        return SampleShapes(x0=index.sample_shape, condition=condition, source=str(Path(self.path) / INDEX_NAME))
 
     def synth_store(self, root: Path) -> LatentShardsWriter:
         """How ``rcm synth`` reads its prompts and writes this dataset into ``root``."""

@@ -10,13 +10,18 @@ from rcm_plugins.common.network_config import (
     arch_fields,
     build_network,
     check_architecture_source,
+    check_checkpoint_path,
     check_weights_kind,
+    latent_input,
+    meta_parameter_count,
     optional_positive,
+    token_input,
 )
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.model import WanArch, WanNetwork
 
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec, NetworkInputs
 from rcm_registry.schema import ComponentSpec
 
 Size = Literal["1.3B", "14B", "tiny"]
@@ -91,6 +96,46 @@ class WanFields:
         if self.freq_dim is not None and self.freq_dim % 2:
             raise ValueError(f"freq_dim {self.freq_dim} must be even")
 
+    def architecture(self) -> WanArch:
+        """The architecture of one transformer (of each expert), from the size, the weights' config.json or
+        the fields."""
+        raise NotImplementedError
+
+    def transformers(self) -> int:
+        """How many transformers of :meth:`architecture` the network holds (two experts: 2)."""
+        return 1
+
+    def network_inputs(self) -> NetworkInputs:
+        """What the network takes (recipe validation checks the data and codecs against it): latents of
+        ``in_channels`` (the noisy part, when conditioning latents ride along as ``image_latent``), ``text``
+        of ``text_dim``, CLIP ``image`` tokens for Wan2.1 I2V."""
+        check_checkpoint_path(self.weights)
+        arch = self.architecture()
+        extra = arch.in_channels - arch.out_channels
+        condition = {"text": token_input(arch.text_dim), **self.extra_inputs(arch)}
+        if arch.image_dim is not None:
+            condition["image"] = token_input(arch.image_dim, width_name="image_dim")
+        if extra > 0:  # mask and image latents, concatenated to x along channels by the network
+            condition["image_latent"] = latent_input(extra, arch.patch_size, channel_name="in_channels - out_channels")
+        x_channels = arch.out_channels if extra > 0 else arch.in_channels
+        return NetworkInputs(
+            x=latent_input(x_channels, arch.patch_size, channel_name="in_channels" if extra <= 0 else "out_channels"),
+            condition=condition,
+            head_dim=arch.head_dim,
+            attention=self.attention,
+            heads=arch.num_heads,
+            width=arch.dim,
+        )
+
+    def extra_inputs(self, arch: WanArch) -> dict[str, InputSpec]:
+        """Conditions a network of the family takes besides text and the I2V ones."""
+        return {}
+
+    def parameter_count(self) -> int:
+        """Parameters of the network, counted on the meta device."""
+        arch = self.architecture()
+        return self.transformers() * meta_parameter_count(lambda: WanNetwork(arch, None))
+
 
 @attrs.define(kw_only=True)
 class WanT2VConfig(WanFields):
@@ -102,6 +147,9 @@ class WanT2VConfig(WanFields):
         self.check_fields(get_args(Size))
 
     i2v = False
+
+    def architecture(self) -> WanArch:
+        return resolve_arch(self)
 
     def attention_heads(self) -> int:
         """Heads of every attention (context parallel must divide it); read from config.json with weights."""

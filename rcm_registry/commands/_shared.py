@@ -7,6 +7,7 @@ Nothing here imports torch: the parser of every command is built on each start o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -57,14 +58,37 @@ def int_list(text: str | None, what: str) -> list[int] | None:
         raise UserError(f"{what} {text!r}: expected comma-separated integers, e.g. 16,21,60,104") from None
 
 
+#: Last keys of a recipe path whose value is a file or folder (``weights.path``, ``data.path``, ...).
+PATH_KEYS = ("path", "tokenizer", "weights")
+
+
+def absolute_path_overrides(overrides: Sequence[str]) -> list[str]:
+    """``--set`` overrides with every relative file path made absolute (from the working directory), so
+    the recipe a run saves names the same files from wherever ``rcm generate`` or ``rcm sample`` start."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        text = value.strip()
+        is_path = key.strip().rsplit(".", 1)[-1] in PATH_KEYS and text and text[0] not in "{[?'\"~/"
+        out.append(f"{key}{sep}{os.path.abspath(text)}" if sep and is_path else item)
+    return out
+
+
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry and against this
+    machine (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`)."""
+    from rcm_registry.errors import RecipeError
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.machine_check import machine_problems
     from rcm_registry.recipe.validate import validate_recipe
 
-    data = load_recipe(recipe, overrides)
-    return validate_recipe(data, registry(), source=recipe)
+    data = load_recipe(recipe, absolute_path_overrides(overrides))
+    checked = validate_recipe(data, registry(), source=recipe)
+    problems = machine_problems(checked)
+    if problems:
+        raise RecipeError(problems, source=recipe)
+    return checked
 
 
 def report_plugin_failures(reg: Registry) -> None:

@@ -66,6 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     latents_only = args.latents_only or out.suffix == ".safetensors"
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory, not a file to write")
     if out.suffix not in OUTPUTS:
         raise UserError(f"--out {out}: the file must end in {', '.join(OUTPUTS)}")
     if latents_only and out.suffix != ".safetensors":

@@ -36,7 +36,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from rcm_registry.engine.pictures import samples_picture, save_png_atomic
     from rcm_registry.engine.sampling import draw, open_checkpoint
 
+    for option, value in (("--steps", args.steps), ("--num", args.num)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be at least 1")
     out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory, not a file to write")
     if out.suffix not in (".safetensors", ".png"):
         raise UserError(f"--out {out}: the file must end in .safetensors or .png")
     if not out.parent.exists():

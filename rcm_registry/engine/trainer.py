@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from rcm_registry import distributed
+from rcm_registry.atomic import write_text_atomic
 from rcm_registry.engine.checkpoint import (
     Checkpoint,
     clean_partial,
@@ -366,8 +367,9 @@ def _first_difference(a: Any, b: Any, path: str) -> str:
     return f"{path or '<top>'}: {a!r} then, {b!r} now"
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
-    """Create ``run_dir`` (after validation), or find the checkpoint to resume from.
+def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
+    """Create ``run_dir`` (after validation), or find the checkpoint to resume from. With ``create=False``
+    a new run's folder is only checked; :func:`start_run_dir` creates it once the run can start.
 
     Under torchrun this joins the process group; rank 0 prepares the folder and every rank gets its
     answer (or its error).
@@ -376,11 +378,23 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoin
         if "parallel" not in recipe.data:
             raise UserError(_NO_PARALLEL)
         distributed.init_process_group(pick_device(recipe.body.run.device))
-        return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume))
-    return _prepare_run_dir(run_dir, recipe, resume=resume)
+        return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume, create=create))
+    return _prepare_run_dir(run_dir, recipe, resume=resume, create=create)
 
 
-def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
+def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Create a new run's folder with its ``recipe.yaml`` (rank 0; every rank gets its error)."""
+    distributed.on_main(lambda: _create_run_dir(run_dir, recipe))
+
+
+def _create_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.data, sort_keys=False))
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: is a file, not a run directory")
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume:
         if existing is None:
@@ -390,8 +404,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoi
         return Checkpoint(existing)
     if existing is not None or (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.data, sort_keys=False), encoding="utf-8")
+    if create:  # already on rank 0 alone (prepare_run_dir): not through on_main again
+        _create_run_dir(run_dir, recipe)
     return None
 
 

@@ -12,6 +12,7 @@ import attrs
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
 from rcm_registry.protocols import recipe_problems
+from rcm_registry.recipe.graph_check import graph_problems
 from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.sections import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
@@ -23,11 +24,22 @@ from rcm_registry.suggestions import suggest
 _ENGINE_NETWORK_KEYS = ("init_from",)
 
 
-def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "") -> Recipe:
+def validate_recipe(
+    data: Mapping[str, Any],
+    registry: Registry,
+    source: str = "",
+    *,
+    open_files: bool = True,
+    data_written: bool = False,
+) -> Recipe:
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
 
     A built-in area that failed to load stops validation first (a :class:`UserError` with its error):
-    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'".
+    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'". Once every
+    part is valid, the parts are checked together (:func:`~rcm_registry.recipe.graph_check.graph_problems`:
+    networks against data and codecs, the files named); ``open_files=False`` leaves out the checks that read
+    a file the recipe names (for recipes whose paths are stand-ins); ``data_written``: the dataset is the
+    command's output (``rcm synth``), not read.
     """
     registry.check_builtins()
     problems: list[str] = []
@@ -38,6 +50,8 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "
         raise RecipeError(problems, source=source or None)
     recipe = Recipe(networks=networks, body=body, data=data, source=source)
     _cross_check(recipe, problems)
+    if not problems:
+        problems += graph_problems(recipe, open_files=open_files, data_written=data_written)
     if problems:
         raise RecipeError(problems, source=source or None)
     return recipe

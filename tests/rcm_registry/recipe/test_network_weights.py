@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rcm_registry import registry
 from rcm_registry.errors import RecipeError
@@ -26,9 +27,15 @@ BASE: dict[str, Any] = {
 }
 
 
+#: Data a tiny Wan network takes (the 2-D points of BASE are the mlp's).
+TINY_WAN_DATA = {"use": "random_latents", "shape": [16, 1, 2, 2], "text_dim": 32}
+
+
 def recipe(net: dict[str, Any]) -> Recipe:
     data = copy.deepcopy(BASE)
     data["networks"]["net"] = net
+    if net["use"].startswith("wan"):
+        data["data"] = TINY_WAN_DATA
     return validate_recipe(data, registry(), "weights-test")
 
 
@@ -39,8 +46,15 @@ def problems(net: dict[str, Any]) -> str:
 
 
 def fake_run(tmp_path: Path) -> Path:
+    """A run directory with one complete checkpoint folder whose recipe trains ``net`` and ``student``
+    (validation reads which roles a run has; no weights are read)."""
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "iter_00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text("{}")
+    (ckpt / "recipe.yaml").write_text(
+        yaml.safe_dump({"networks": {"net": {}, "student": {}}, "phases": {"net": {}, "student": {}}})
+    )
     return run
 
 
