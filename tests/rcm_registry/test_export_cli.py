@@ -11,7 +11,7 @@ from rcm_registry.engine.checkpoint import save_checkpoint
 from rcm_registry.testing import run_cli
 
 RECIPE = {
-    "data": {"use": "gaussian_mixture_2d"},
+    "data": {"use": "random_latents", "shape": [16, 1, 4, 4], "text_length": 4, "text_dim": 32},
     "schedule": {"use": "rectified_flow"},
     "networks": {"student": {"use": "wan2.1-t2v", "size": "tiny", "attention": {"use": "math"}}},
     "phases": {
@@ -67,7 +67,7 @@ def test_export_refuses_to_overwrite_and_says_so(tmp_path: Path) -> None:
 
 
 def test_export_of_a_network_without_export_is_a_user_error(tmp_path: Path) -> None:
-    recipe = {**RECIPE, "networks": {"student": {"use": "mlp"}}}
+    recipe = {**RECIPE, "data": {"use": "gaussian_mixture_2d"}, "networks": {"student": {"use": "mlp"}}}
     mlp = registry().build("network", "mlp")
     save_checkpoint(
         tmp_path / "run", 1, models={"student": mlp.state_dict()}, emas={}, optimizers={}, state={},
