@@ -133,10 +133,10 @@ def _weights(
             f"none; use one of {', '.join(map(repr, ENGINE_WEIGHTS_FORMATS))}"
         )
         return ref
-    for key in ("ema", "role"):
-        if isinstance(raw, Mapping) and key in raw:
-            problems.append(f"{path}.{key}: applies to a run directory, and {ref.path} is not one")
-    return _FamilyWeights({"path": ref.path, "format": ref.format})
+    # `role` / `ema` also choose among the networks of a checkpoint a family reads (the rCM release's hold
+    # several): the family's config checks them, and refuses them for a layout that holds one network.
+    chosen = {k: raw[k] for k in ("role", "ema") if isinstance(raw, Mapping) and k in raw}
+    return _FamilyWeights({"path": ref.path, "format": ref.format, **chosen})
 
 
 def _cross_check(recipe: Recipe, problems: list[str]) -> None:
