@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 from rcm_plugins.common import release, weights
-from rcm_plugins.common.export import Format, Layouts, export_network
+from rcm_plugins.common.export import ExportFormat, Format, Layouts, export_network
 from rcm_plugins.common.keys import KeyMap
 from rcm_plugins.common.loading import (
     WeightsFormat,
@@ -346,7 +346,7 @@ def export(
     source: nn.Module | Mapping[str, Tensor],
     out: str | Path,
     *,
-    format: Format = "diffusers",
+    format: ExportFormat = "diffusers",
     arch: WanArch | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
@@ -356,9 +356,11 @@ def export(
 
     ``format="diffusers"`` writes config.json and ``diffusion_pytorch_model*.safetensors`` loadable by
     ``diffusers.WanTransformer3DModel.from_pretrained(out)``; ``format="native"`` writes the native Wan2.1
-    key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code). The
-    directory appears complete or not at all. ``source`` is a :class:`WanNetwork` or a state dict in our
-    layout; the other arguments as for :func:`rcm_plugins.common.export.export_network`.
+    key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code);
+    ``format="rcm-release"`` writes ``out`` as one ``.pt`` in the rCM release's layout (``net.`` keys, what
+    its inference script loads with ``--dit_path``). The directory or file appears complete or not at all.
+    ``source`` is a :class:`WanNetwork` or a state dict in our layout; the other arguments as for
+    :func:`rcm_plugins.common.export.export_network`.
     """
     return export_network(
         LAYOUTS, source, out, format=format, arch=arch, dtype=dtype, overwrite=overwrite,
@@ -367,5 +369,9 @@ def export(
 
 
 LAYOUTS = Layouts(
-    network=WanNetwork, to_diffusers=to_diffusers, diffusers_config=diffusers_config, native_config=native_config
+    network=WanNetwork,
+    to_diffusers=to_diffusers,
+    diffusers_config=diffusers_config,
+    native_config=native_config,
+    to_release=to_release,
 )
