@@ -107,8 +107,9 @@ def check_no_release_choice(path: str | Path, format: str, role: str | None, ema
     given = [k for k, v in (("role", role), ("ema", ema)) if v is not None]
     if given:
         kind = f"a {format} checkpoint" if format != "auto" else "not an rCM release checkpoint"
+        verb = "chooses" if len(given) == 1 else "choose"
         raise CheckpointError(
-            f"{path}: weights.{' and weights.'.join(given)} choose a network of an rcm run directory or of an "
+            f"{path}: weights.{' and weights.'.join(given)} {verb} a network of an rcm run directory or of an "
             f"rCM release checkpoint (format rcm-release), and this is {kind}"
         )
 

@@ -123,7 +123,8 @@ def _read_file(file: Path, device: str | torch.device) -> dict[str, Tensor]:
     return dict(obj)
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: How torch's weights_only unpickler (and ours for DCP metadata) names the global it refused.
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
 def load_torch_file(file: Path, *, device: str | torch.device = "cpu", mmap: bool = False) -> Any:
@@ -277,7 +278,7 @@ def read_dcp_tensors(directory: PathLike, keys: Iterable[str]) -> dict[str, Tens
 
     try:
         dcp.load(template, storage_reader=Reader(str(d)), no_dist=True)
-    except Exception as exc:  # a missing or short .distcp shard
+    except (Exception, dcp.api.CheckpointException) as exc:  # a missing or short .distcp shard
         raise CheckpointError(f"{d}: cannot read the DCP checkpoint's tensors ({type(exc).__name__}: {exc})") from None
     return template
 

@@ -79,11 +79,11 @@ def test_run_settings_on_a_family_checkpoint_are_named(tmp_path: Path) -> None:
     folder = tmp_path / "t"
     folder.mkdir()
     text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "role": "student"}})
-    assert f"networks.net.weights: {folder}: weights.role choose a network of an rcm run directory" in text
+    assert f"networks.net.weights: {folder}: weights.role chooses a network of an rcm run directory" in text
     text = problems(
         {"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "format": "native", "ema": False}}
     )
-    assert "weights.ema choose a network" in text and "this is a native checkpoint" in text
+    assert "weights.ema chooses a network" in text and "this is a native checkpoint" in text
     text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "role": "x"}})
     assert "networks.net.weights.role: expected one of 'student', 'teacher', 'fake_score', got 'x'" in text
 
