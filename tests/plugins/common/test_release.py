@@ -213,3 +213,20 @@ def _validate(path: Path) -> None:
         "run": {"iterations": 1},
     }
     validate_recipe(data, registry(), "release-test")
+
+
+def test_a_release_expert_file_loads_into_a_one_expert_wan22_network(tmp_path: Path) -> None:
+    # The release's Wan2.2 I2V A14B checkpoints are one .pt per expert (net.-prefixed, Linear patch embedding).
+    torch.manual_seed(4)
+    build = registry().build
+    both = build("network", "wan2.2-i2v-a14b", size="tiny", attention={"use": "math"})
+    expert = both.expert("high_noise")
+    torch.save(checkpoint.to_release(expert.state_dict()), tmp_path / "high.pt")
+    one = build(
+        "network", "wan2.2-i2v-a14b", size="tiny", expert="high_noise", attention={"use": "math"},
+        weights={"path": str(tmp_path / "high.pt")},
+    )  # fmt: skip
+    for key, value in expert.state_dict().items():
+        assert torch.equal(one.expert("high_noise").state_dict()[key], value), key
+    with pytest.raises(UserError, match="an rCM release checkpoint holds one expert"):
+        build("network", "wan2.2-i2v-a14b", size="tiny", weights={"path": str(tmp_path / "high.pt")})
