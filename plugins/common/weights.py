@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,9 @@ def read_dcp_tensors(directory: PathLike, keys: Iterable[str]) -> dict[str, Tens
             return metadata
 
     try:
-        dcp.load(template, storage_reader=Reader(str(d)), no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(template, storage_reader=Reader(str(d)), no_dist=True)
     except (Exception, dcp.api.CheckpointException) as exc:  # a missing or short .distcp shard
         raise CheckpointError(f"{d}: cannot read the DCP checkpoint's tensors ({type(exc).__name__}: {exc})") from None
     return template
@@ -403,6 +406,7 @@ def write_torch_file(
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists (pass overwrite to replace it)")
     tensors = _storable(state_dict, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_file(path) as tmp:
         torch.save(tensors, tmp)
     return path
