@@ -48,6 +48,18 @@ def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_weights_argument(p: argparse.ArgumentParser) -> None:
+    """``--weights CHECKPOINT``: the network's weights from another checkpoint than the run's."""
+    p.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        default=None,
+        help="the network's weights from this checkpoint instead of the run's, as networks.ROLE.weights.path "
+        "would read it: e.g. an rCM release .pt or DCP directory (its student EMA; --no-ema: net.); the target "
+        "may then be a recipe file",
+    )
+
+
 def int_list(text: str | None, what: str) -> list[int] | None:
     """``16,21,60,104`` (or ``16x21x60x104``) as a list of integers; None stays None. ``what`` names the option."""
     if text is None:
