@@ -58,13 +58,33 @@ def int_list(text: str | None, what: str) -> list[int] | None:
 
 
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry, and its data
+    checked by the dataset (:func:`check_recipe_data`): ``rcm validate`` and ``rcm run``, before a run directory."""
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
     from rcm_registry.recipe.validate import validate_recipe
 
     data = load_recipe(recipe, overrides)
-    return validate_recipe(data, registry(), source=recipe)
+    checked = validate_recipe(data, registry(), source=recipe)
+    check_recipe_data(checked)
+    return checked
+
+
+def check_recipe_data(recipe: Recipe) -> None:
+    """The recipe's dataset's own check of its files (:class:`rcm_registry.protocols.ChecksData`): its notes as
+    ``note:`` lines on stderr, its problems together as one :class:`UserError`."""
+    from rcm_registry.protocols import data_check
+
+    spec = recipe.body.data
+    if spec is None:
+        return
+    found = data_check(spec.config)
+    for note in found.notes:
+        print(f"note: data ({spec.name}): {note}", file=sys.stderr)
+    if found.problems:
+        count = len(found.problems)
+        lines = [f"data ({spec.name}): {count} problem{'s' if count != 1 else ''} in the training data:"]
+        raise UserError("\n".join(lines + [f"  {line}" for line in found.problems]))
 
 
 def report_plugin_failures(reg: Registry) -> None:
