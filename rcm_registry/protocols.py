@@ -447,6 +447,38 @@ def data_check(config: object) -> DataCheck:
     return config.check_data()
 
 
+@attrs.frozen
+class ConversionSummary:
+    """What :class:`ConvertsData` did: shards written now, shards an earlier run left complete (kept), shards
+    still to do (``max_shards``), and the samples and shards of the output's index."""
+
+    written: int
+    kept: int
+    remaining: int
+    samples: int
+    shards: int
+
+
+@runtime_checkable
+class ConvertsData(Protocol):
+    """Optional on a dataset config: rewrite the data it names as latent shards (``rcm convert-data``).
+
+    ``out`` is a latent-shard directory (``rcm_plugins.data.latent_shards_format``) of ``shard_size``
+    samples a shard, written shard by shard (each whole or not at all), so a rerun continues an
+    interrupted conversion; ``max_shards`` stops after writing that many. ``progress`` gets one line per
+    shard. A problem of the input or of ``out`` raises a :class:`UserError` naming the file.
+    """
+
+    def convert_data(
+        self, out: Path, *, shard_size: int, max_shards: int | None, progress: Callable[[str], None]
+    ) -> ConversionSummary: ...
+
+
+def data_conversion(config: object) -> Callable[..., ConversionSummary] | None:
+    """``config.convert_data`` (:class:`ConvertsData`), or None when the dataset cannot be converted."""
+    return config.convert_data if isinstance(config, ConvertsData) else None
+
+
 @runtime_checkable
 class HasReduction(Protocol):
     """Optional on a loss config: whether the loss is a batch ``mean`` (the default) or a batch ``sum``.

@@ -19,6 +19,7 @@ from the same in-memory index). ``rcm convert-data`` writes the same samples as 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,7 +45,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import DataCheck
+from rcm_registry.protocols import ConversionSummary, DataCheck
 
 
 @attrs.define
@@ -69,6 +70,14 @@ class RcmTarShardsConfig(ShardStreamConfig):
         problems = list(index.problems) + _option_problems(self, index)
         note = index.skipped_note()
         return DataCheck(problems=problems, notes=[note] if note else [])
+
+    def convert_data(
+        self, out: Path, *, shard_size: int, max_shards: int | None, progress: Callable[[str], None]
+    ) -> ConversionSummary:
+        """These shards as a latent-shard directory (:mod:`rcm_plugins.data.rcm_tar_convert`)."""
+        from rcm_plugins.data.rcm_tar_convert import convert_release_data
+
+        return convert_release_data(self, out, shard_size=shard_size, max_shards=max_shards, progress=progress)
 
 
 def _option_problems(config: RcmTarShardsConfig, index: TarIndex) -> list[str]:
@@ -198,6 +207,10 @@ class RcmTarShards(ShardStream):
 
     def _new_reader(self) -> _Reader:
         return _Reader(self._layout, open_files=self.config.shuffle_window + 1)
+
+    def samples(self, ids: Tensor) -> dict[str, Tensor]:
+        """The stored ``latents`` (``frames`` kept) and ``text`` of global sample ids, in their stored dtypes."""
+        return self._own_reader().rows(ids)
 
     def captions(self, ids: Tensor) -> list[str]:
         """The prompts of global sample ids."""
