@@ -172,22 +172,24 @@ class _HeaderUnpickler(pickle.Unpickler):
         raise _Refused(f"persistent id {str(pid)[:60]}")
 
 
-def _refused_global(exc: BaseException) -> str:
+def _refused_global(exc: BaseException) -> str | None:
+    """The name torch's weights-only unpickler refused, or None when it failed for another reason."""
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return found.group(1) if found else str(exc).splitlines()[0][:120]
+    return found.group(1) if found else None
 
 
 def load_tensor(data: bytes, where: str) -> Tensor:
     """One tensor from a torch file's bytes, through ``torch.load(weights_only=True)``; a named error otherwise."""
     try:
         value = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise TarShardError(
-            f"{where}: refused: its pickle calls {_refused_global(exc)}, and only tensors are read "
-            "(torch.load weights_only)"
-        ) from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, zip errors ... for a damaged file
-        raise TarShardError(f"{where}: not a readable torch file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        name = _refused_global(exc) if isinstance(exc, pickle.UnpicklingError) else None
+        if name is not None:
+            raise TarShardError(
+                f"{where}: refused: its pickle calls {name}, and only tensors are read (torch.load weights_only)"
+            ) from None
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
+        raise TarShardError(f"{where}: not a readable torch file ({type(exc).__name__}: {first})") from None
     if not isinstance(value, Tensor):
         raise TarShardError(f"{where}: holds a {type(value).__name__}, not a tensor")
     return value

@@ -73,3 +73,100 @@ def write_release_dataset(
         write_release_shard(root / f"shard_{k:06d}.tar", shard)
         samples += shard
     return samples
+
+
+# -- damage: one function per kind of bad input, and the parts of the message that must name it ---------------
+
+
+def read_members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path, "r") as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
+
+
+def write_members(path: Path, members: Sequence[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            add_member(tar, name, data)
+
+
+def replace_member(path: Path, name: str, data: bytes) -> None:
+    write_members(path, [(n, data if n == name else d) for n, d in read_members(path)])
+
+
+class _Runs:
+    """Pickled by ``torch.save``, it asks for ``exec`` when loaded: what weights_only must refuse."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, (self.code,))
+
+
+def code_member(marker: Path) -> bytes:
+    """A torch file whose pickle would create ``marker`` if it were ever run."""
+    return torch_bytes(_Runs(f"open({str(marker)!r}, 'w').close()"))
+
+
+def cut_mid_member(root: Path) -> None:
+    """shard_000001.tar cut inside sample 4's latent data."""
+    path = root / "shard_000001.tar"
+    with tarfile.open(path) as tar:
+        member = tar.getmember("000000004.latent.pt")
+    path.write_bytes(path.read_bytes()[: member.offset_data + member.size // 2])
+
+
+def cut_at_member_end(root: Path) -> None:
+    """shard_000002.tar cut after sample 7's prompt, so it lacks the archive's end (and sample 8)."""
+    path = root / "shard_000002.tar"
+    with tarfile.open(path) as tar:
+        member = tar.getmember("000000007.prompt.txt")
+    end = member.offset_data + (member.size + 511) // 512 * 512
+    path.write_bytes(path.read_bytes()[:end])
+
+
+def drop_embedding(root: Path) -> None:
+    """shard_000003.tar without sample 9's embedding."""
+    path = root / "shard_000003.tar"
+    write_members(path, [(n, d) for n, d in read_members(path) if n != "000000009.embed.pt"])
+
+
+def other_latent_shape(root: Path) -> None:
+    """shard_000003.tar's sample 11 has a latent with one more frame."""
+    latent = torch.zeros(4, 3, 2, 2, dtype=torch.bfloat16)
+    replace_member(root / "shard_000003.tar", "000000011.latent.pt", torch_bytes(latent))
+
+
+def other_embed_dtype(root: Path) -> None:
+    """shard_000003.tar's sample 12 has a float32 embedding."""
+    replace_member(root / "shard_000003.tar", "000000012.embed.pt", torch_bytes(torch.zeros(6, 8)))
+
+
+def not_a_tensor(root: Path) -> None:
+    """shard_000000.tar's sample 1 latent is a dict of tensors."""
+    replace_member(root / "shard_000000.tar", "000000001.latent.pt", torch_bytes({"x": torch.zeros(4, 2, 2, 2)}))
+
+
+def code_in_member(root: Path) -> None:
+    """shard_000000.tar's sample 2 latent is a pickle that calls ``exec`` (creating ``root/../RAN`` if run)."""
+    replace_member(root / "shard_000000.tar", "000000002.latent.pt", code_member(root.parent / "RAN"))
+
+
+#: (name, damage, parts of the one error that must name it): every kind of bad input the index finds.
+RELEASE_DAMAGE = [
+    ("truncated inside a member", cut_mid_member, ["shard_000001.tar", "truncated", "000000004.latent.pt"]),
+    ("truncated after a member", cut_at_member_end, ["shard_000002.tar: truncated", "without the end of the archive"]),
+    ("sample missing a member", drop_embedding, ["shard_000003.tar [000000009.embed.pt]: missing"]),
+    (
+        "latent of another shape",
+        other_latent_shape,
+        ["shard_000003.tar [000000011.latent.pt]: latent [4, 3, 2, 2] bfloat16, the first sample's", "[4, 2, 2, 2]"],
+    ),
+    (
+        "embedding of another dtype",
+        other_embed_dtype,
+        ["shard_000003.tar [000000012.embed.pt]: embedding [6, 8] float32", "[6, 8] bfloat16"],
+    ),
+    ("member not a tensor", not_a_tensor, ["shard_000000.tar [000000001.latent.pt]: holds a dict, not a tensor"]),
+    ("code in a member", code_in_member, ["shard_000000.tar [000000002.latent.pt]: refused", "calls __builtin__.exec"]),
+]
