@@ -208,12 +208,6 @@ class LatentShards(ShardStream):
             out.append(json.loads(metadata[CAPTIONS_KEY])[i - int(self.starts[shard])])
         return out
 
-    def __repr__(self) -> str:
-        return (
-            f"LatentShards({self.index.root}, {self.total} samples in {len(self.index.shards)} shards, "
-            f"sample {list(self.sample_shape)}, rank {self.rank}/{self.world_size})"
-        )
-
 
 def latent_shards(config: LatentShardsConfig) -> LatentShards:
     """Precomputed latents + text embeddings from safetensors shards (seeded shuffle, resumable, rank split)."""

@@ -225,12 +225,6 @@ class RcmTarShards(ShardStream):
     def _identity(self) -> dict[str, Any]:
         return {**super()._identity(), "frames": self.sample_shape[1]}
 
-    def __repr__(self) -> str:
-        return (
-            f"RcmTarShards({self.where}, {self.total} samples in {len(self.index.shards)} shards, "
-            f"sample {list(self.sample_shape)}, rank {self.rank}/{self.world_size})"
-        )
-
 
 def rcm_tar_shards(config: RcmTarShardsConfig) -> RcmTarShards:
     """The rCM release's tar shards (latent, umT5 embedding, prompt per sample), read in place."""

@@ -205,6 +205,8 @@ class ShardStream:
     config: ShardStreamConfig
     #: Where the data is, for messages.
     where: str
+    #: Shape of one sample (the ``Dataset`` protocol's).
+    sample_shape: tuple[int, ...]
     #: The null condition's text (1, L, D) and mask (1, L), or None.
     null_text: Tensor | None = None
     null_mask: Tensor | None = None
@@ -375,3 +377,9 @@ class ShardStream:
             self.close()
         except Exception:
             pass
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.where}, {self.total} samples in {len(self.ends)} shards, "
+            f"sample {list(self.sample_shape)}, rank {self.rank}/{self.world_size})"
+        )
