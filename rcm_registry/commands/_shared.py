@@ -87,8 +87,9 @@ def absolute_path_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry and against this
-    machine (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`)."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry, against this machine
+    (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`) and by its dataset
+    (:func:`check_recipe_data`): ``rcm validate`` and ``rcm run``, before a run directory."""
     from rcm_registry.errors import RecipeError
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
@@ -100,7 +101,25 @@ def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
     problems = machine_problems(checked)
     if problems:
         raise RecipeError(problems, source=recipe)
+    check_recipe_data(checked)
     return checked
+
+
+def check_recipe_data(recipe: Recipe) -> None:
+    """The recipe's dataset's own check of its files (:class:`rcm_registry.protocols.ChecksData`): its notes as
+    ``note:`` lines on stderr, its problems together as one :class:`UserError`."""
+    from rcm_registry.protocols import data_check
+
+    spec = recipe.body.data
+    if spec is None:
+        return
+    found = data_check(spec.config)
+    for note in found.notes:
+        print(f"note: data ({spec.name}): {note}", file=sys.stderr)
+    if found.problems:
+        count = len(found.problems)
+        lines = [f"data ({spec.name}): {count} problem{'s' if count != 1 else ''} in the training data:"]
+        raise UserError("\n".join(lines + [f"  {line}" for line in found.problems]))
 
 
 def report_plugin_failures(reg: Registry) -> None:
