@@ -45,7 +45,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import ConversionSummary, DataCheck
+from rcm_registry.protocols import ConversionSummary, DataCheck, SampleShapes
 
 
 @attrs.define
@@ -60,6 +60,20 @@ class RcmTarShardsConfig(ShardStreamConfig):
     #: Keep the first ``frames`` latent frames of each sample (the release trains Wan2.1 at 480p on the first
     #: 20 of the 21 it stores: its ``state_t``); unset: all of them.
     frames: int | None = attrs.field(default=None, validator=schema.positive)
+
+    def sample_shapes(self) -> SampleShapes:
+        """The first sample's latent (C, T, H, W), ``frames`` applied, and embedding (L, D) as ``text``, from the
+        shards' index (tar headers and torch pickles; a TarShardError when there are no shards to read)."""
+        index = TarIndex.build(self.path)
+        condition: dict[str, tuple[int | None, ...]] = {}
+        if index.embed is not None:
+            condition["text"] = tuple(index.embed.shape)
+            if self.mask_key is not None:
+                condition[self.mask_key] = tuple(index.embed.shape[:1])
+        x0 = None if index.latent is None else tuple(index.latent.shape)
+        if x0 is not None and self.frames is not None and len(x0) == LATENT_DIMS:
+            x0 = (x0[0], min(self.frames, x0[1] or 0), *x0[2:])
+        return SampleShapes(x0=x0, condition=condition, source=index.source)
 
     def check_data(self) -> DataCheck:
         """Every problem of the shards and of ``negative`` (read from headers; see the format's docs)."""

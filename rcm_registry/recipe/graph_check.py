@@ -19,6 +19,7 @@ from rcm_registry.protocols import (
     InputSpec,
     NetworkInputs,
     SampleShapes,
+    data_check,
     head_dim_problem,
     network_inputs,
     sample_shapes,
@@ -42,6 +43,8 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True, reads_data: bool 
                 problems += _engine_weights_problems(entry.weights, f"networks.{role}.weights")
     sources: list[tuple[str, SampleShapes]] = []
     body = recipe.body
+    if open_files and reads_data and body.data is not None:  # the dataset's own check of its files
+        problems += [f"data ({body.data.name}): {line}" for line in data_check(body.data.config).problems]
     declarers = [] if not reads_data else [("data", body.data)]
     declarers += [(f"codecs.{name}", spec) for name, spec in body.codecs.items()]
     for path, spec in declarers:

@@ -61,7 +61,7 @@ def test_every_bad_input_at_once(tmp_path: Path) -> None:
         data,
         *named,
         "neg.pt: holds a list, not a tensor",
-        "problems in the training data",
+        "problems in recipe",
         extra=("--set", f"data.negative={tmp_path / 'neg.pt'}"),
     )
     assert not (tmp_path / "RAN").exists()
@@ -79,3 +79,19 @@ def test_no_shards_and_a_missing_negative_file(tmp_path: Path) -> None:
     refused_by_validate_and_run(
         tmp_path, data, "frames: 4, but the latents have 3 frames", extra=("--set", "data.frames=4")
     )
+
+
+@pytest.mark.parametrize(
+    ("latent", "embed", "named"),
+    [
+        ((8, 3, 4, 6), EMBED, "in_channels = 16"),  # latent channels against the network's
+        (LATENT, (5, 16), "text_dim"),  # the umT5 width against the network's text width
+        ((16, 3, 5, 6), EMBED, "multiple of 2"),  # height against the patch size
+    ],
+    ids=["channels", "text width", "patch"],
+)
+def test_shards_the_network_cannot_take(tmp_path: Path, latent, embed, named: str) -> None:
+    """The shards' shapes (from their index) are checked against the network before any run directory."""
+    data = tmp_path / "data"
+    write_release_dataset(data, (2, 2), latent_shape=latent, embed_shape=embed)
+    refused_by_validate_and_run(tmp_path, data, named, "networks.teacher")
