@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rcm_registry.commands._shared import add_command, add_set_argument, int_list
+from rcm_registry.commands._shared import add_command, add_inference_arguments, add_set_argument, int_list
 from rcm_registry.errors import UserError
 
 NAME = "generate"
@@ -42,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--network", default=None, help="network role (default: the run's output network)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
+    add_inference_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(
         p, help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)"
@@ -79,7 +80,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
     wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
     gen = open_checkpoint(
-        Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
+        Path(args.target),
+        overrides=args.set,
+        role=args.network,
+        ema=not args.no_ema,
+        device=args.device,
+        codecs=wanted,
+        attention=args.attention,
+        fp8_linear=args.fp8_linear,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
     conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
@@ -116,6 +124,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
     print(
         f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
-        f"({weights} weights), sampling {result.seconds:.3f} s"
+        f"({weights} weights, {gen.inference.describe()}), sampling {result.seconds:.3f} s"
     )
     return 0

@@ -14,6 +14,7 @@ from torch import nn
 from rcm_registry.engine.checkpoint import Checkpoint, checkpoint_recipe, resolve_checkpoint, trained_weights
 from rcm_registry.engine.context import SampleContext
 from rcm_registry.engine.graph import build_network, pick_device
+from rcm_registry.engine.inference import InferenceOptions, apply_after_loading, inference_options, with_attention
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
@@ -38,6 +39,8 @@ class LoadedRun:
     teacher: Any
     #: The recipe's codecs that were asked for, built on ``device``.
     codecs: dict[str, Any] = attrs.field(factory=dict)
+    #: The inference options the network was loaded with (its attention backend, FP8 linears).
+    inference: InferenceOptions = attrs.field(factory=InferenceOptions)
     _dataset: Any = attrs.field(default=None, alias="dataset")
 
     @property
@@ -56,13 +59,16 @@ def open_checkpoint(
     ema: bool = True,
     device: str = "auto",
     codecs: Sequence[str] = (),
+    attention: str | None = None,
+    fp8_linear: bool | None = None,
 ) -> LoadedRun:
     """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
     or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
     recipe's codecs named in ``codecs``.
 
     ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
-    for paths that differ on this machine.
+    for paths that differ on this machine. ``attention`` (a backend name) and ``fp8_linear`` override the
+    recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
     """
     ckpt = resolve_checkpoint(target)
     recipe = checkpoint_recipe(ckpt, overrides)
@@ -72,10 +78,15 @@ def open_checkpoint(
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
+    options = inference_options(recipe, attention, fp8_linear)
+    entry = recipe.networks[role]
+    if options.attention is not None:
+        entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, role))
     state, used_ema = trained_weights(ckpt, role, ema=ema)
-    net = build_network(recipe.networks[role])
+    net = build_network(entry)
     load_strict(net, state, source=f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
     net.to(dev).eval().requires_grad_(False)
+    apply_after_loading(net, options)
     body = recipe.body
     return LoadedRun(
         recipe=recipe,
@@ -87,6 +98,7 @@ def open_checkpoint(
         schedule=body.schedule.build() if body.schedule else None,
         teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
         codecs={name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs},
+        inference=options,
     )
 
 
