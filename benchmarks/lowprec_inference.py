@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from attention_jvp import time_ms as cuda_time_ms
 from torch import nn
 
 from rcm_registry import registry
@@ -58,32 +59,15 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 
 def time_ms(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
-    """Median milliseconds a call: CUDA events around back-to-back calls (about 5 ms a sample), or the wall clock."""
-    if device.type != "cuda":
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    """Median milliseconds a call: attention_jvp.py's CUDA-event timing on the GPU, the wall clock elsewhere."""
+    if device.type == "cuda":
+        return cuda_time_ms(fn, reps)
     fn()
-    end.record()
-    torch.cuda.synchronize()
-    batch = max(1, min(50, round(5.0 / max(start.elapsed_time(end), 1e-3))))
     times = []
     for _ in range(reps):
-        start.record()
-        for _ in range(batch):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / batch)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 

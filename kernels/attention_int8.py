@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from rcm_kernels.triton_common import (
+    check_attention_shapes,
     device_context,
     dot,
     dot_flags,
@@ -75,15 +76,7 @@ def head_dim_block(head_dim: int) -> int:
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
     """Raise a ValueError/TypeError naming the problem if these tensors cannot be attended in 8 bits."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"expected (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
-    b, h, _, d = q.shape
-    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[2] != v.shape[2]:
-        raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
-    if k.shape[3] != d or v.shape[3] != d:
-        raise ValueError(f"q, k and v need one head dim, got {d}, {k.shape[3]}, {v.shape[3]}")
-    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {d}")
+    check_attention_shapes(q, k, v, MIN_HEAD_DIM, MAX_HEAD_DIM)
     if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     devices = {t.device for t in (q, k, v)}
