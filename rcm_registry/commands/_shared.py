@@ -60,6 +60,23 @@ def add_weights_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """``--attention NAME`` and ``--fp8-linear``: the recipe's ``inference:`` options for the sampled network."""
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="NAME",
+        help="sample with this attention backend, e.g. int8_sage (default: the recipe's inference.attention, "
+        "else the network's own)",
+    )
+    p.add_argument(
+        "--fp8-linear",
+        action="store_true",
+        default=None,
+        help="run the transformer blocks' linear layers in FP8 e4m3 (default: the recipe's inference.fp8_linear)",
+    )
+
+
 def int_list(text: str | None, what: str) -> list[int] | None:
     """``16,21,60,104`` (or ``16x21x60x104``) as a list of integers; None stays None. ``what`` names the option."""
     if text is None:

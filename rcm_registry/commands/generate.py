@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rcm_registry.commands._shared import add_command, add_set_argument, add_weights_argument, int_list
+from rcm_registry.commands._shared import (
+    add_command,
+    add_inference_arguments,
+    add_set_argument,
+    add_weights_argument,
+    int_list,
+)
 from rcm_registry.errors import UserError
 
 NAME = "generate"
@@ -47,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     add_weights_argument(p)
     p.add_argument("--device", default="auto")
+    add_inference_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(
         p, help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)"
@@ -91,6 +98,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         device=args.device,
         codecs=wanted,
         weights=args.weights,
+        attention=args.attention,
+        fp8_linear=args.fp8_linear,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
     conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
@@ -126,6 +135,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
     print(
         f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
-        f"({gen.weights_label()}), sampling {result.seconds:.3f} s"
+        f"({gen.weights_label()}, {gen.inference.describe()}), sampling {result.seconds:.3f} s"
     )
     return 0

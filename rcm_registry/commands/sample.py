@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rcm_registry.commands._shared import add_command, add_weights_argument
+from rcm_registry.commands._shared import add_command, add_inference_arguments, add_weights_argument
 from rcm_registry.errors import UserError
 
 NAME = "sample"
@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--sampler", default=None, help="a sampler other than the recipe's `sample:`")
     p.add_argument("--guidance", type=float, default=None, help="override the sampler's guidance scale")
     p.add_argument("--device", default="auto")
+    add_inference_arguments(p)
     return p
 
 
@@ -52,7 +53,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     run = open_checkpoint(
-        Path(args.run_dir), role=args.network, ema=not args.no_ema, device=args.device, weights=args.weights
+        Path(args.run_dir),
+        role=args.network,
+        ema=not args.no_ema,
+        device=args.device,
+        weights=args.weights,
+        attention=args.attention,
+        fp8_linear=args.fp8_linear,
     )
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)
@@ -68,7 +75,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         tensors.update({f"condition.{k}": v.contiguous() for k, v in result.condition.items()})
         with atomic_file(out) as tmp:
             save_file(tensors, str(tmp), metadata={"run": run.source, "network": run.role})
-    print(f"wrote {out}: {args.num} samples from {run.role} ({run.weights_label()})")
+    print(f"wrote {out}: {args.num} samples from {run.role} ({run.weights_label()}, {run.inference.describe()})")
     print(f"sampling time: {result.seconds:.3f} s")
     for name, value in result.metrics.items():
         print(f"{name}: {value:.4f}")

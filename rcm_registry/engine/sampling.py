@@ -14,6 +14,7 @@ from torch import nn
 from rcm_registry.engine.checkpoint import Checkpoint, checkpoint_recipe, resolve_checkpoint, trained_weights
 from rcm_registry.engine.context import SampleContext
 from rcm_registry.engine.graph import build_network, build_with_weights, pick_device
+from rcm_registry.engine.inference import InferenceOptions, apply_after_loading, inference_options, with_attention
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
@@ -43,6 +44,8 @@ class LoadedRun:
     teacher: Any
     #: The recipe's codecs that were asked for, built on ``device``.
     codecs: dict[str, Any] = attrs.field(factory=dict)
+    #: The inference options the network was loaded with (its attention backend, FP8 linears).
+    inference: InferenceOptions = attrs.field(factory=InferenceOptions)
     _dataset: Any = attrs.field(default=None, alias="dataset")
     #: The checkpoint the network's weights were read from instead of the run's (``--weights``).
     weights_from: str | None = None
@@ -86,13 +89,16 @@ def open_checkpoint(
     device: str = "auto",
     codecs: Sequence[str] = (),
     weights: str | None = None,
+    attention: str | None = None,
+    fp8_linear: bool | None = None,
 ) -> LoadedRun:
     """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
     or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
     recipe's codecs named in ``codecs``.
 
     ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
-    for paths that differ on this machine.
+    for paths that differ on this machine. ``attention`` (a backend name) and ``fp8_linear`` override the
+    recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
 
     ``weights``: take the network's weights from this checkpoint instead, as ``networks.ROLE.weights: {path:
     weights}`` would (any format the network reads, e.g. the rCM release's ``.pt``; ``ema`` False is
@@ -111,14 +117,19 @@ def open_checkpoint(
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
+    options = inference_options(recipe, attention, fp8_linear)
+    entry = recipe.networks[role]
+    if options.attention is not None:
+        entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, role))
     if weights is None:
         assert ckpt is not None
         state, used_ema = trained_weights(ckpt, role, ema=ema)
-        net = build_network(recipe.networks[role])
+        net = build_network(entry)
         load_strict(net, state, source=f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
     else:
-        net, used_ema = build_with_weights(recipe.networks[role], role), ema
+        net, used_ema = build_with_weights(entry, role), ema
     net.to(dev).eval().requires_grad_(False)
+    apply_after_loading(net, options)
     body = recipe.body
     return LoadedRun(
         recipe=recipe,
@@ -132,6 +143,7 @@ def open_checkpoint(
         codecs={name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs},
         weights_from=weights,
         has_data=has_data,
+        inference=options,
     )
 
 

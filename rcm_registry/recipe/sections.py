@@ -120,6 +120,20 @@ class NetworkRole:
 
 
 @attrs.define
+class InferenceConfig:
+    """``inference:`` how the output network runs when a command samples it (``rcm sample``, ``rcm generate``).
+
+    Training never reads this section (the trained networks keep their own settings), and neither do the
+    pictures a run draws while it trains; ``rcm sample`` / ``rcm generate`` flags override it.
+    """
+
+    #: An attention backend for the sampled network instead of its own, e.g. ``{use: int8_sage}``.
+    attention: s.AttentionSpec | None = None
+    #: Run the linear layers of the network's transformer blocks in FP8 (e4m3, per-channel weight scales).
+    fp8_linear: bool = False
+
+
+@attrs.define
 class RecipeBody:
     """Every top-level key except ``networks`` (validated separately, for ``init_from``)."""
 
@@ -140,6 +154,7 @@ class RecipeBody:
     #: Encoders/decoders by role, for ``rcm synth`` and ``rcm generate``: ``text`` (prompts → the network's
     #: text condition) and ``vae`` (latents ↔ pixels), e.g. ``{text: {use: umt5, ...}, vae: {use: wan_vae, ...}}``.
     codecs: dict[str, s.CodecSpec] = attrs.field(factory=dict)
+    inference: InferenceConfig = attrs.field(factory=InferenceConfig)
 
 
 @attrs.define

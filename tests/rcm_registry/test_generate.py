@@ -249,7 +249,7 @@ def test_generate_from_the_recipe_with_a_release_checkpoint(world: dict[str, Pat
         "--weights", str(student), *codecs,
     )  # fmt: skip
     assert result.code == 0, result.err
-    assert f"(weights from {student})" in result.out
+    assert f"(weights from {student}, " in result.out
     ours = load_file(str(tmp_path / "run.safetensors"))["latents"]
     assert torch.equal(ours, load_file(str(tmp_path / "pt.safetensors"))["latents"])
     generate(world, tmp_path / "run_pt.safetensors", *shape, "--weights", str(student))  # a run's recipe, other weights
