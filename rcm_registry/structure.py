@@ -42,6 +42,8 @@ class ComponentLookup(Protocol):
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if key == "":  # an empty key (`"": 1`) would vanish from the path
+        key = "''"
     return f"{path}.{key}" if path else key
 
 
