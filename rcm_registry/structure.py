@@ -233,13 +233,12 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
             return raw
         return _bad(path, "a boolean (true/false)", raw, problems)
     if hint is int:
-        if isinstance(raw, float) and raw.is_integer():
-            raw = int(raw)
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            if not INT_MIN <= raw <= INT_MAX:
-                problems.append(f"{path}: {raw:.6g} is out of range for an integer (at most {INT_MAX}, 64-bit)")
+        number = int(raw) if isinstance(raw, float) and raw.is_integer() else raw
+        if isinstance(number, int) and not isinstance(number, bool):
+            if not INT_MIN <= number <= INT_MAX:
+                problems.append(f"{path}: {raw!r} is out of range for an integer (at most {INT_MAX}, 64-bit)")
                 return _INVALID
-            return raw
+            return number
         return _bad(path, "int", raw, problems)
     if hint is float:
         value: float | None = None
@@ -317,11 +316,13 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
 
 def non_string_key(path: str, key: Any) -> str:
     """The problem line for a mapping key that is not a string where names are expected."""
-    hint = " (YAML reads yes/no/on/off/true/false as booleans)" if isinstance(key, bool) else ""
-    return (
-        f"{_join(path, str(key))}: a name is expected here, got the {type(key).__name__} {key!r}{hint}; "
-        f"write it in quotes if it is meant as a name"
-    )
+    if key is None:
+        what = "null (YAML reads ~ and null as no value)"
+    elif isinstance(key, bool):
+        what = f"the boolean {key} (YAML reads yes/no/on/off/true/false as booleans)"
+    else:
+        what = f"the {type(key).__name__} {key!r}"
+    return f"{_join(path, str(key))}: a name is expected here, got {what}; write it in quotes if it is meant as a name"
 
 
 def _name(hint: Any) -> str:
