@@ -134,6 +134,12 @@ guidance_scale = _check(
 )
 
 
+def at_most(high: float, why: str = "") -> Any:
+    """Validator: value <= high (``why`` says where the cap comes from)."""
+    shown = int(high) if float(high).is_integer() else high
+    return _check(lambda v: v <= high, f"<= {shown}{f' ({why})' if why else ''}")
+
+
 def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
     """Validator: low <= value <= high (either end may be open)."""
     lo = "(" if low_open else "["

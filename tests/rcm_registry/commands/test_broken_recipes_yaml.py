@@ -118,6 +118,8 @@ CASES: list[tuple[str, list[tuple[str, str]], list[str], list[str]]] = [
     ("lr-inf", [edit(STUDENT_LR, "    optimizer: {use: adamw, lr: .inf, betas: [0.0, 0.99]}\n")], [], ["phases.student.optimizer.lr: inf is out of range for a float"]),
     ("lr-nan", [edit(STUDENT_LR, "    optimizer: {use: adamw, lr: .nan, betas: [0.0, 0.99]}\n")], [], ["phases.student.optimizer.lr: nan is out of range for a float"]),
     ("std-huge-int", [edit("mean: 0.0, std: 1.6}", "mean: 0.0, std: 1000000000000000000000000000000000000000000}")], [], ["time.student.std: 1000000000000000000000000000000000000000000 is out of range for a float"]),
+    ("batch-above-int32", [edit("  batch_size: 8\n", "  batch_size: 1e12\n")], [], ["run.batch_size: must be <= 2147483647 (torch indexes a batch with 32-bit ints in places), got 1000000000000"]),
+    ("cpu-threads-huge", [edit("  cpu_threads: 1\n", "  cpu_threads: 100000\n")], [], ["run.cpu_threads: must be <= 4096, got 100000"]),
     ("set-lr-1e39", [], ["--set", "phases.critic.optimizer.lr=1e39"], ["phases.critic.optimizer.lr: 1e+39 is out of range for a float"]),
     ("set-batch-1e23", [], ["--set", "run.batch_size=1e23"], ["run.batch_size: 1e+23 is out of range for an integer"]),
     # -- guidance and sampler times ------------------------------------------------------------------------------
@@ -153,6 +155,16 @@ def test_the_good_recipe_validates_and_exponent_floats_are_floats(tmp_path: Path
     for value in ("1e-3", "1E-3", "2.5e-4"):
         result = run_cli("validate", str(path), "--set", f"phases.student.optimizer.lr={value}")
         assert result.code == 0, result.err
+
+
+def test_resume_takes_an_exponent_float_equal_to_the_recipes_value(tmp_path: Path) -> None:
+    path, out = write_case(tmp_path, []), str(tmp_path / "out")
+    common = ("--out", out, "--no-progress", "--set", "run.iterations=2")
+    assert run_cli("run", str(path), *common).code == 0
+    same = run_cli("run", str(path), *common, "--set", "phases.student.optimizer.lr=2e-4", "--resume")
+    assert same.code == 0, same.err  # 2e-4 is the recipe's 2.0e-4: the same recipe
+    other = run_cli("run", str(path), *common, "--set", "phases.student.optimizer.lr=3e-4", "--resume")
+    assert other.code == 2 and "phases.student.optimizer.lr: 0.0002 then, 0.0003 now" in other.err
 
 
 def test_there_are_at_least_forty_cases() -> None:
