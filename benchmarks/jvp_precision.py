@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcm_plugins.distill.scm import student_tangent
+from rcm_plugins.distill.scm import consistency_target, student_tangent
 from torch import Tensor
 
 from rcm_registry import registry
@@ -85,9 +85,8 @@ def relative(a: Tensor, b: Tensor) -> Tensor:
 
 
 def normalised_target(F_minus: Tensor, F_T: Tensor, x_t: Tensor, dF: Tensor, t: Tensor) -> Tensor:
-    """sCM's ĝ at r = 1 (the `scm` loss's formula, float64)."""
-    c, s = (v.reshape(-1, *([1] * (x_t.dim() - 1))) for v in (torch.cos(t), torch.sin(t)))
-    g = -c * c * (F_minus - F_T) - (c * s * x_t + dF)
+    """sCM's ĝ = g/(‖g‖₂ + 0.1) at r = 1 (the `scm` loss's target, float64)."""
+    g = consistency_target(F_minus, F_T, dF, x_t, t, 1.0, "tangent")
     norm = g.reshape(g.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (g.dim() - 1)))
     return g / (norm + 0.1)
 

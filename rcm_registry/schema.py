@@ -126,6 +126,18 @@ def _check(predicate: Callable[[float], bool], text: str) -> Callable[[Any, attr
 positive = _check(lambda v: v > 0, "> 0")
 non_negative = _check(lambda v: v >= 0, ">= 0")
 finite = _check(math.isfinite, "finite")
+#: A classifier-free guidance scale w (F_u + w·(F_c − F_u)).
+guidance_scale = _check(
+    lambda v: 0 <= v < math.inf,
+    "a finite CFG scale >= 0 (w in F_u + w·(F_c − F_u): 1 is the conditional model alone, no guidance; "
+    "0 the unconditional model; above 1 guides)",
+)
+
+
+def at_most(high: float, why: str = "") -> Any:
+    """Validator: value <= high (``why`` says where the cap comes from)."""
+    shown = int(high) if float(high).is_integer() else high
+    return _check(lambda v: v <= high, f"<= {shown}{f' ({why})' if why else ''}")
 
 
 def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:

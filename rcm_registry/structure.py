@@ -8,6 +8,7 @@ is raised for user mistakes, so a single pass reports all of them.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,11 @@ from rcm_registry.schema import MISSING, ComponentSpec, Kind, component_kind, is
 from rcm_registry.suggestions import suggest
 
 _INVALID = object()  # marks a value that produced a problem
+
+#: Integers must fit a 64-bit signed int (what torch and numpy hold them in).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: Floats must be finite and fit float32 (the tensors they scale; a bigger value becomes inf there).
+FLOAT_MAX = 3.4028234663852886e38
 
 
 class ComponentLookup(Protocol):
@@ -36,10 +42,12 @@ class ComponentLookup(Protocol):
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if key == "":  # an empty key (`"": 1`) would vanish from the path
+        key = "''"
     return f"{path}.{key}" if path else key
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):
@@ -62,7 +70,7 @@ def structure(
     invalid marker when there were problems (check ``problems``).
     """
     if not isinstance(data, Mapping):
-        problems.append(f"{path or '<recipe>'}: expected a mapping, got {_describe(data)}")
+        problems.append(f"{path or '<recipe>'}: expected a mapping, got {describe(data)}")
         return _INVALID
     hints = typing.get_type_hints(cls, include_extras=True)
     given = dict(given or {})
@@ -156,7 +164,7 @@ def structure_component(
     if isinstance(raw, str):
         raw = {"use": raw}
     if not isinstance(raw, Mapping):
-        problems.append(f"{path}: expected a {kind} component ({{use: NAME, ...}}), got {_describe(raw)}")
+        problems.append(f"{path}: expected a {kind} component ({{use: NAME, ...}}), got {describe(raw)}")
         return _INVALID
     name = raw.get("use")
     if not isinstance(name, str):
@@ -178,7 +186,7 @@ def structure_entry(cls: type, raw: Any, path: str, problems: list[str], registr
     if isinstance(raw, str):
         raw = {"use": raw}
     if not isinstance(raw, Mapping):
-        problems.append(f"{path}: expected a mapping ({{use: NAME, ...}}), got {_describe(raw)}")
+        problems.append(f"{path}: expected a mapping ({{use: NAME, ...}}), got {describe(raw)}")
         return _INVALID
     engine_keys = [f.name for f in attrs.fields(cls) if f.init and f.name != "spec"]
     own = {k: v for k, v in raw.items() if k in engine_keys}
@@ -210,13 +218,13 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
             value = _convert_type(raw, option, path, trial, registry)
             if not trial:
                 return value
-        problems.append(f"{path}: expected {_name(hint)}, got {_describe(raw)}")
+        problems.append(f"{path}: expected {_name(hint)}, got {describe(raw)}")
         return _INVALID
     if origin is Literal:
         if raw in args:
             return raw
         problems.append(
-            f"{path}: expected one of {', '.join(repr(a) for a in args)}, got {_describe(raw)}"
+            f"{path}: expected one of {', '.join(repr(a) for a in args)}, got {describe(raw)}"
             + (suggest(raw, [str(a) for a in args]) if isinstance(raw, str) else "")
         )
         return _INVALID
@@ -225,20 +233,33 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
             return raw
         return _bad(path, "a boolean (true/false)", raw, problems)
     if hint is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
+        number = int(raw) if isinstance(raw, float) and raw.is_integer() else raw
+        if isinstance(number, int) and not isinstance(number, bool):
+            if not INT_MIN <= number <= INT_MAX:
+                problems.append(f"{path}: {raw!r} is out of range for an integer (at most {INT_MAX}, 64-bit)")
+                return _INVALID
+            return number
         return _bad(path, "int", raw, problems)
     if hint is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+        value: float | None = None
+        if isinstance(raw, float):
+            value = raw
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            value = float(raw) if abs(raw) <= FLOAT_MAX else math.inf  # float() of a huge int would raise
+        elif isinstance(raw, str):  # a quoted number, or one from a loader without exponent floats
             try:
-                return float(raw)
+                value = float(raw)
             except ValueError:
                 pass
-        return _bad(path, "float", raw, problems)
+        if value is None:
+            return _bad(path, "float", raw, problems)
+        if not abs(value) <= FLOAT_MAX:  # NaN fails too
+            problems.append(
+                f"{path}: {describe(raw)} is out of range for a float (finite, at most {FLOAT_MAX:.4g} in "
+                "magnitude: the float32 range of the tensors it meets)"
+            )
+            return _INVALID
+        return value
     if hint is str:
         if isinstance(raw, str):
             return raw
@@ -267,11 +288,17 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(raw, Mapping):
             return _bad(path, "a mapping", raw, problems)
+        key_type = args[0] if len(args) == 2 else Any
         value_type = args[1] if len(args) == 2 else Any
         out_map = {}
+        bad_key = False
         for k, v in raw.items():
+            if key_type is str and not isinstance(k, str):
+                problems.append(non_string_key(path, k))
+                bad_key = True
+                continue
             out_map[str(k)] = _convert_type(v, value_type, _join(path, str(k)), problems, registry)
-        return _INVALID if any(v is _INVALID for v in out_map.values()) else out_map
+        return _INVALID if bad_key or any(v is _INVALID for v in out_map.values()) else out_map
     if is_entry(hint):
         return structure_entry(hint, raw, path, problems, registry)
     if isinstance(hint, type) and attrs.has(hint):
@@ -287,10 +314,21 @@ def _convert_type(raw: Any, hint: Any, path: str, problems: list[str], registry:
     return raw
 
 
+def non_string_key(path: str, key: Any) -> str:
+    """The problem line for a mapping key that is not a string where names are expected."""
+    if key is None:
+        what = "null (YAML reads ~ and null as no value)"
+    elif isinstance(key, bool):
+        what = f"the boolean {key} (YAML reads yes/no/on/off/true/false as booleans)"
+    else:
+        what = f"the {type(key).__name__} {key!r}"
+    return f"{_join(path, str(key))}: a name is expected here, got {what}; write it in quotes if it is meant as a name"
+
+
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _bad(path: str, expected: str, raw: Any, problems: list[str]) -> Any:
-    problems.append(f"{path}: expected {expected}, got {_describe(raw)}")
+    problems.append(f"{path}: expected {expected}, got {describe(raw)}")
     return _INVALID

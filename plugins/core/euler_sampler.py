@@ -17,7 +17,7 @@ from rcm_registry import schema
 class EulerSamplerConfig:
     steps: int = attrs.field(default=50, validator=schema.positive)
     #: CFG weight w in v = v_u + w·(v_c − v_u): 1 is the plain conditional model, 0 the unconditional.
-    guidance: float = attrs.field(default=1.0, validator=schema.finite)
+    guidance: float = attrs.field(default=1.0, validator=schema.guidance_scale)
 
     def check_recipe(self, recipe: Any, where: str) -> list[str]:
         if recipe.body.schedule is None:

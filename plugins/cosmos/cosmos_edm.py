@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from rcm_plugins.distill.common import TrigFlowWrapper, expand, network_dtype, time_dtype
+from rcm_plugins.distill.common import GuidanceConfig, TrigFlowWrapper, expand, network_dtype, time_dtype
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from torch import Tensor, nn
 
@@ -50,11 +50,9 @@ CONDITION_MASK = "condition_mask"
 
 
 @attrs.define
-class CosmosEdmConfig:
+class CosmosEdmConfig(GuidanceConfig):
     #: Network timestep = t_scaling_factor·σ/(σ + 1) (1.0 in every Cosmos-Predict2 config).
     t_scaling_factor: float = attrs.field(default=1.0, validator=s.positive)
-    #: CFG scale w in F_u + w·(F_c − F_u); Cosmos' own guidance_scale g is w − 1. 1.0 means no guidance.
-    guidance: float = attrs.field(default=1.0, validator=s.finite)
     #: Video2World: the noise level the network is told for the clean conditioning frames.
     sigma_conditional: float = attrs.field(default=1e-4, validator=s.non_negative)
 
@@ -63,7 +61,7 @@ class CosmosEdmTeacher(TrigFlowWrapper):
     """Cosmos-Predict2 denoiser (EDM σ, rectified-flow preconditioning, σ_data = 1) read in TrigFlow."""
 
     def __init__(self, config: CosmosEdmConfig) -> None:
-        super().__init__(guidance=config.guidance)
+        super().__init__(guidance=config.guidance, guidance_applies=config.guidance_applies)
         self.config = config
         self._flow = RectifiedFlowTeacher(RectifiedFlowConfig(t_scale=config.t_scaling_factor, guidance=1.0))
 

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import torch
 from rcm_plugins.core._time import shift_rf
+from rcm_plugins.distill.common import teacher_guides
 from torch import Tensor
 
 import rcm_registry as rr
@@ -55,7 +56,7 @@ class TeacherOdeConfig:
     #: Wan-style time shift of the grid (Wan2.1 uses 3 at 480p, 5 at 720p; 1: uniform in u).
     shift: float = attrs.field(default=5.0, validator=[s.positive, s.finite])
     #: CFG scale w in F_u + w·(F_c − F_u); None: the teacher wrapper's ``guidance``.
-    guidance: float | None = attrs.field(default=None, validator=s.finite)
+    guidance: float | None = attrs.field(default=None, validator=s.guidance_scale)
     #: Start at atan(sigma_max) instead of pure noise (EDM-style teachers); None: π/2.
     sigma_max: float | None = attrs.field(default=None, validator=[s.positive, s.finite])
 
@@ -92,7 +93,7 @@ class TeacherOdeSampler:
         if guidance is None:
             guidance = float(getattr(teacher, "guidance", 1.0))
         null = ctx.null_condition
-        if guidance != 1.0 and null is None:
+        if teacher_guides(teacher, guidance) and null is None:
             raise rr.UserError(
                 f"sampler {self.name}: guidance {guidance} needs an unconditional (null / negative) condition, and "
                 "there is none; pass guidance 1 (e.g. --guidance 1) to sample the conditional teacher"

@@ -10,12 +10,19 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import attrs
 import torch
 from torch import Tensor, nn
 
+from rcm_registry import schema as s
 from rcm_registry.protocols import Condition
 
 Reduction = Literal["mean", "sum"]
+
+#: Which guidance scales w apply CFG: ``not_one`` (every w ≠ 1, so w in [0, 1) interpolates towards the
+#: unconditional model) or ``above_one`` (only w > 1, as the rCM release's ``teacher_guidance > 1.0``
+#: tests; a w <= 1 is then the conditional model alone).
+GuidanceApplies = Literal["not_one", "above_one"]
 
 HALF_PI = math.pi / 2
 
@@ -52,6 +59,22 @@ def time_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def applies_guidance(w: float, applies: GuidanceApplies) -> bool:
+    """Whether guidance scale ``w`` means a CFG mix under rule ``applies`` (see :data:`GuidanceApplies`)."""
+    return w > 1.0 if applies == "above_one" else w != 1.0
+
+
+@attrs.define
+class GuidanceConfig:
+    """The CFG settings every teacher wrapper's config has (its own fields follow these)."""
+
+    #: CFG scale w in F_u + w·(F_c − F_u) for teacher targets: 1 is the conditional model alone, 0 the
+    #: unconditional one.
+    guidance: float = attrs.field(default=1.0, validator=s.guidance_scale)
+    #: Which w apply CFG: ``not_one`` (every w ≠ 1) or ``above_one`` (only w > 1, the rCM release's rule).
+    guidance_applies: GuidanceApplies = "not_one"
+
+
 class TrigFlowWrapper:
     """Base of the ``teacher`` components: maps a network's parameterisation into TrigFlow.
 
@@ -59,14 +82,22 @@ class TrigFlowWrapper:
     ``(x0, F)`` (:meth:`trigflow_output`), both in float64. This class does the dtype handling and
     classifier-free guidance: with a guidance scale ``w`` and a null (or negative) condition,
     ``F = F_u + w·(F_c − F_u)`` and ``x0 = cos t·x_t − sin t·F`` (equal to ``x0_u + w·(x0_c − x0_u)``).
+    Which w mix (``guidance_applies``): every w ≠ 1 (``not_one``, the default, so w = 0 is the
+    unconditional model), or only w > 1 (``above_one``, the rCM release's rule; w <= 1 is then the
+    conditional model). w = 1 is the conditional model under both, with one network call.
 
     The network sees ``x`` in its own dtype (:func:`network_dtype`) and the timestep in float32, or
     float64 for a float64 network (:func:`time_dtype`); its output is read back in float64.
     """
 
-    def __init__(self, *, guidance: float) -> None:
+    def __init__(self, *, guidance: float, guidance_applies: GuidanceApplies = "not_one") -> None:
         #: The recipe's guidance scale; losses pass it as ``guidance=`` when they want the CFG target.
         self.guidance = guidance
+        self.guidance_applies: GuidanceApplies = guidance_applies
+
+    def guides(self, w: float) -> bool:
+        """Whether scale ``w`` mixes in the unconditional output under this wrapper's rule."""
+        return applies_guidance(w, self.guidance_applies)
 
     # -- what subclasses define -------------------------------------------------------------------
     def network_input(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,11 +128,11 @@ class TrigFlowWrapper:
         null_condition: Condition | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(x0, F)`` at TrigFlow time ``t``, in ``x_t``'s dtype; CFG when both ``guidance`` and
-        ``null_condition`` are given (``guidance == 1`` is the conditional output and skips the
-        second call)."""
+        ``null_condition`` are given and :meth:`guides` says the scale applies (otherwise the
+        conditional output, with no second call)."""
         t = batch_times(t, x_t)
         x0, F = self.evaluate(net, x_t, t, condition)
-        if guidance is not None and null_condition is not None and guidance != 1.0:
+        if guidance is not None and null_condition is not None and self.guides(guidance):
             _, F_u = self.evaluate(net, x_t, t, null_condition)
             F = F_u + guidance * (F - F_u)
             tt = expand(t, x_t)
@@ -130,14 +161,15 @@ def draw_times(ctx: Any, role: str, n: int, like: Tensor, who: str) -> Tensor:
 
 
 def guidance_for(ctx: Any, override: float | None, who: str) -> tuple[float | None, Condition | None]:
-    """(guidance scale, null condition) for a CFG teacher target.
+    """(guidance scale, null condition) for a CFG teacher target; (None, None) for the conditional one.
 
-    ``override`` (a loss's own ``guidance``) wins over the wrapper's. A scale other than 1 without a
-    null condition in the batch is an error: silently distilling the unguided teacher is worse.
+    ``override`` (a loss's own ``guidance``) wins over the wrapper's; the wrapper's rule
+    (:meth:`TrigFlowWrapper.guides`) says whether it applies. A scale that applies without a null
+    condition in the batch is an error: silently distilling the unguided teacher is worse.
     """
     w = override if override is not None else getattr(ctx.teacher, "guidance", None)
     null = ctx.batch.null_condition
-    if w is None or w == 1.0:
+    if w is None or not teacher_guides(ctx.teacher, w):
         return None, None
     if null is None:
         raise RuntimeError(
@@ -145,6 +177,13 @@ def guidance_for(ctx: Any, override: float | None, who: str) -> tuple[float | No
             "batches have none; set guidance: 1.0 or use a dataset that provides null_condition"
         )
     return w, null
+
+
+def teacher_guides(teacher: Any, w: float) -> bool:
+    """Whether ``teacher`` applies CFG at scale ``w`` (its :meth:`~TrigFlowWrapper.guides`; w ≠ 1 for a
+    teacher without one)."""
+    guides = getattr(teacher, "guides", None)
+    return bool(guides(w)) if callable(guides) else w != 1.0
 
 
 def per_sample_sum(x: Tensor) -> Tensor:

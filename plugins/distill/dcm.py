@@ -50,7 +50,7 @@ class DcmConfig:
     #: Top of the grid, t_N = arctan(sigma_max) (null: π/2).
     sigma_max: float | None = attrs.field(default=80.0, validator=s.positive)
     #: CFG scale of the teacher ODE (default: the teacher wrapper's ``guidance``).
-    guidance: float | None = attrs.field(default=None, validator=s.finite)
+    guidance: float | None = attrs.field(default=None, validator=s.guidance_scale)
     student_net: str = "student"
     teacher_net: str = "teacher"
     #: Network giving the target at the earlier grid point (no grad).

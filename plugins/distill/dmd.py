@@ -50,7 +50,7 @@ class DmdConfig:
     #: Lower bound of the per-sample normaliser w.
     min_weight: float = attrs.field(default=1.0e-5, validator=s.positive)
     #: CFG scale of the teacher score (default: the teacher wrapper's ``guidance``).
-    guidance: float | None = attrs.field(default=None, validator=s.finite)
+    guidance: float | None = attrs.field(default=None, validator=s.guidance_scale)
     student_net: str = "student"
     teacher_net: str = "teacher"
     fake_net: str = "fake_score"

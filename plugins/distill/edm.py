@@ -25,7 +25,7 @@ from typing import Literal
 
 import attrs
 import torch
-from rcm_plugins.distill.common import TrigFlowWrapper, expand
+from rcm_plugins.distill.common import GuidanceConfig, TrigFlowWrapper, expand
 from torch import Tensor
 
 import rcm_registry as rr
@@ -33,22 +33,20 @@ from rcm_registry import schema as s
 
 
 @attrs.define
-class EdmConfig:
+class EdmConfig(GuidanceConfig):
     #: What the network predicts: the clean data (EDM's denoiser) or the noise.
     prediction: Literal["x0", "eps"] = "x0"
     #: Standard deviation of the data the network was trained on (EDM's σ_data).
     sigma_data: float = attrs.field(default=0.5, validator=s.positive)
     #: Network time = t_scale·c_noise with c_noise = ¼·ln σ (EDM's own choice is t_scale = 1).
     t_scale: float = attrs.field(default=1.0, validator=s.positive)
-    #: CFG scale w in F_u + w·(F_c − F_u) for teacher targets; 1.0 means no guidance.
-    guidance: float = attrs.field(default=1.0, validator=s.finite)
 
 
 class EdmTeacher(TrigFlowWrapper):
     """EDM-preconditioned x0- or ε-prediction network read in TrigFlow (σ = tan t)."""
 
     def __init__(self, config: EdmConfig) -> None:
-        super().__init__(guidance=config.guidance)
+        super().__init__(guidance=config.guidance, guidance_applies=config.guidance_applies)
         self.config = config
 
     def _rho(self, t: Tensor) -> Tensor:

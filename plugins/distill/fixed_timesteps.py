@@ -16,13 +16,24 @@ from typing import Any
 
 import attrs
 import torch
-from rcm_plugins.distill.common import expand
+from rcm_plugins.distill.common import HALF_PI, expand
 from rcm_plugins.distill.requirements import Requirements, network_fix
 from rcm_plugins.distill.stochastic_backward import start_time, student_x0
 from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema as s
+
+
+def decreasing_mid_times(_: Any, __: Any, mid_times: list[float]) -> None:
+    """Field validator: mid times decrease strictly, each inside (0, π/2) (all of them, used or not)."""
+    prev = HALF_PI
+    for i, t in enumerate(mid_times):
+        if not 0.0 < t < HALF_PI:
+            raise ValueError(f"mid_times[{i}] = {t} must lie in (0, π/2): TrigFlow times run from π/2 (noise) to 0")
+        if not t < prev:
+            raise ValueError(f"mid_times[{i}] = {t} must be below mid_times[{i - 1}] = {prev}: times decrease")
+        prev = t
 
 
 def check_times(t0: float, mid_times: list[float]) -> None:
@@ -38,7 +49,7 @@ def check_times(t0: float, mid_times: list[float]) -> None:
 
 @attrs.define
 class FixedTimestepsConfig:
-    mid_times: list[float] = attrs.field(factory=lambda: [1.5, 1.4, 1.0])
+    mid_times: list[float] = attrs.field(factory=lambda: [1.5, 1.4, 1.0], validator=decreasing_mid_times)
     #: Steps per rollout (null: uniform in 1..len(mid_times)+1).
     steps: int | None = attrs.field(default=None, validator=s.positive)
     sigma_max: float | None = attrs.field(default=80.0, validator=s.positive)

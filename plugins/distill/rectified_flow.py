@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from rcm_plugins.distill.common import TrigFlowWrapper, expand
+from rcm_plugins.distill.common import GuidanceConfig, TrigFlowWrapper, expand
 from torch import Tensor
 
 import rcm_registry as rr
@@ -23,18 +23,16 @@ from rcm_registry import schema as s
 
 
 @attrs.define
-class RectifiedFlowConfig:
+class RectifiedFlowConfig(GuidanceConfig):
     #: Network time = s·t_scale (1000 for Wan2.1 and Cosmos-Predict2).
     t_scale: float = attrs.field(default=1000.0, validator=s.positive)
-    #: CFG scale w in F_u + w·(F_c − F_u) for teacher targets; 1.0 means no guidance.
-    guidance: float = attrs.field(default=1.0, validator=s.finite)
 
 
 class RectifiedFlowTeacher(TrigFlowWrapper):
     """Rectified-flow velocity network (v = ε − x0, time s·t_scale) read in TrigFlow."""
 
     def __init__(self, config: RectifiedFlowConfig) -> None:
-        super().__init__(guidance=config.guidance)
+        super().__init__(guidance=config.guidance, guidance_applies=config.guidance_applies)
         self.config = config
 
     def network_input(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,10 +6,16 @@ Per sample, with ``t ~ p_G`` (``time.student``), ``ε ~ N(0, I)`` and ``x_t = co
 * tangent of the student's F along the PF-ODE, ``dx_t/dt = cos t·sin t·F_T`` and ``dt = cos t·sin t``
   (the ``cos t·sin t`` factor of the sCM rearrangement keeps the tangent bounded):
   ``dF_θ⁻ = ∂F_θ⁻/∂x_t·dx_t/dt + ∂F_θ⁻/∂t·dt`` by forward-mode AD (:func:`rcm_registry.jvp.jvp`), no grad;
-* with ``r = min(1, iteration/tangent_warmup)`` (1 when tangent_warmup = 0)
-  ``g = −cos t·√(1 − r²·sin²t)·(F_θ⁻ − F_T) − r·(cos t·sin t·x_t + dF_θ⁻)``;
-  the warmup factor r multiplies the whole tangent term (as in sCM's Algorithm 1) so that early
-  training regresses onto the teacher and the self-referential ``dF_θ⁻`` enters gradually;
+* with ``r = min(1, iteration/tangent_warmup)`` (1 when tangent_warmup = 0), one of two placements of
+  r (``warmup_scales``, see :func:`consistency_target`):
+
+  - ``tangent`` (default; sCM's Algorithm 1, Lu & Song, arXiv 2410.11081): r multiplies the whole
+    tangent term, ``g = −cos t·√(1 − r²·sin²t)·(F_θ⁻ − F_T) − r·(cos t·sin t·x_t + dF_θ⁻)``, so early
+    training regresses onto the teacher and the self-referential ``dF_θ⁻`` enters gradually;
+  - ``x_t_term`` (the rCM release, NVlabs/rcm ``rcm/models/t2v_model_distill_rcm.py``
+    ``_student_scm_step``): r multiplies only ``cos t·sin t·x_t``,
+    ``g = −cos t·√(1 − r²·sin²t)·(F_θ⁻ − F_T) − (r·cos t·sin t·x_t + dF_θ⁻)``; ``dF_θ⁻`` is in full from
+    the first iteration. The Wan and Cosmos rCM recipes use this one;
 * ``g ← g/(‖g‖₂ + norm_eps)`` per sample, in float64;
 * ``L = ‖F_θ − F_θ⁻ − g‖²`` summed over elements, whose gradient is ``−2·g·∂F_θ/∂θ``.
 
@@ -34,7 +40,7 @@ Randomness, in order: ``t`` from the time sampler, then ``ε`` from ``ctx.genera
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -56,6 +62,9 @@ from rcm_registry import schema as s
 from rcm_registry.jvp import jvp
 from rcm_registry.protocols import LossOutput
 
+#: Which part of the sCM target the tangent warmup ratio r scales (see the module docstring).
+WarmupScales = Literal["tangent", "x_t_term"]
+
 
 @attrs.define
 class ScmConfig:
@@ -63,13 +72,16 @@ class ScmConfig:
     reduction: Reduction = "mean"
     #: Iterations over which r ramps from 0 to 1 (0: r = 1 from the start).
     tangent_warmup: int = attrs.field(default=0, validator=s.non_negative)
+    #: What r scales: ``tangent`` (sCM's Algorithm 1: the whole tangent term) or ``x_t_term`` (the rCM
+    #: release: only cos t·sin t·x_t). Only matters while r < 1, i.e. during tangent_warmup.
+    warmup_scales: WarmupScales = "tangent"
     #: Finite difference in t (step fd_step) instead of the time tangent.
     semi_continuous: bool = False
     fd_step: float = attrs.field(default=1.0e-4, validator=s.positive)
     #: c in the tangent normalisation g/(‖g‖₂ + c).
     norm_eps: float = attrs.field(default=0.1, validator=s.positive)
     #: CFG scale of the teacher target (default: the teacher wrapper's ``guidance``).
-    guidance: float | None = attrs.field(default=None, validator=s.finite)
+    guidance: float | None = attrs.field(default=None, validator=s.guidance_scale)
     student_net: str = "student"
     teacher_net: str = "teacher"
     time_sampler: str = "student"
@@ -115,6 +127,20 @@ def student_tangent(
     return dF + expand(cs / (t - t_other), x_t) * (F_minus - F_other)
 
 
+def consistency_target(
+    F_minus: Tensor, F_T: Tensor, dF: Tensor, x_t: Tensor, t: Tensor, r: float, warmup_scales: WarmupScales
+) -> Tensor:
+    """The sCM target g before normalisation (float64 in, float64 out; ``t`` of shape (B,)).
+
+    ``−cos t·√(1 − r²sin²t)·(F_θ⁻ − F_T)`` minus the tangent term: ``r·(cos t·sin t·x_t + dF_θ⁻)`` when
+    ``warmup_scales`` is ``tangent``, ``r·cos t·sin t·x_t + dF_θ⁻`` when it is ``x_t_term``.
+    """
+    c, s_ = torch.cos(expand(t, x_t)), torch.sin(expand(t, x_t))
+    x_term = c * s_ * x_t
+    tangent = r * (x_term + dF) if warmup_scales == "tangent" else r * x_term + dF
+    return -c * torch.sqrt(1.0 - r**2 * s_**2) * (F_minus - F_T) - tangent
+
+
 class ScmLoss:
     """sCM: continuous-time consistency loss with a JVP tangent (or semi-continuous finite difference)."""
 
@@ -148,8 +174,7 @@ class ScmLoss:
         dF = student_tangent(student_F, x_t, t, dx, F_minus, fd_step=cfg.fd_step if cfg.semi_continuous else None)
 
         r = self.warmup_ratio(ctx.iteration)
-        x_t64 = x_t.to(torch.float64)
-        g = -c * torch.sqrt(1.0 - r**2 * s_**2) * (F_minus - F_T) - r * (c * s_ * x_t64 + dF)
+        g = consistency_target(F_minus, F_T, dF, x_t.to(torch.float64), t, r, cfg.warmup_scales)
         ok = finite_rows(g, F_minus)
         keep = expand(ok, g)
         g = torch.where(keep, g, torch.zeros_like(g))

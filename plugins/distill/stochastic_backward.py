@@ -1,8 +1,18 @@
-"""``stochastic_backward``: the student generates x̂0 in a random number of steps (rCM's rollout).
+"""``stochastic_backward``: the student generates x̂0 in 1..max_steps steps (rCM's rollout).
 
-N is drawn uniformly from {1..max_steps} (one N per call, shared by the batch). Start at
-``t_0 = π/2`` (or ``arctan(sigma_max)`` when set) with ``x = ε ~ N(0, I)`` (at t_0 = π/2 exactly the
-TrigFlow state; for a finite σ_max the ``cos t_0·x0`` part is neglected). For i = 0..N−1:
+The number of steps N (one per call, shared by the batch), by ``steps``:
+
+* ``random`` (default): N uniform in {1..max_steps}, drawn from ``ctx.generator``;
+* ``cycle`` (the rCM release, NVlabs/rcm ``rcm/models/t2v_model_distill_rcm.py``: ``num_simulation_steps_fake
+  = effective_iteration % max_simulation_steps_fake + 1``): ``N = ctx.phase_step mod max_steps + 1``, where
+  ``phase_step`` counts the optimiser steps the calling phase took before this one (the release's
+  "effective iteration" of the student, and of the critic). Nothing is drawn for N, and ``phase_step`` is
+  part of every checkpoint, so a resumed run continues the cycle where it stopped.
+
+Start time t_0, by ``sigma_max``: null (the release's ``backward_simulation``, which starts every
+rollout at π/2 whatever its sampler's σ_max) is ``t_0 = π/2`` with ``x = ε ~ N(0, I)``, exactly the
+TrigFlow state there; a number starts at ``arctan(sigma_max)``, where the sampler starts, neglecting the
+``cos t_0·x0`` part of the state. For i = 0..N−1:
 ``x0 = student(x, t_i)`` through the teacher wrapper (no CFG); if i < N−1,
 ``t_{i+1} = min(t_i, τ)`` with ``τ ~ p_D`` (``time.critic``, one per sample) and
 ``x = cos t_{i+1}·x0 + sin t_{i+1}·ε_i`` with fresh noise. Returns the last x0.
@@ -10,13 +20,14 @@ TrigFlow state; for a finite σ_max the ``cos t_0·x0`` part is neglected). For 
 Only the last student call records a graph (and only when ``grad=True``): earlier calls run under
 ``torch.no_grad``, so the sample's gradient flows through the last call alone.
 
-Randomness, in order: N, ε, then per step τ and ε_i (all from ``ctx.generator`` / the time sampler).
+Randomness, in order: N (``random`` only), ε, then per step τ and ε_i (all from ``ctx.generator`` / the
+time sampler).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -31,7 +42,10 @@ from rcm_registry import schema as s
 @attrs.define
 class StochasticBackwardConfig:
     max_steps: int = attrs.field(default=4, validator=s.positive)
-    #: Start time arctan(sigma_max) (null: π/2, pure noise).
+    #: How N is chosen: ``random`` (uniform in 1..max_steps) or ``cycle`` (phase step mod max_steps + 1,
+    #: the rCM release's).
+    steps: Literal["random", "cycle"] = "random"
+    #: Start time arctan(sigma_max) (null: π/2, pure noise, as the rCM release).
     sigma_max: float | None = attrs.field(default=None, validator=s.positive)
     student_net: str = "student"
     time_sampler: str = "critic"
@@ -60,17 +74,24 @@ def student_x0(ctx: Any, net: torch.nn.Module, x: Tensor, t: Tensor, track: bool
 
 
 class StochasticBackward:
-    """Student rollout with a random number of steps and random decreasing times from p_D."""
+    """Student rollout with a random or cycling number of steps and random decreasing times from p_D."""
 
     def __init__(self, config: StochasticBackwardConfig) -> None:
         self.config = config
+
+    def number_of_steps(self, ctx: Any) -> int:
+        """N for this call: drawn (``random``) or the calling phase's step count cycled (``cycle``)."""
+        cfg = self.config
+        if cfg.steps == "cycle":
+            return ctx.phase_step % cfg.max_steps + 1
+        gen = ctx.generator
+        return int(torch.randint(1, cfg.max_steps + 1, (1,), generator=gen, device=gen.device))
 
     def __call__(self, ctx: Any, *, grad: bool) -> Tensor:
         cfg = self.config
         net = ctx.net(cfg.student_net)
         like = ctx.batch.x0
-        gen = ctx.generator
-        steps = int(torch.randint(1, cfg.max_steps + 1, (1,), generator=gen, device=gen.device))
+        steps = self.number_of_steps(ctx)
         x = ctx.randn_like(like)
         t = torch.full((like.shape[0],), start_time(cfg.sigma_max), dtype=torch.float64, device=like.device)
         for i in range(steps):

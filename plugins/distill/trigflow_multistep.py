@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import torch
 from rcm_plugins.distill.common import expand
-from rcm_plugins.distill.fixed_timesteps import check_times
+from rcm_plugins.distill.fixed_timesteps import check_times, decreasing_mid_times
 from torch import Tensor
 
 import rcm_registry as rr
@@ -28,7 +28,7 @@ class TrigflowMultistepConfig:
     steps: int = attrs.field(default=4, validator=s.positive)
     sigma_max: float = attrs.field(default=80.0, validator=s.positive)
     #: Intermediate times after t_0; the first steps − 1 are used.
-    mid_times: list[float] = attrs.field(factory=lambda: [1.5, 1.4, 1.0])
+    mid_times: list[float] = attrs.field(factory=lambda: [1.5, 1.4, 1.0], validator=decreasing_mid_times)
 
     def __attrs_post_init__(self) -> None:
         if self.steps > len(self.mid_times) + 1:

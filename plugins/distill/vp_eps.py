@@ -22,7 +22,7 @@ from typing import Literal
 
 import attrs
 import torch
-from rcm_plugins.distill.common import TrigFlowWrapper, expand
+from rcm_plugins.distill.common import GuidanceConfig, TrigFlowWrapper, expand
 from torch import Tensor
 
 import rcm_registry as rr
@@ -30,7 +30,7 @@ from rcm_registry import schema as s
 
 
 @attrs.define
-class VpEpsConfig:
+class VpEpsConfig(GuidanceConfig):
     alphas: Literal["discrete", "continuous"] = "discrete"
     #: Discrete schedule: β_0 and β_{N−1}, N, and whether β (linear) or √β (scaled_linear) is linear in n.
     beta_start: float = attrs.field(default=1.0e-4, validator=s.positive)
@@ -42,8 +42,6 @@ class VpEpsConfig:
     beta_max: float = attrs.field(default=20.0, validator=s.positive)
     #: Network time = t_scale·τ (τ: fractional index for discrete, u ∈ [0, 1] for continuous).
     t_scale: float = attrs.field(default=1.0, validator=s.positive)
-    #: CFG scale w in F_u + w·(F_c − F_u) for teacher targets; 1.0 means no guidance.
-    guidance: float = attrs.field(default=1.0, validator=s.finite)
 
     def __attrs_post_init__(self) -> None:
         if self.alphas == "continuous" and self.beta_max <= self.beta_min:
@@ -66,7 +64,7 @@ class VpEpsTeacher(TrigFlowWrapper):
     """VP ε-prediction network (discrete or continuous ᾱ schedule) read in TrigFlow by SNR matching."""
 
     def __init__(self, config: VpEpsConfig) -> None:
-        super().__init__(guidance=config.guidance)
+        super().__init__(guidance=config.guidance, guidance_applies=config.guidance_applies)
         self.config = config
         self._table = discrete_log_alpha_bar(config) if config.alphas == "discrete" else None
 

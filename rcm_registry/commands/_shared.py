@@ -94,11 +94,18 @@ PATH_KEYS = ("path", "tokenizer", "weights")
 def absolute_path_overrides(overrides: Sequence[str]) -> list[str]:
     """``--set`` overrides with every relative file path made absolute (from the working directory), so
     the recipe a run saves names the same files from wherever ``rcm generate`` or ``rcm sample`` start."""
+    from rcm_registry.recipe.load import parse_yaml
+
     out = []
     for item in overrides:
         key, sep, value = item.partition("=")
         text = value.strip()
         is_path = key.strip().rsplit(".", 1)[-1] in PATH_KEYS and text and text[0] not in "{[?'\"~/"
+        if is_path:
+            try:  # only a plain string is a path: `null`, a number or a mapping is the recipe's to judge
+                is_path = isinstance(parse_yaml(text), str)
+            except Exception:  # bad YAML is reported by the loader, with its position
+                is_path = False
         out.append(f"{key}{sep}{os.path.abspath(text)}" if sep and is_path else item)
     return out
 

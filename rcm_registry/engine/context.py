@@ -75,6 +75,9 @@ class StepContext:
     iteration: int
     generator: torch.Generator
     phase: str = ""
+    #: Optimiser steps phase ``phase`` took before this one (its own count, unlike ``iteration``, which
+    #: counts every phase's); restored on resume with the rest of the run's state.
+    phase_step: int = 0
     schedule: Schedule | None = None
     teacher: Teacher | None = None
     time: Mapping[str, TimeSampler] = attrs.field(factory=dict)

@@ -246,6 +246,7 @@ class Trainer:
                 iteration=it,
                 generator=self.step_generator,
                 phase=phase.name,
+                phase_step=phase.steps,
                 schedule=graph.schedule,
                 teacher=graph.teacher,
                 time={role: shard.sampler(sampler) for role, sampler in graph.time.items()},

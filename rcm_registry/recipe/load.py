@@ -1,7 +1,15 @@
-"""Read a recipe: YAML (safe_load only), ``base:`` inheritance and ``--set`` overrides.
+"""Read a recipe: YAML (a safe loader only), ``base:`` inheritance and ``--set`` overrides.
 
-The result is plain data (dicts, lists, scalars); :mod:`rcm_registry.recipe.validate` turns it into
-validated component specs. Relative ``base:`` paths are resolved against the including file.
+The result is plain data (dicts, lists, strings, numbers, booleans, None); :mod:`rcm_registry.recipe.validate`
+turns it into validated component specs. Relative ``base:`` paths are resolved against the including file.
+
+The loader (:class:`RecipeLoader`, PyYAML's SafeLoader with three changes) is stricter than ``yaml.safe_load``:
+
+* a key written twice in one mapping is an error naming both lines (PyYAML would keep the last silently);
+* explicit tags other than the plain ones (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null``,
+  ``!!map``, ``!!seq``) are errors naming the tag, ``!!python/...`` among them; dates stay strings;
+* exponent floats without a dot or an exponent sign (``1e-3``, ``1E5``, ``2.5e4``), which YAML 1.1 reads as
+  strings, are floats, as in YAML 1.2, in recipe files and ``--set`` values alike.
 """
 
 from __future__ import annotations
@@ -18,6 +26,72 @@ from rcm_registry.errors import RecipeError
 
 _INDEX = re.compile(r"^(?P<key>[^\[\]]*)(?P<indices>(\[\d+\])*)$")
 
+_YAML_TAG = "tag:yaml.org,2002:"
+#: Tags a recipe may carry, implicitly or written out: plain data only.
+_PLAIN_TAGS = {_YAML_TAG + name for name in ("str", "int", "float", "bool", "null", "map", "seq")}
+#: YAML 1.2 exponent floats that YAML 1.1 leaves as strings: 1e-3, 1E5, 2.5e4, .5e-2.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+class RecipeYamlError(yaml.MarkedYAMLError):
+    """A recipe YAML problem the loader itself finds (duplicate key, tag that is not allowed), at a mark."""
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_YAML_TAG) :] if tag.startswith(_YAML_TAG) else tag
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader for recipes: duplicate keys and non-plain tags are errors; YAML 1.2 exponent floats."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node.tag not in _PLAIN_TAGS:
+            raise RecipeYamlError(
+                problem=f"tag {_short_tag(node.tag)} is not allowed in a recipe (plain YAML only: mappings, "
+                "lists, strings, numbers, booleans, null)",
+                problem_mark=node.start_mark,
+            )
+        return super().construct_object(node, deep=deep)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _YAML_TAG + "merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # merges may override; non-scalar keys are refused by SafeLoader itself
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise RecipeYamlError(
+                    problem=f"duplicate key {key!r} (first at line {first_line[key]}, again at line {line}); "
+                    "YAML would keep only the last one",
+                    problem_mark=key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# Dates stay strings (YAML 1.2 has no timestamps); exponent floats resolve as floats.
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _YAML_TAG + "timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(_YAML_TAG + "float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read with :class:`RecipeLoader` (raises ``yaml.YAMLError``, :class:`RecipeYamlError` among them)."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def _yaml_problem(exc: yaml.YAMLError, where: str) -> str:
+    """One line for a YAML error: ``FILE:LINE:COL: problem`` (``where`` names the file or the --set)."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if isinstance(exc, RecipeYamlError):
+        return f"{at}: {problem}"
+    return f"{at}: invalid YAML: {problem}"
+
 
 def _read_yaml(path: Path, chain: list[Path]) -> dict[str, Any]:
     via = f" (base of {chain[-1]})" if chain else ""
@@ -30,12 +104,9 @@ def _read_yaml(path: Path, chain: list[Path]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError([f"cannot read recipe {path}: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+        raise RecipeError([_yaml_problem(exc, str(path))]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -100,7 +171,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
             parts.append(m.group("key"))
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group("indices"))]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except RecipeYamlError as exc:
+        raise ValueError(f"--set {text}: {exc.problem}") from None
     except yaml.YAMLError:
         raise ValueError(f"--set {text}: the value is not valid YAML") from None
     return parts, value

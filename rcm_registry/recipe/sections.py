@@ -15,7 +15,9 @@ class RunConfig:
     """``run:`` how long, how big, how precise, where results go."""
 
     iterations: int = attrs.field(validator=s.positive)
-    batch_size: int = attrs.field(default=256, validator=s.positive)
+    batch_size: int = attrs.field(
+        default=256, validator=[s.positive, s.at_most(2**31 - 1, "torch indexes a batch with 32-bit ints in places")]
+    )
     #: Write a checkpoint every N iterations (0: only at the end). The last iteration always writes one.
     checkpoint_every: int = attrs.field(default=0, validator=s.non_negative)
     keep_checkpoints: int = attrs.field(default=2, validator=s.positive)
@@ -26,7 +28,7 @@ class RunConfig:
     device: str = "auto"
     #: Intra-op CPU threads for torch (none: torch's default). Small networks run fastest with 1:
     #: thread hand-offs cost more than their matrix products.
-    cpu_threads: int | None = attrs.field(default=None, validator=s.positive)
+    cpu_threads: int | None = attrs.field(default=None, validator=[s.positive, s.at_most(4096)])
 
 
 def _iteration(_: Any, __: attrs.Attribute, value: int) -> None:

@@ -17,7 +17,7 @@ from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.sections import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
 from rcm_registry.schema import ComponentSpec
-from rcm_registry.structure import is_invalid, structure, structure_component
+from rcm_registry.structure import describe, is_invalid, non_string_key, structure, structure_component
 from rcm_registry.suggestions import suggest
 
 #: Keys of a ``networks.ROLE`` entry that belong to the engine, not to the network's config.
@@ -64,6 +64,10 @@ def _networks(raw: Any, registry: Registry, problems: list[str]) -> dict[str, Ne
     if not isinstance(raw, Mapping) or not raw:
         problems.append("networks: expected a mapping of role names to networks")
         return {}
+    for role in raw:
+        if not isinstance(role, str):
+            problems.append(non_string_key("networks", role))
+    raw = {role: entry for role, entry in raw.items() if isinstance(role, str)}
     resolved: dict[str, dict[str, Any] | None] = {}
 
     def resolve(role: str, chain: tuple[str, ...]) -> dict[str, Any] | None:
@@ -71,13 +75,19 @@ def _networks(raw: Any, registry: Registry, problems: list[str]) -> dict[str, Ne
             return resolved[role]
         entry = raw[role]
         if not isinstance(entry, Mapping):
-            problems.append(f"networks.{role}: expected a mapping ({{use: NAME, ...}}), got {entry!r}")
+            problems.append(f"networks.{role}: expected a mapping ({{use: NAME, ...}}), got {describe(entry)}")
             resolved[role] = None
             return None
         parent = entry.get("init_from")
         if parent is None:
             resolved[role] = dict(entry)
             return resolved[role]
+        if not isinstance(parent, str):
+            problems.append(
+                f"networks.{role}.init_from: expected the name of another network role, got {describe(parent)}"
+            )
+            resolved[role] = None
+            return None
         if parent not in raw:
             problems.append(f"networks.{role}.init_from: unknown network {parent!r}{suggest(str(parent), list(raw))}")
             resolved[role] = None
@@ -97,7 +107,7 @@ def _networks(raw: Any, registry: Registry, problems: list[str]) -> dict[str, Ne
 
     roles: dict[str, NetworkRole] = {}
     for role in raw:
-        entry = resolve(str(role), ())
+        entry = resolve(role, ())
         if entry is None:
             continue
         path = f"networks.{role}"

@@ -122,6 +122,7 @@ def step_context(
     iteration: int = 0,
     seed: int = 7,
     trained: str = "student",
+    phase_step: int = 0,
 ) -> StepContext:
     """A step context around :func:`labelled_batch` ``(x0, labels, null=null)`` with a generator seeded ``seed``."""
     return StepContext(
@@ -129,6 +130,7 @@ def step_context(
         nets=dict(nets),
         trained=trained,
         iteration=iteration,
+        phase_step=phase_step,
         generator=torch.Generator().manual_seed(seed),
         schedule=schedule,
         teacher=teacher,

@@ -37,6 +37,30 @@ def test_recipe_validates(recipe: Path) -> None:
     validated(recipe)
 
 
+PRODUCTION_RCM = [
+    p
+    for p in RECIPES
+    if p.parent.name in ("wan2.1", "wan2.2", "cosmos-predict2") and load_recipe(p).get("rollout") is not None
+]
+
+
+@pytest.mark.parametrize("recipe", PRODUCTION_RCM, ids=[str(p.relative_to(ROOT / "recipes")) for p in PRODUCTION_RCM])
+def test_production_rcm_recipes_take_the_releases_choices(recipe: Path) -> None:
+    """The four places the rCM release differs from the papers' algorithms (README, "Parity with the release")."""
+    body = validated(recipe).body
+    scm = [e.spec.config for phase in body.phases.values() for e in phase.losses if e.name == "scm"]
+    assert [c.warmup_scales for c in scm] == ["x_t_term"]
+    assert body.rollout is not None and body.rollout.name == "stochastic_backward"
+    assert body.rollout.config.steps == "cycle"
+    assert body.rollout.config.sigma_max is None  # every rollout starts at π/2
+    assert body.teacher_wrapper is not None and body.teacher_wrapper.config.guidance_applies == "above_one"
+
+
+def test_every_family_has_production_rcm_recipes() -> None:
+    assert {p.parent.name for p in PRODUCTION_RCM} == {"wan2.1", "wan2.2", "cosmos-predict2"}
+    assert len(PRODUCTION_RCM) >= 12
+
+
 #: The codecs (text, vae) a network family's `rcm synth` / `rcm generate` need, by network name prefix.
 FAMILY_CODECS = {
     "wan2.1-": ("umt5", "wan_vae"),

@@ -7,6 +7,8 @@ rectified-flow wrapping) and is compared on the loss value and the gradient of t
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from distill_testkit import assert_close, col, rf_reference, rf_reference_cfg
@@ -14,10 +16,10 @@ from rcm_plugins.distill.dcm import DcmConfig, DcmLoss
 from rcm_plugins.distill.dmd import DmdConfig, DmdLoss
 from rcm_plugins.distill.fake_score_dsm import FakeScoreDsmConfig, FakeScoreDsmLoss
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
-from rcm_plugins.distill.scm import ScmConfig, ScmLoss
+from rcm_plugins.distill.scm import ScmConfig, ScmLoss, consistency_target
 from torch import Tensor, nn
 
-from rcm_registry.testing.fixtures import FixedTimes, TinyNet, step_context
+from rcm_registry.testing.fixtures import HALF_PI, FixedTimes, TinyNet, step_context
 
 B = 6
 TIMES = [0.05, 0.3, 0.7, 1.0, 1.3, 1.52]
@@ -46,9 +48,16 @@ def _conds(ctx: object) -> tuple[dict, dict]:
 
 # -- sCM ----------------------------------------------------------------------------------------------
 def _scm_reference(
-    ctx: object, nets: dict, t: Tensor, iteration: int, warmup: int, semi: bool = False, h: float = 1e-4
+    ctx: object,
+    nets: dict,
+    t: Tensor,
+    iteration: int,
+    warmup: int,
+    semi: bool = False,
+    h: float = 1e-4,
+    warmup_scales: str = "tangent",
 ) -> Tensor:
-    """Per-sample sCM loss, literally from DESIGN.md."""
+    """Per-sample sCM loss, literally from DESIGN.md (``x_t_term``) or sCM's Algorithm 1 (``tangent``)."""
     x0 = ctx.batch.x0
     cond, null = _conds(ctx)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=x0.dtype)
@@ -67,25 +76,67 @@ def _scm_reference(
         else:
             F_minus, dF = torch.func.jvp(F_student, (x_t, t), (c * s * F_T, torch.cos(t) * torch.sin(t)))
     r = min(1.0, iteration / warmup) if warmup else 1.0
-    g = -c * torch.sqrt(1 - r**2 * s**2) * (F_minus - F_T) - r * (c * s * x_t + dF)
+    if warmup_scales == "tangent":
+        g = -c * torch.sqrt(1 - r**2 * s**2) * (F_minus - F_T) - r * (c * s * x_t + dF)
+    else:
+        g = -c * torch.sqrt(1 - r**2 * s**2) * (F_minus - F_T) - (r * c * s * x_t + dF)
     g = g / (g.norm(dim=1, keepdim=True) + 0.1)
     F_theta = F_student(x_t, t)
     return ((F_theta - F_theta.detach() - g) ** 2).sum(dim=1)
 
 
+@pytest.mark.parametrize("warmup_scales", ["tangent", "x_t_term"])
 @pytest.mark.parametrize(("iteration", "reduction"), [(0, "mean"), (40, "sum"), (500, "mean")])
-def test_scm_matches_reference(iteration: int, reduction: str) -> None:
+def test_scm_matches_reference(iteration: int, reduction: str, warmup_scales: str) -> None:
     x0, nets, wrapper = _setup()
     t = torch.tensor(TIMES, dtype=torch.float64)
     ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=iteration)
-    out = ScmLoss(ScmConfig(weight=2.0, reduction=reduction, tangent_warmup=100))(ctx)
-    per = _scm_reference(ctx, nets, t, iteration, 100)
+    config = ScmConfig(weight=2.0, reduction=reduction, tangent_warmup=100, warmup_scales=warmup_scales)
+    out = ScmLoss(config)(ctx)
+    per = _scm_reference(ctx, nets, t, iteration, 100, warmup_scales=warmup_scales)
     ref = 2.0 * (per.mean() if reduction == "mean" else per.sum())
     assert_close(out.loss, ref, 1e-10, "loss")
     _compare_grads(_grads(nets["student"], out.loss), _grads(nets["student"], ref), 1e-9)
     assert out.metrics["nan_masked"] == 0.0
     assert out.metrics["warmup_ratio"] == min(1.0, iteration / 100)
     assert all(p.grad is None for p in nets["teacher"].parameters())
+
+
+def _g_by_hand(F_minus: list, F_T: list, dF: list, x_t: list, t: list, r: float, warmup_scales: str) -> list:
+    """g of DESIGN.md (x_t_term) or sCM's Algorithm 1 (tangent), one element at a time in Python floats."""
+    rows = []
+    for b, tb in enumerate(t):
+        c, s = math.cos(tb), math.sin(tb)
+        row = []
+        for fm, ft, df, x in zip(F_minus[b], F_T[b], dF[b], x_t[b], strict=True):
+            anchor = -c * math.sqrt(1.0 - r * r * s * s) * (fm - ft)
+            tangent = r * (c * s * x + df) if warmup_scales == "tangent" else r * c * s * x + df
+            row.append(anchor - tangent)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("warmup_scales", ["tangent", "x_t_term"])
+@pytest.mark.parametrize("r", [0.0, 0.37, 1.0])
+def test_consistency_target_matches_hand_computation(warmup_scales: str, r: float) -> None:
+    gen = torch.Generator().manual_seed(11)
+    F_minus, F_T, dF, x_t = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(4))
+    t = torch.rand(5, generator=gen, dtype=torch.float64) * HALF_PI
+    got = consistency_target(F_minus, F_T, dF, x_t, t, r, warmup_scales)
+    want = _g_by_hand(*(v.tolist() for v in (F_minus, F_T, dF, x_t, t)), r, warmup_scales)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-14, atol=1e-14)
+
+
+def test_warmup_placements_differ_only_while_warming_up() -> None:
+    gen = torch.Generator().manual_seed(12)
+    F_minus, F_T, dF, x_t = (torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(4))
+    t = torch.rand(4, generator=gen, dtype=torch.float64) * HALF_PI
+    both = [consistency_target(F_minus, F_T, dF, x_t, t, 0.5, w) for w in ("tangent", "x_t_term")]
+    # At r = 0.5 they differ by (1 − r)·dF_θ⁻ exactly: the release keeps the whole JVP term.
+    assert torch.allclose(both[0] - both[1], 0.5 * dF, rtol=1e-14, atol=1e-14)
+    ones = [consistency_target(F_minus, F_T, dF, x_t, t, 1.0, w) for w in ("tangent", "x_t_term")]
+    assert torch.equal(ones[0], ones[1])
 
 
 def test_scm_semi_continuous_matches_reference_and_approximates_jvp() -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 from rcm_plugins.distill.fixed_timesteps import FixedTimesteps, FixedTimestepsConfig
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from rcm_plugins.distill.stochastic_backward import StochasticBackward, StochasticBackwardConfig
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from rcm_registry.engine.checkpoint import latest_checkpoint
+from rcm_registry.testing import run_cli
 from rcm_registry.testing.fixtures import HALF_PI, FixedTimes, TinyNet, step_context
 
 
@@ -27,16 +31,16 @@ class Recorder(nn.Module):
         y = self.net(x, timestep, **cond)
         s = timestep / 1000.0  # rectified-flow time s = sin t/(cos t + sin t) → t = atan2(s, 1 − s)
         self.calls.append(
-            {"grad": torch.is_grad_enabled(), "t": torch.atan2(s, 1 - s), "x_grad": x.requires_grad, "y": y}
+            {"grad": torch.is_grad_enabled(), "t": torch.atan2(s, 1 - s), "x_grad": x.requires_grad, "y": y, "x": x}
         )
         return y
 
 
-def _ctx(rec: Recorder, critic: FixedTimes | None = None, seed: int = 0) -> object:
+def _ctx(rec: Recorder, critic: FixedTimes | None = None, seed: int = 0, phase_step: int = 0) -> object:
     x0 = torch.zeros(5, 2, dtype=torch.float64)
     wrapper = RectifiedFlowTeacher(RectifiedFlowConfig(t_scale=1000.0))
     time = {"critic": critic or FixedTimes([0.9])}
-    return step_context(x0, {"student": rec}, teacher=wrapper, time=time, seed=seed, null=False)
+    return step_context(x0, {"student": rec}, teacher=wrapper, time=time, seed=seed, null=False, phase_step=phase_step)
 
 
 @pytest.mark.parametrize("make", ["stochastic", "fixed"])
@@ -58,6 +62,72 @@ def test_number_of_steps_is_uniform(make: str) -> None:
     assert set(counts) == {1, 2, 3, 4}
     for n in range(1, 5):  # binomial(800, 1/4): sd ≈ 12
         assert abs(counts[n] - runs / 4) < 60, counts
+
+
+def test_cycled_steps_follow_the_phase_step_and_draw_nothing_for_n() -> None:
+    rec = Recorder(TinyNet(seed=6))
+    rollout = StochasticBackward(StochasticBackwardConfig(max_steps=3, steps="cycle"))
+    got = []
+    for phase_step in range(8):
+        rec.calls.clear()
+        ctx = _ctx(rec, phase_step=phase_step, seed=3)
+        with torch.no_grad():
+            rollout(ctx, grad=False)
+        got.append(len(rec.calls))
+        # Random N takes one draw before ε; cycled N takes none, so ε is the generator's first draw.
+        first_noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        x_in = first_noise / (math.cos(HALF_PI) + math.sin(HALF_PI))  # rectified-flow input at t = π/2
+        assert torch.allclose(rec.calls[0]["x"], x_in, atol=1e-12)
+    assert got == [1, 2, 3, 1, 2, 3, 1, 2]  # N = phase_step mod max_steps + 1, as the rCM release
+
+
+QUICKSTART_RCM = str(Path(__file__).resolve().parents[3] / "recipes/quickstart/rcm.yaml")
+SMALL_CYCLED_RCM = [
+    "--set", "networks.teacher.weights=null",
+    "--set", "networks.teacher.width=16",
+    "--set", "networks.teacher.depth=1",
+    "--set", "run.batch_size=8",
+    "--set", "phases.student.losses[0].tangent_warmup=2",
+    "--set", "phases.student.losses[1].start=2",
+    "--set", "phases.critic.start=2",
+    "--set", "rollout.steps=cycle",
+    "--no-progress",
+]  # fmt: skip
+
+
+def _weights(run: Path) -> dict[str, Tensor]:
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    return {name: t for file in sorted(ckpt.glob("*.safetensors")) for name, t in load_file(str(file)).items()}
+
+
+def test_cycled_rollout_in_training_counts_each_phase_and_resumes_bitwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int, int]] = []
+    real = StochasticBackward.number_of_steps
+
+    def recording(self: StochasticBackward, ctx: object) -> int:
+        n = real(self, ctx)
+        seen.append((ctx.phase, ctx.phase_step, n))
+        return n
+
+    monkeypatch.setattr(StochasticBackward, "number_of_steps", recording)
+    whole = run_cli(
+        "run", QUICKSTART_RCM, *SMALL_CYCLED_RCM, "--set", "run.iterations=11", "--out", str(tmp_path / "a")
+    )
+    assert whole.code == 0, whole.err
+    # Student steps at 0, 1 (sCM only), then at 2, 4, ..., 10; the critic at 3, 5, 7, 9. Each phase's
+    # rollouts cycle through 1..4 steps by the phase's own step count (DMD joins at student step 2).
+    assert [n for phase, _, n in seen if phase == "student"] == [3, 4, 1, 2, 3]
+    assert [n for phase, _, n in seen if phase == "critic"] == [1, 2, 3, 4]
+    assert all(n == step % 4 + 1 for _, step, n in seen)
+    part = ["--out", str(tmp_path / "b")]
+    assert run_cli("run", QUICKSTART_RCM, *SMALL_CYCLED_RCM, "--set", "run.iterations=5", *part).code == 0
+    resumed = run_cli("run", QUICKSTART_RCM, *SMALL_CYCLED_RCM, "--set", "run.iterations=11", *part, "--resume")
+    assert resumed.code == 0, resumed.err
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stochastic_backward_times_and_gradient_through_last_call_only() -> None:

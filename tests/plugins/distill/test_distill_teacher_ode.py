@@ -211,7 +211,9 @@ def test_samplers_need_a_teacher_wrapper_and_a_null_condition_for_cfg() -> None:
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [({"steps": 0}, "steps: must be > 0"), ({"shift": -1.0}, "shift: must be > 0"),
-     ({"sigma_max": 0.0}, "sigma_max: must be > 0"), ({"guidance": float("nan")}, "guidance: must be finite")],
+     ({"sigma_max": 0.0}, "sigma_max: must be > 0"),
+     ({"guidance": float("nan")}, "guidance: nan is out of range for a float"),
+     ({"guidance": -1.0}, "guidance: must be a finite CFG scale >= 0 .*1 is the conditional model alone")],
 )  # fmt: skip
 def test_bad_configs_are_reported(config: dict, fragment: str) -> None:
     with pytest.raises(rr.RecipeError, match=fragment):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from distill_testkit import assert_close, col
+from rcm_plugins.distill.common import guidance_for
 from rcm_plugins.distill.edm import EdmConfig, EdmTeacher
 from rcm_plugins.distill.rectified_flow import RectifiedFlowConfig, RectifiedFlowTeacher
 from rcm_plugins.distill.vp_eps import VpEpsConfig, VpEpsTeacher
@@ -207,6 +209,39 @@ def test_cfg_folded_into_F() -> None:
         x0, F = wrapper.denoise(net, x_t, t, cond, **kwargs)
         assert torch.equal(F, F_c) and torch.equal(x0, x0_c), kwargs
     assert wrapper.guidance == 4.0
+
+
+@pytest.mark.parametrize(
+    ("applies", "w", "mixed"),
+    [("not_one", 0.0, True), ("not_one", 0.5, True), ("not_one", 1.0, False), ("not_one", 3.0, True),
+     ("above_one", 0.0, False), ("above_one", 0.5, False), ("above_one", 1.0, False), ("above_one", 3.0, True)],
+)  # fmt: skip
+def test_which_guidance_scales_apply_cfg(applies: str, w: float, mixed: bool) -> None:
+    t, _, _, x_t = _data([0.4, 1.1], dim=2)
+    net = TinyNet(seed=10)
+    cond, null = {"label": torch.tensor([0, 3])}, {"label": torch.full((2,), NULL_LABEL)}
+    wrapper = RectifiedFlowTeacher(RectifiedFlowConfig(guidance=w, guidance_applies=applies))
+    _, F_c = wrapper.denoise(net, x_t, t, cond)
+    _, F_u = wrapper.denoise(net, x_t, t, null)
+    _, F = wrapper.denoise(net, x_t, t, cond, guidance=w, null_condition=null)
+    assert wrapper.guides(w) is mixed
+    if mixed:
+        assert_close(F, F_u + w * (F_c - F_u), 1e-12, "guided F")
+    else:  # the conditional model alone (the release's rule for w <= 1)
+        assert torch.equal(F, F_c)
+
+
+def test_losses_follow_the_wrappers_guidance_rule() -> None:
+    ctx = SimpleNamespace(
+        teacher=RectifiedFlowTeacher(RectifiedFlowConfig(guidance=0.5, guidance_applies="above_one")),
+        batch=SimpleNamespace(null_condition=None),
+    )
+    assert guidance_for(ctx, None, "scm") == (None, None)  # w = 0.5 applies nothing: no null needed
+    with pytest.raises(RuntimeError, match=r"guidance 2\.0 needs an unconditional"):
+        guidance_for(ctx, 2.0, "scm")
+    ctx.teacher = RectifiedFlowTeacher(RectifiedFlowConfig(guidance=0.5))
+    with pytest.raises(RuntimeError, match=r"guidance 0\.5 needs an unconditional"):
+        guidance_for(ctx, None, "scm")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

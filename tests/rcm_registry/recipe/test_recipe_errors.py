@@ -176,7 +176,7 @@ FILE_CASES: list[tuple[str, str, str]] = [
     ("not-mapping", "[1, 2, 3]\n", "top level must be a mapping"),
     ("base-missing", "base: missing.yaml\n", "recipe file not found"),
     ("base-cycle", "base: recipe.yaml\n", "inheritance cycle"),
-    ("python-tag", "run: !!python/name:os.system\n", "invalid YAML"),
+    ("python-tag", "run: !!python/name:os.system\n", "recipe.yaml:1:6: tag !!python/name:os.system is not allowed"),
     ("base-not-string", "base: {a: 1}\n", "base: expected a path"),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,53 @@ def test_yaml_error_has_file_line_and_column(tmp_path: Path) -> None:
 
 def test_unsafe_yaml_tags_are_refused(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.yaml", "x: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(RecipeError, match="invalid YAML"):
+    with pytest.raises(RecipeError, match=r"bad\.yaml:1:4: tag !!python/object/apply:os\.system is not allowed"):
         load_recipe(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "key", "first"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "d.yaml:3:1", "a", 1),
+        ("run:\n  seed: 1\n  iterations: 2\n  seed: 3\n", "d.yaml:4:3", "seed", 2),
+        ("x: {u: 1, v: 2, u: 3}\n", "d.yaml:1:17", "u", 1),
+        ("l:\n  - {use: scm}\n  - use: dmd\n    weight: 1\n    use: x\n", "d.yaml:5:5", "use", 3),
+    ],
+)
+def test_duplicate_keys_name_both_lines(tmp_path: Path, text: str, where: str, key: str, first: int) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path / "d.yaml", text))
+    line = where.split(":")[1]
+    assert f"{where}: duplicate key {key!r} (first at line {first}, again at line {line})" in str(err.value)
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    data = load_recipe(write(tmp_path / "m.yaml", "a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n"))
+    assert data["b"] == {"x": 1, "y": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-3", 1e-3), ("1E5", 1e5), ("2.5e-4", 2.5e-4), ("-3e2", -300.0), (".5e-1", 0.05), ("1.0e-3", 1e-3),
+     ("1_000", 1000), ("2024-05-01", "2024-05-01"), ("1e", "1e"), ("e5", "e5"), ("'1e-3'", "1e-3")],
+)  # fmt: skip
+def test_exponent_floats_and_dates(tmp_path: Path, text: str, value: object) -> None:
+    got = load_recipe(write(tmp_path / "f.yaml", f"v: {text}\n"))["v"]
+    assert got == value and type(got) is type(value)
+    assert parse_override(f"v={text}")[1] == value
+
+
+def test_set_exponent_float_equals_the_recipes_value(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "lr: 1.0e-3\n")
+    assert load_recipe(path, ["lr=1e-3"]) == load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"), [("x={a: 1, a: 2}", "duplicate key 'a'"), ("x=!!binary aGk=", "tag !!binary")]
+)
+def test_set_values_are_read_like_recipes(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"--set {text}: {problem}")):
+        parse_override(text)
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
@@ -70,7 +116,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     ("text", "parts", "value"),
     [
         ("run.iterations=100", ["run", "iterations"], 100),
-        ("a.b[1].c=1e-5", ["a", "b", 1, "c"], "1e-5"),
+        ("a.b[1].c=1e-5", ["a", "b", 1, "c"], 1e-5),
         ("a.b=2.0e-5", ["a", "b"], 2.0e-5),
         ("x=[1, 2]", ["x"], [1, 2]),
         ("x={use: sdpa}", ["x"], {"use": "sdpa"}),
