@@ -157,7 +157,8 @@ def test_the_pictures_are_the_ema_samples_of_rcm_sample(tracked: Path, tmp_path:
     result = draw(run, 64, seed=0)
     title = f"teacher (EMA), iteration {ITERATIONS}"
     expected = np.asarray(samples_picture(result.samples, result.condition, run.dataset, title).convert("RGB"))
-    assert np.array_equal(np.asarray(Image.open(tracked / f"samples/samples_{ITERATIONS:08d}.png").convert("RGB")), expected)
+    written = Image.open(tracked / f"samples/samples_{ITERATIONS:08d}.png").convert("RGB")
+    assert np.array_equal(np.asarray(written), expected)
 
 
 def test_loggers_may_change_on_resume(tmp_path: Path) -> None:
