@@ -16,6 +16,7 @@ from rcm_registry.commands import (
     export,
     generate,
     list_components,
+    plot,
     plugins,
     quickstart,
     run,
@@ -37,6 +38,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     export,
     quickstart,
     sample,
+    plot,
     synth,
     generate,
 )
