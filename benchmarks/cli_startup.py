@@ -5,7 +5,7 @@ hyperfine's minimum does: on a shared machine the minimum is the least disturbed
 turns (one round runs each once), so a slow spell of the machine hits all of them alike. The overhead
 column is a command's best time minus the best time of ``python -c "import torch"``.
 
-    python benchmarks/cli_startup.py [--repeats 5] [--recipe recipes/quickstart/rcm.yaml]
+    python benchmarks/cli_startup.py [--repeats 5] [--recipe recipes/quickstart/teacher.yaml]
 
 Where the time goes: ``python -X importtime -m rcm_registry.cli validate RECIPE 2> importtime.txt``.
 """
@@ -33,7 +33,7 @@ def wall_time(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--recipe", default="recipes/quickstart/rcm.yaml")
+    parser.add_argument("--recipe", default="recipes/quickstart/teacher.yaml")
     args = parser.parse_args()
     cli = [sys.executable, "-m", "rcm_registry.cli"]
     commands = {

@@ -23,12 +23,16 @@ HEAVY = (
     "imageio",
     "torch.distributed.fsdp",
     "torch.utils.tensorboard",
+    "torch._dynamo",  # imported by the first Python reference kernel on the meta device (parameter counts)
 )
 RECIPES = (
-    "recipes/quickstart/rcm.yaml",
+    "recipes/quickstart/teacher.yaml",
     "recipes/wan2.1/t2v_tiny_rcm.yaml",
     "recipes/cosmos-predict2/t2i_tiny_rcm.yaml",
-    "recipes/digits/rcm.yaml",
+    "recipes/digits/teacher.yaml",
+    "recipes/wan2.2/t2v_a14b_tiny_rcm.yaml",
+    "recipes/wan2.2/ti2v_tiny_rcm.yaml",
+    "recipes/moving_digits/teacher_tiny.yaml",
 )
 
 PROGRAM = """
