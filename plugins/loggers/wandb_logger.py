@@ -57,7 +57,6 @@ class WandbLogger:
             name=c.name or run_dir.resolve().name,
             config={"recipe": dict(recipe), "start_iteration": start},
             settings=wandb.Settings(console="off", silent=True),
-            reinit="create_new",
         )
 
     def log(self, iteration: int, record: Mapping[str, float | str]) -> None:
