@@ -24,6 +24,7 @@ KINDS: tuple[str, ...] = (
     "sampler",
     "metric",
     "codec",
+    "logger",
 )
 
 

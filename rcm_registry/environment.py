@@ -14,7 +14,10 @@ import sys
 from typing import Any
 
 #: Libraries whose versions a report lists: required, optional codecs and references, test tools.
-LIBRARIES = ("rcm-registry", "torch", "triton", "safetensors", "pyyaml", "diffusers", "transformers", "imageio")
+LIBRARIES = (
+    "rcm-registry", "torch", "triton", "safetensors", "pyyaml", "diffusers", "transformers", "imageio",
+    "imageio-ffmpeg", "matplotlib", "tensorboard", "wandb",
+)  # fmt: skip
 #: Environment variables that change what the library does.
 VARIABLES = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "RCM_DISABLE_PLUGIN_AUTOLOAD")
 #: Compute capability from which Triton loads tiles through tensor descriptors (the Hopper copy engine).

@@ -194,22 +194,25 @@ def save_png(image: np.ndarray, path: Path) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def save_video(frames: np.ndarray, path: Path, fps: int) -> list[Path]:
-    """An MP4 through imageio when it is installed; otherwise PNG frames in ``NAME_frames/``. Returns the files."""
-    try:
-        import imageio.v3 as iio
-    except ImportError:
-        folder = path.with_name(f"{path.stem}_frames")
-        folder.mkdir(exist_ok=True)
-        files = []
-        for i, frame in enumerate(frames):
-            file = folder / f"frame_{i:05d}.png"
-            save_png(frame, file)
-            files.append(file)
-        return files
+#: What ``rcm generate --out FILE.mp4`` needs, and the extras of pyproject.toml that bring it.
+VIDEO_WRITER = 'imageio with its ffmpeg plugin (pip install -e ".[wan]" or ".[cosmos]", or imageio[ffmpeg])'
+
+
+def check_video_writer(out: Path) -> None:
+    """A UserError naming the extra to install when imageio or its ffmpeg plugin is missing (before sampling)."""
+    import importlib.util
+
+    missing = [name for name in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--out {out}: writing MP4 needs {VIDEO_WRITER}; not installed: {', '.join(missing)}")
+
+
+def save_video(frames: np.ndarray, path: Path, fps: int) -> None:
+    """(T, H, W, 3) uint8 frames as an H.264 MP4 through imageio's ffmpeg plugin (see :func:`check_video_writer`)."""
+    import imageio.v3 as iio
+
     with atomic_file(path) as tmp:
-        iio.imwrite(tmp, frames, fps=fps)
-    return [path]
+        iio.imwrite(tmp, frames, fps=fps, extension=".mp4", plugin="FFMPEG")
 
 
 def save_latents(latents: Tensor, path: Path, metadata: dict[str, str]) -> None:

@@ -15,6 +15,10 @@ and implementing one or more of the hooks below with :data:`hookimpl`::
     def rcm_components():
         return [rr.Component(kind="loss", name="my_loss", factory=MyLoss, config=MyLossConfig)]
 
+A component's ``kind`` is one of :data:`rcm_registry.KINDS` (``schedule``, ``time_sampler``, ``network``,
+``teacher``, ``loss``, ``rollout``, ``attention``, ``parallel``, ``optimizer``, ``ema``, ``dataset``,
+``sampler``, ``metric``, ``codec``, ``logger``); :mod:`rcm_registry.protocols` says what each kind's object does.
+
 Hook results are never merged by order: every component has a (kind, name) that must be unique
 across all plugins, and recipes pick components by that name.
 

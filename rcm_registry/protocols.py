@@ -267,6 +267,22 @@ class Metric(Protocol):
     def __call__(self, samples: Tensor, condition: Condition, dataset: Dataset) -> dict[str, float]: ...
 
 
+class Logger(Protocol):
+    """kind ``logger``: where a run's metrics go (experiment tracking; recipe key ``loggers``, a list).
+
+    Rank 0 alone builds and calls loggers. :meth:`open` once before training with the run directory, the
+    resolved recipe and ``start``, the iteration the run starts or resumes at (a logger that keeps its own
+    history drops what it holds past ``start``: those iterations are trained again). :meth:`log` every
+    ``run.log_every`` iterations with one record: ``phase`` (a string) and floats (``loss``, ``loss/NAME``,
+    ``lr/PHASE``, ``PHASE/grad_norm``, ``LOSS/nan_masked``, ``samples_per_s``, ...). :meth:`close` at the
+    end, also after an error. A logger that takes pictures has :class:`LogsImages` too.
+    """
+
+    def open(self, run_dir: Path, recipe: Mapping[str, Any], start: int) -> None: ...
+    def log(self, iteration: int, record: Mapping[str, float | str]) -> None: ...
+    def close(self) -> None: ...
+
+
 class TextEncoder(Protocol):
     """A ``codec`` in the role ``codecs.text``: prompts → the network's text condition (rcm synth, rcm generate)."""
 
@@ -739,3 +755,19 @@ class LimitsHeadDim(Protocol):
 def head_dim_problem(config: object, head_dim: int) -> str | None:
     """``config.head_dim_problem(head_dim)`` (:class:`LimitsHeadDim`), or None when the backend has no limit."""
     return config.head_dim_problem(head_dim) if isinstance(config, LimitsHeadDim) else None
+
+
+@runtime_checkable
+class LogsImages(Protocol):
+    """Optional on a :class:`Logger`: it takes pictures.
+
+    Called on rank 0 every ``run.sample_every`` iterations with the picture of the output network's samples
+    (the recipe's ``sample`` sampler), ``tag`` naming it (``samples``), as (H, W, 3) uint8 RGB.
+    """
+
+    def log_image(self, iteration: int, tag: str, image: Any) -> None: ...
+
+
+def image_logger(logger: object) -> Callable[[int, str, Any], None] | None:
+    """``logger.log_image`` (:class:`LogsImages`), or None when the logger takes no pictures."""
+    return logger.log_image if isinstance(logger, LogsImages) and callable(logger.log_image) else None

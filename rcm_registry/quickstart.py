@@ -61,12 +61,14 @@ def run_quickstart(out: Path, recipes: str | None, num: int, progress: bool) -> 
     result = draw(teacher, num, steps=50, seed=0)
     rows.append(("teacher (Euler, CFG)", 50, result))
     title = "teacher, 50 Euler steps with CFG"
-    save_png_atomic(samples_picture(result.samples, result.condition, teacher.dataset, title), out / "teacher.png")
+    picture = samples_picture(result.samples, result.condition, teacher.dataset, title, result.metrics)
+    save_png_atomic(picture, out / "teacher.png")
     student = open_checkpoint(student_dir)
     for steps in STUDENT_STEPS:
         result = draw(student, num, steps=steps, seed=0)
         rows.append(("rCM student", steps, result))
-        img = samples_picture(result.samples, result.condition, student.dataset, f"rCM student, {steps} step(s)")
+        title = f"rCM student, {steps} step(s)"
+        img = samples_picture(result.samples, result.condition, student.dataset, title, result.metrics)
         save_png_atomic(img, out / f"rcm_{steps}step.png")
     return rows
 

@@ -69,6 +69,7 @@ DatasetSpec = Annotated[ComponentSpec, Kind("dataset")]
 SamplerSpec = Annotated[ComponentSpec, Kind("sampler")]
 MetricSpec = Annotated[ComponentSpec, Kind("metric")]
 CodecSpec = Annotated[ComponentSpec, Kind("codec")]
+LoggerSpec = Annotated[ComponentSpec, Kind("logger")]
 
 
 def component(kind: str, *, default: Mapping[str, Any] | str | object | None = attrs.NOTHING) -> Any:

@@ -36,3 +36,28 @@ def test_packages_list_is_the_folders_with_an_init() -> None:
     assert len(SETUPTOOLS["packages"]) == len(listed), "a package is listed twice"
     assert sorted(on_disk - listed) == [], "folders with an __init__.py missing from [tool.setuptools] packages"
     assert sorted(listed - on_disk) == [], "listed in [tool.setuptools] packages but no such folder with __init__.py"
+
+
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+#: Packages that exist only for GPUs (Triton ships with CUDA builds of torch; NVIDIA's CUDA wheels).
+GPU_ONLY = ("triton", "pytorch-triton", "nvidia-")
+
+
+def requirement_name(line: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(line).name.lower()
+
+
+def test_a_cpu_install_pulls_no_gpu_only_package() -> None:
+    names = [requirement_name(line) for line in PROJECT["dependencies"]]
+    assert [n for n in names if n.startswith(GPU_ONLY)] == [], "a GPU-only package among the dependencies"
+    assert "triton" in [requirement_name(line) for line in PROJECT["optional-dependencies"]["kernels"]]
+
+
+def test_the_test_extra_holds_every_optional_extra() -> None:
+    """The suite tests every optional feature, so `pip install -e ".[test]"` (CI) installs all of them."""
+    extras = PROJECT["optional-dependencies"]
+    test = set(extras["test"])
+    for name, requirements in extras.items():
+        assert sorted(set(requirements) - test) == [], f"extra {name!r} has requirements the test extra lacks"

@@ -56,7 +56,8 @@ def _kernels() -> ModuleType:
         return importlib.import_module("rcm_kernels.attention_jvp")
     except ImportError as err:
         raise TritonUnavailableError(
-            f"attention backend 'triton_jvp' needs Triton (pip install triton; Linux x86-64 with CUDA): {err}. "
+            "attention backend 'triton_jvp' needs Triton (it comes with CUDA builds of torch; on a CPU install: "
+            f"pip install -e '.[kernels]', Linux x86-64): {err}. "
             "Use the 'math' backend for JVPs without it (O(N²) memory)."
         ) from err
 

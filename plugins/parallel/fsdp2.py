@@ -21,7 +21,7 @@ own dtype.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import torch
@@ -29,14 +29,18 @@ from rcm_plugins.parallel._base import CommonConfig, Strategy
 from rcm_plugins.parallel.activation_checkpointing import apply_activation_checkpointing, blocks_of
 from rcm_plugins.parallel.ulysses import UlyssesSequenceParallel
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 import rcm_registry as rr
 from rcm_registry import schema
 from rcm_registry.errors import UserError
 from rcm_registry.protocols import attention_heads
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+# torch.distributed.fsdp and .tensor are imported where they are used: importing them costs more than half
+# a second, which every `rcm list` or `rcm validate` would pay for a strategy it does not run.
 
 #: The capability a network component declares when it calls a ``sequence_parallel`` object.
 CONTEXT_PARALLEL = "context_parallel"
@@ -100,9 +104,12 @@ class Fsdp2(Strategy):
         self.config = config
         self.fsdp_mesh: DeviceMesh | None = None
         self.sequence_parallel: UlyssesSequenceParallel | None = None
-        self.mp_policy = MixedPrecisionPolicy()
+        self.mp_policy: MixedPrecisionPolicy | None = None
 
     def setup(self, device: torch.device, precision: str) -> torch.device:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
         super().setup(device, precision)
         c = self.config
         world = self.world_size
@@ -134,10 +141,14 @@ class Fsdp2(Strategy):
         cast = c.param_dtype == "bf16" or (c.param_dtype == "auto" and precision == "bf16")
         if cast:
             self.mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        else:
+            self.mp_policy = MixedPrecisionPolicy()
         self.shard_size = shard
         return self.device
 
     def wrap(self, role: str, net: nn.Module, *, trained: bool, copy_from: nn.Module | None = None) -> nn.Module:
+        from torch.distributed.fsdp import fully_shard
+
         assert self.fsdp_mesh is not None, "setup() first"
         if trained:
             apply_activation_checkpointing(net, self.activation_checkpointing)
@@ -158,6 +169,8 @@ class Fsdp2(Strategy):
         return net
 
     def gradient_sync(self, net: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        from torch.distributed.fsdp import FSDPModule
+
         if isinstance(net, FSDPModule):
             # Without sync the unsharded gradients accumulate locally; the last micro-batch reduces them.
             net.set_requires_gradient_sync(enabled)
@@ -169,6 +182,8 @@ class Fsdp2(Strategy):
 
 def _fill_from(net: nn.Module, parent: nn.Module, device: torch.device, role: str) -> None:
     """Materialise a sharded meta-device ``net`` with the local shards of ``parent`` (same architecture)."""
+    from torch.distributed.tensor import DTensor
+
     net.to_empty(device=device)
     own = net.state_dict(keep_vars=True)
     theirs = parent.state_dict(keep_vars=True)

@@ -174,7 +174,9 @@ class WanBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, arch.num_heads, arch.eps, image=arch.i2v)
         self.norm2 = UpcastLayerNorm(dim, eps=arch.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(Linear(dim, arch.ffn_dim), nn.GELU(approximate="tanh"), Linear(arch.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        # In place: the same numbers, and on the meta device (parameter counts in validation) no Python
+        # reference kernel, whose first call imports torch._dynamo (and with it triton): a second on rcm validate.
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim).div_(dim**0.5))
 
     def forward(
         self,
@@ -209,7 +211,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = UpcastLayerNorm(arch.dim, eps=arch.eps, elementwise_affine=False)
         self.head = Linear(arch.dim, arch.out_channels * math.prod(arch.patch_size))
-        self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim) / arch.dim**0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim).div_(arch.dim**0.5))  # in place: see WanBlock
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         # temb: (B, G, dim), one vector per group of consecutive tokens as in WanBlock.

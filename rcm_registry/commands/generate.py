@@ -34,7 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "target", help="a run directory (latest checkpoint) or a checkpoint folder (with --weights: or a recipe file)"
     )
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="FILE.mp4 (PNG frames without imageio), FILE.png, or FILE.safetensors")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="FILE.mp4 (needs imageio[ffmpeg]: the wan/cosmos extras), FILE.png, or FILE.safetensors",
+    )
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1-4 (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latents-only", action="store_true", help="write the latents (.safetensors), no decoding")
@@ -67,6 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rcm_registry.engine.sampling import open_checkpoint
     from rcm_registry.generate import (
         OUTPUTS,
+        check_video_writer,
         contact_sheet,
         generate,
         latent_shape,
@@ -86,6 +91,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: --latents-only writes a .safetensors file")
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out.suffix == ".mp4" and not latents_only:
+        check_video_writer(out)
     if args.steps is not None and not 1 <= args.steps <= 4:
         raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
@@ -120,21 +127,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if latents_only:
         meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": gen.source}
         save_latents(result.latents, out, meta)
-        written = [out]
     else:
         assert result.video is not None
         frames = to_frames(result.video)
         if out.suffix == ".png":
             save_png(contact_sheet(frames), out)
-            written = [out]
         else:
-            written = save_video(frames, out, args.fps)
-            if written[0] != out:
-                print(
-                    f"imageio is not installed (pip install imageio[ffmpeg]): wrote PNG frames to {written[0].parent}"
-                )
+            save_video(frames, out, args.fps)
     print(
-        f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
-        f"({gen.weights_label()}, {gen.inference.describe()}), sampling {result.seconds:.3f} s"
+        f"wrote {out}: latents {list(shape)} from {gen.role} ({gen.weights_label()}, {gen.inference.describe()}), "
+        f"sampling {result.seconds:.3f} s"
     )
     return 0

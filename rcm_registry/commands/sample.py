@@ -65,7 +65,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)
     if out.suffix == ".png":
         title = f"{run.role} ({run.weights_label()}), steps={args.steps}"
-        save_png_atomic(samples_picture(result.samples, result.condition, run.dataset, title), out)
+        picture = samples_picture(result.samples, result.condition, run.dataset, title, result.metrics)
+        save_png_atomic(picture, out)
     else:
         from safetensors.torch import save_file
 

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         cmd_synth,
         summary="Sample the recipe's teacher for every prompt and write latent shards (resumable: rerun to continue).",
         example=(
-            "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,21,60,104 "
+            "rcm synth recipes/wan2.1/t2v_1.3b_rcm.yaml --prompts prompts.txt --shape 16,20,60,104 "
             "--out data/synth \\\n"
             "    --set networks.teacher.weights.path=/models/Wan2.1-T2V-1.3B-Diffusers/transformer \\\n"
             "    --set codecs.text.path=/models/Wan2.1-T2V-1.3B-Diffusers/text_encoder"

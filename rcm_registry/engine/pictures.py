@@ -1,8 +1,10 @@
-"""PNG pictures of samples without plotting libraries: 2-D scatter plots, image grids and video strips."""
+"""PNG pictures of samples without plotting libraries: 2-D scatter plots, image grids and video strips (and
+:func:`samples_picture`, which draws them through matplotlib when it is installed)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -113,17 +115,33 @@ def _grid_png(grid: torch.Tensor, scale: int) -> Image.Image:
 
 
 def samples_picture(
-    samples: torch.Tensor, condition: dict[str, torch.Tensor], dataset: object, title: str
+    samples: torch.Tensor,
+    condition: dict[str, torch.Tensor],
+    dataset: object,
+    title: str,
+    metrics: Mapping[str, float] | None = None,
 ) -> Image.Image:
     """The natural picture of a batch of samples: a labelled scatter plot for 2-D points, a strip of frames
-    per clip for (N, C, T, H, W) samples with T > 1, else an image grid."""
+    per clip for (N, C, T, H, W) samples with T > 1, else an image grid; ``metrics`` go under the title.
+
+    With matplotlib (the ``plot`` extra) the picture has axes and a legend naming each class's colour
+    (:mod:`rcm_registry.engine.plots`); without it, these plain pictures with the title written in."""
+    from rcm_registry.engine import plots
+
+    fancy = plots.have_matplotlib()
     if samples.ndim == 2 and samples.shape[1] == 2:
         labels = condition.get("label")
         labels = labels if labels is not None and labels.ndim == 1 else None
-        return scatter_png(samples, labels, centers=getattr(dataset, "centers", None), title=title)
+        centers = getattr(dataset, "centers", None)
+        if fancy:
+            return plots.scatter_figure(samples, labels, centers=centers, title=title, metrics=metrics)
+        line = plots.metrics_line(metrics or {})
+        return scatter_png(samples, labels, centers=centers, title=f"{title}  {line}" if line else title)
     if samples.ndim == 5 and samples.shape[2] > 1:
-        return video_strips_png(samples, columns=math.ceil(samples.shape[0] / VIDEO_ROWS))
-    return image_grid_png(samples)
+        picture = video_strips_png(samples, columns=math.ceil(samples.shape[0] / VIDEO_ROWS))
+    else:
+        picture = image_grid_png(samples)
+    return plots.picture_figure(picture, title=title, metrics=metrics) if fancy else picture
 
 
 def save_png_atomic(img: Image.Image, path: Path) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: The metrics of a run, one JSON object per logged iteration (written by the ``jsonl`` logger).
+METRICS_FILE = "metrics.jsonl"
 LATEST = "latest"
 PREFIX = "iter_"
 META = "meta.json"

@@ -239,33 +239,51 @@ def draw(
     if num <= 0:
         raise UserError(f"--num must be positive, got {num}")
     sample_fn = sampler_with_steps(run, steps, sampler, **overrides)
-    cond_gen = torch.Generator().manual_seed(seed)
-    condition, null_condition = run.dataset.conditions(num, cond_gen)
-    condition = {k: v.to(run.device) for k, v in condition.items()}
-    if null_condition is not None:
-        null_condition = {k: v.to(run.device) for k, v in null_condition.items()}
-    gen = torch.Generator(device=run.device).manual_seed(seed + 1)
-    ctx = SampleContext(
-        net=run.net,
-        shape=(num, *run.dataset.sample_shape),
-        condition=condition,
-        generator=gen,
-        null_condition=null_condition,
-        schedule=run.schedule,
-        teacher=run.teacher,
-        device=run.device,
+    samples, condition, seconds = sample_network(
+        sample_fn, run.net, run.dataset, num, seed=seed, schedule=run.schedule, teacher=run.teacher, device=run.device
     )
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        samples = sample_fn(ctx)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
-    seconds = time.perf_counter() - t0
-    samples = samples.detach().float().cpu()
-    condition = {k: v.cpu() for k, v in condition.items()}
     metrics: dict[str, float] = {}
     for spec in run.recipe.body.metrics:
         metrics.update(spec.build()(samples, condition, run.dataset))
     return SampleResult(samples=samples, condition=condition, seconds=seconds, metrics=metrics)
+
+
+def sample_network(
+    sample_fn: Any,
+    net: nn.Module,
+    dataset: Any,
+    num: int,
+    *,
+    seed: int,
+    schedule: Any,
+    teacher: Any,
+    device: torch.device,
+) -> tuple[torch.Tensor, Condition, float]:
+    """``num`` samples of ``net`` through the sampler ``sample_fn`` with the dataset's conditions for them, on the
+    CPU, and the wall time of the sampler call. Conditions come from a generator seeded with ``seed``, noise from
+    one seeded with ``seed + 1``: the same seed gives the same samples (``rcm sample`` and training pictures)."""
+    cond_gen = torch.Generator().manual_seed(seed)
+    condition, null_condition = dataset.conditions(num, cond_gen)
+    condition = {k: v.to(device) for k, v in condition.items()}
+    if null_condition is not None:
+        null_condition = {k: v.to(device) for k, v in null_condition.items()}
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    ctx = SampleContext(
+        net=net,
+        shape=(num, *dataset.sample_shape),
+        condition=condition,
+        generator=gen,
+        null_condition=null_condition,
+        schedule=schedule,
+        teacher=teacher,
+        device=device,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        samples = sample_fn(ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return samples.detach().float().cpu(), {k: v.cpu() for k, v in condition.items()}, seconds

@@ -26,16 +26,20 @@ from rcm_registry.engine.checkpoint import (
 )
 from rcm_registry.engine.context import BatchShard, StepContext
 from rcm_registry.engine.graph import Graph, PhaseRuntime, build_graph, pick_device
-from rcm_registry.engine.logs import MetricsFile, get_logger
+from rcm_registry.engine.logs import get_logger
 from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
+from rcm_registry.engine.run_layout import METRICS_FILE
+from rcm_registry.engine.tracking import Throughput, Tracker, gpu_memory, learning_rates, sample_picture
 from rcm_registry.errors import CheckpointError, UserError
 from rcm_registry.protocols import Parallel, loss_reduction, parallel_layout
 from rcm_registry.recipe.sections import Recipe
 from rcm_registry.state_dicts import load_strict
 
 #: Recipe keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "log_every"}
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "sample_num"}
+#: Top-level recipe sections that may change on resumption (they do not touch what is trained).
+RESUMABLE_SECTIONS = {"loggers"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -289,8 +293,10 @@ class Trainer:
         apply_lr(phase.optimizer, phase.base_lrs, factor)
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
-            values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
+        else:  # the same norm, logged, and the gradients left as they are
+            norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+        full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
+        values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
         phase.optimizer.step()
         if phase.ema is not None:
             phase.ema.update(graph.module(phase.trains), phase.steps)
@@ -302,7 +308,8 @@ class Trainer:
         """Train until ``run.iterations``; returns the final checkpoint folder."""
         run = self.recipe.body.run
         # Rank 0 alone writes metrics, progress and logs; the values it writes are reduced over ranks.
-        metrics = MetricsFile(self.run_dir / "metrics.jsonl") if self.main else None
+        tracker = Tracker.open(self.recipe, self.run_dir, self.iteration) if self.main else None
+        throughput = Throughput(self.recipe, self.graph.dataset, self.iteration)
         progress = Progress(run.iterations, self.iteration, every=run.log_every) if self.show_progress else None
         last: Path | None = None
         if self.main:
@@ -321,9 +328,14 @@ class Trainer:
                 phase = self.graph.select_phase(self.iteration)
                 values = self.step(phase)
                 done = self.iteration
-                if metrics is not None and (done % run.log_every == 0 or done == run.iterations):
+                if tracker is not None and (done % run.log_every == 0 or done == run.iterations):
                     rate = (done - (progress.start if progress else 0)) / max(time.perf_counter() - t0, 1e-9)
-                    metrics.write(iteration=done, phase=phase.name, it_per_s=rate, **values)
+                    tracked = {**learning_rates(self.graph), **throughput.rates(done), **gpu_memory(self.device)}
+                    tracker.log(done, {"phase": phase.name, "it_per_s": rate, **values, **tracked})
+                if run.sample_every and done % run.sample_every == 0:
+                    picture = sample_picture(self.recipe, self.graph, done)  # every rank: sharded networks
+                    if tracker is not None:
+                        tracker.log_image(done, "samples", picture)
                 if progress is not None:
                     progress.update(done, {k: v for k, v in values.items() if k.startswith("loss")})
                 if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == run.iterations:
@@ -333,8 +345,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-            if metrics is not None:
-                metrics.close()
+            if tracker is not None:
+                tracker.close()
         return last
 
 
@@ -352,11 +364,14 @@ def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Pa
         if isinstance(run, dict):
             for key in RESUMABLE_CHANGES:
                 run.pop(key, None)
+        for key in RESUMABLE_SECTIONS:
+            d.pop(key, None)
     if a != b:
         diff = _first_difference(a, b, "")
         raise CheckpointError(
             f"{where}: the recipe differs from the one this run was started with ({diff}); only "
-            f"run.{', run.'.join(sorted(RESUMABLE_CHANGES))} may change on --resume"
+            f"run.{', run.'.join(sorted(RESUMABLE_CHANGES))} and {', '.join(sorted(RESUMABLE_SECTIONS))} may change "
+            "on --resume"
         )
 
 
@@ -401,9 +416,9 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: boo
         if existing is None:
             raise UserError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
         clean_partial(run_dir)
-        _trim_metrics(run_dir / "metrics.jsonl", Checkpoint(existing).iteration)
+        _trim_metrics(run_dir / METRICS_FILE, Checkpoint(existing).iteration)
         return Checkpoint(existing)
-    if existing is not None or (run_dir / "metrics.jsonl").exists():
+    if existing is not None or (run_dir / METRICS_FILE).exists():
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     if create:  # already on rank 0 alone (prepare_run_dir): not through on_main again
         _create_run_dir(run_dir, recipe)

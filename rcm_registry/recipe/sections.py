@@ -29,6 +29,11 @@ class RunConfig:
     #: Intra-op CPU threads for torch (none: torch's default). Small networks run fastest with 1:
     #: thread hand-offs cost more than their matrix products.
     cpu_threads: int | None = attrs.field(default=None, validator=[s.positive, s.at_most(4096)])
+    #: Every N iterations (0: never) sample the output network (EMA weights when it has them) with the recipe's
+    #: ``sample`` sampler: a picture in ``RUN/samples/`` and to the loggers that take pictures.
+    sample_every: int = attrs.field(default=0, validator=s.non_negative)
+    #: Samples in each of those pictures.
+    sample_num: int = attrs.field(default=16, validator=s.positive)
 
 
 def _iteration(_: Any, __: attrs.Attribute, value: int) -> None:
@@ -157,6 +162,9 @@ class RecipeBody:
     #: text condition) and ``vae`` (latents ↔ pixels), e.g. ``{text: {use: umt5, ...}, vae: {use: wan_vae, ...}}``.
     codecs: dict[str, s.CodecSpec] = attrs.field(factory=dict)
     inference: InferenceConfig = attrs.field(factory=InferenceConfig)
+    #: Experiment trackers the run's metrics go to, e.g. ``[{use: jsonl}, {use: tensorboard}]``; none given:
+    #: ``jsonl`` alone (``RUN/metrics.jsonl``).
+    loggers: list[s.LoggerSpec] | None = None
 
 
 @attrs.define

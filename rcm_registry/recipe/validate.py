@@ -189,6 +189,12 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
             for problem in recipe_problems(loss.spec.config, recipe, name):
                 problems.append(f"phases.{name}.losses[{i}] ({loss.name}): {problem}")
     body = recipe.body
+    if body.run.sample_every and body.sample is None:
+        problems.append("run.sample_every: the sample pictures need the recipe's `sample:` section (a sampler)")
+    loggers = body.loggers or []
+    for i, spec in enumerate(loggers):
+        if spec.name in [other.name for other in loggers[:i]]:
+            problems.append(f"loggers[{i}]: logger {spec.name!r} is listed twice (both would write the same files)")
     sections: list[tuple[str, ComponentSpec | None]] = [
         ("sample", body.sample),
         ("rollout", body.rollout),
@@ -199,6 +205,7 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
         *((f"time.{role}", spec) for role, spec in body.time.items()),
         *((f"networks.{role}", net.spec) for role, net in recipe.networks.items()),
         *((f"metrics[{i}]", spec) for i, spec in enumerate(body.metrics)),
+        *((f"loggers[{i}]", spec) for i, spec in enumerate(loggers)),
     ]
     for path, spec in sections:
         if spec is not None:

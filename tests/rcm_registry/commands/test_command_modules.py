@@ -72,3 +72,23 @@ def test_export_help_names_the_default_format() -> None:
     result = run_cli("export", "--help")
     assert result.code == 0, result.err
     assert "checkpoint layout (default diffusers)" in " ".join(result.out.split())
+
+
+def test_synth_help_example_uses_its_recipes_shape() -> None:
+    """The shape in `rcm synth --help` is the one the example's recipe gives in its own header."""
+    result = run_cli("synth", "--help")
+    assert result.code == 0, result.err
+    (recipe, shape) = re.findall(r"rcm synth (\S+\.yaml) .*?--shape (\S+)", result.out)[0]
+    header = (Path(__file__).resolve().parents[3] / recipe).read_text()
+    assert re.findall(rf"rcm synth {re.escape(recipe)} .*?--shape (\S+)", header) == [shape]
+
+
+def test_help_examples_quote_set_values_for_a_shell() -> None:
+    """A --set value with a space or a brace in an example is quoted, so it reaches rcm as one argument."""
+    for command in registered_commands():
+        example = run_cli(command, "--help").out.split("\nexample:\n", 1)[-1]
+        for value in re.findall(r"--set\s+(\S+)", example):
+            assert "=" not in value or value.split("=", 1)[1][:1] in "'\"" or not re.search(r"[{}]", value), value
+    for value in re.findall(r"--set\s+([^\s`]+)", README):
+        if "{" in value:
+            assert value[0] in "'\"" or value.split("=", 1)[-1][:1] in "'\"", value

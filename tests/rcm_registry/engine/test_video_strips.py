@@ -30,7 +30,10 @@ def test_columns_and_scale() -> None:
         video_strips_png(torch.zeros(2, 3, 4))
 
 
-def test_samples_picture_shows_clips_as_strips_and_single_frames_as_a_grid() -> None:
+def test_samples_picture_shows_clips_as_strips_and_single_frames_as_a_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rcm_registry.engine import plots
+
+    monkeypatch.setattr(plots, "have_matplotlib", lambda: False)  # the plain pictures (see test_plots.py)
     clips = torch.zeros(3, 1, 4, 6, 6)
     assert samples_picture(clips, {}, None, "").size == video_strips_png(clips).size
     many = torch.zeros(VIDEO_ROWS + 1, 1, 4, 6, 6)
