@@ -17,7 +17,7 @@ import torch
 from rcm_plugins.common.weights import CONFIG_NAME
 from rcm_plugins.data._t5_text import DTYPES, codec_config, require
 from rcm_plugins.data._wan_vae_decode import decode_in_chunks
-from torch import Tensor
+from torch import Tensor, nn
 
 from rcm_registry import schema
 from rcm_registry.errors import UserError
@@ -59,7 +59,9 @@ class WanVideoCodec:
         self.name = name
         if vae is None:
             vae = self._load(config, extra, name)
-        self.vae = vae.eval().requires_grad_(False).to(DTYPES[config.dtype])
+        self.vae = vae.eval().requires_grad_(False)
+        if self.vae.dtype != DTYPES[config.dtype]:  # a VAE given built; nn.Module's own `to` skips diffusers'
+            nn.Module.to(self.vae, DTYPES[config.dtype])  # warning about modules it would keep in float32 (none)
         self.decode_dtype = DTYPES[config.decode_dtype or config.dtype]
         # The decoder alone in its own dtype: encoder and decoder share no parameters.
         self.vae.decoder.to(self.decode_dtype)

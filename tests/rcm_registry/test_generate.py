@@ -282,3 +282,23 @@ def test_generate_rejects_a_bad_compile_backend(world: dict[str, Path], tmp_path
     )  # fmt: skip
     assert result.code == 2 and "--compile" in result.err and "Traceback" not in result.err
     assert not out.exists()
+
+
+def test_the_negative_prompt_is_encoded_once_per_codec_and_prompt() -> None:
+    from rcm_registry.generate import encode_negative
+
+    class Codec:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            self.seen += prompts
+            return torch.full((1, 2, 3), float(len(prompts[0]))), torch.ones(1, 2, dtype=torch.bool)
+
+    a, b = Codec(), Codec()
+    first, cached = encode_negative(a, "blurry")
+    assert not cached and a.seen == ["blurry"]
+    again, cached = encode_negative(a, "blurry")
+    assert cached and again is first and a.seen == ["blurry"]
+    assert not encode_negative(a, "dark")[1] and not encode_negative(b, "blurry")[1]  # keyed by codec and prompt
+    assert not encode_negative(a, "blurry", cache=False)[1] and a.seen == ["blurry", "dark", "blurry"]
