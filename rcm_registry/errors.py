@@ -38,3 +38,8 @@ class PluginConflictError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, incomplete or does not fit the recipe."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle would call code when read (a ``.pt`` beyond ``torch.load(weights_only=True)``,
+    a DCP ``.metadata`` naming classes other than DCP's own): refused, never unpickled."""

@@ -417,6 +417,68 @@ def recipe_problems(config: object, recipe: Any, where: str) -> list[str]:
     return list(config.check_recipe(recipe, where) or ())
 
 
+@attrs.frozen
+class DataCheck:
+    """What :class:`ChecksData` found: problems (each naming the file, and the member or key where known)
+    and notes (e.g. files it skipped) that do not stop a run."""
+
+    problems: list[str] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+
+
+@runtime_checkable
+class ChecksData(Protocol):
+    """Optional on a dataset config: problems of the files the dataset would read, found without loading them
+    (headers, sizes, member lists).
+
+    Called by ``rcm validate`` and ``rcm run`` (:func:`rcm_registry.commands._shared.load_validated_recipe`)
+    after the recipe validated and before a run directory exists. Not part of recipe validation itself,
+    which opens no files: a recipe read back from a checkpoint (``rcm sample``, ``rcm generate``) must
+    validate where its training data is gone.
+    """
+
+    def check_data(self) -> DataCheck: ...
+
+
+def data_check(config: object) -> DataCheck:
+    """``config.check_data()`` (:class:`ChecksData`); nothing found when the config has no such check."""
+    if not isinstance(config, ChecksData):
+        return DataCheck()
+    return config.check_data()
+
+
+@attrs.frozen
+class ConversionSummary:
+    """What :class:`ConvertsData` did: shards written now, shards an earlier run left complete (kept), shards
+    still to do (``max_shards``), and the samples and shards of the output's index."""
+
+    written: int
+    kept: int
+    remaining: int
+    samples: int
+    shards: int
+
+
+@runtime_checkable
+class ConvertsData(Protocol):
+    """Optional on a dataset config: rewrite the data it names as latent shards (``rcm convert-data``).
+
+    ``out`` is a latent-shard directory (``rcm_plugins.data.latent_shards_format``) of ``shard_size``
+    samples a shard, written shard by shard (each whole or not at all), so a rerun continues an
+    interrupted conversion; ``max_shards`` stops after writing that many. ``progress`` gets one line per
+    shard. A problem of the input or of ``out`` raises a :class:`UserError` naming the file.
+    """
+
+    def convert_data(
+        self, out: Path, *, shard_size: int, max_shards: int | None, progress: Callable[[str], None]
+    ) -> ConversionSummary: ...
+
+
+def data_conversion(config: object) -> Callable[..., ConversionSummary] | None:
+    """``config.convert_data`` (:class:`ConvertsData`), or None when the dataset cannot be converted."""
+    return config.convert_data if isinstance(config, ConvertsData) else None
+
+
 @runtime_checkable
 class HasReduction(Protocol):
     """Optional on a loss config: whether the loss is a batch ``mean`` (the default) or a batch ``sum``.

@@ -14,7 +14,8 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 import torch
-from rcm_plugins.common.loading import WeightsFormat
+from rcm_plugins.common import release
+from rcm_plugins.common.loading import WeightsFormat, check_no_release_choice, is_release
 from rcm_plugins.common.weights import weight_files
 
 from rcm_registry import schema
@@ -26,10 +27,35 @@ N = TypeVar("N")
 
 @attrs.define
 class CheckpointWeights:
-    """Where the weights come from. ``format: auto`` tells diffusers and native layouts apart."""
+    """Where the weights come from. ``format: auto`` tells the layouts apart (diffusers, native, and the rCM
+    release's ``.pt`` files and DCP directories).
+
+    An rCM release checkpoint holds several networks; ``role`` and ``ema`` pick one (see
+    :mod:`rcm_plugins.common.release`: default the student's EMA when there is one) and are refused for
+    other layouts. A release checkpoint that exists is opened when the recipe is checked, before anything
+    is written: an unsafe pickle, a damaged file or a role it does not hold is a recipe problem.
+    """
 
     path: str
     format: WeightsFormat = "auto"
+    role: release.Role | None = None
+    ema: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            if self.format in ("native", "diffusers"):
+                check_no_release_choice(self.path, self.format, self.role, self.ema)
+            elif Path(self.path).exists():
+                if is_release(self.path, self.format):
+                    release.open_release(self.path).select(self.role, self.ema)
+                else:
+                    check_no_release_choice(self.path, self.format, self.role, self.ema)
+        except CheckpointError as exc:  # reported with the recipe's other problems, at the weights' YAML path
+            raise ValueError(str(exc)) from None
+
+    def release_choice(self) -> dict[str, Any]:
+        """``role`` / ``ema`` as keyword arguments of a family's ``load_weights`` (only those given)."""
+        return {k: v for k, v in (("role", self.role), ("ema", self.ema)) if v is not None}
 
 
 class NetworkConfig(Protocol):
@@ -115,12 +141,13 @@ def check_weights_kind(
 
 def build_network(make: Callable[[], N], weights: CheckpointWeights | None, load_weights: Callable[..., object]) -> N:
     """``make()``; with weights, on the meta device first so the parameters are allocated once, when
-    ``load_weights(net, path, format, assign=True)`` puts the file's tensors in their place."""
+    ``load_weights(net, path, format, assign=True)`` puts the file's tensors in their place (with ``role`` /
+    ``ema`` when the weights give them: :meth:`CheckpointWeights.release_choice`)."""
     if weights is None:
         return make()
     with torch.device("meta"):
         net = make()
-    load_weights(net, weights.path, weights.format, assign=True)
+    load_weights(net, weights.path, weights.format, assign=True, **weights.release_choice())
     return net
 
 

@@ -48,6 +48,18 @@ def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_weights_argument(p: argparse.ArgumentParser) -> None:
+    """``--weights CHECKPOINT``: the network's weights from another checkpoint than the run's."""
+    p.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        default=None,
+        help="the network's weights from this checkpoint instead of the run's, as networks.ROLE.weights.path "
+        "would read it: e.g. an rCM release .pt or DCP directory (its student EMA; --no-ema: net.); the target "
+        "may then be a recipe file",
+    )
+
+
 def int_list(text: str | None, what: str) -> list[int] | None:
     """``16,21,60,104`` (or ``16x21x60x104``) as a list of integers; None stays None. ``what`` names the option."""
     if text is None:
@@ -75,8 +87,9 @@ def absolute_path_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry and against this
-    machine (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`)."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry, against this machine
+    (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`) and by its dataset
+    (:func:`check_recipe_data`): ``rcm validate`` and ``rcm run``, before a run directory."""
     from rcm_registry.errors import RecipeError
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
@@ -88,7 +101,20 @@ def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
     problems = machine_problems(checked)
     if problems:
         raise RecipeError(problems, source=recipe)
+    check_recipe_data(checked)
     return checked
+
+
+def check_recipe_data(recipe: Recipe) -> None:
+    """The notes of the recipe's dataset's own check of its files (:class:`rcm_registry.protocols.ChecksData`),
+    as ``note:`` lines on stderr; its problems are the recipe's (validation lists them with the others)."""
+    from rcm_registry.protocols import data_check
+
+    spec = recipe.body.data
+    if spec is None:
+        return
+    for note in data_check(spec.config).notes:
+        print(f"note: data ({spec.name}): {note}", file=sys.stderr)
 
 
 def report_plugin_failures(reg: Registry) -> None:

@@ -1,6 +1,8 @@
 """``rcm generate TARGET --prompt TEXT --out FILE``: a video, image or latents from a run's student.
 
-The recipe's codecs encode the prompt and decode the latents (see rcm_registry.generate).
+The recipe's codecs encode the prompt and decode the latents (see rcm_registry.generate). ``--weights
+CHECKPOINT`` generates with other weights for the student (an rCM release ``.pt``, ...); TARGET may then be a
+recipe file, whose codecs, sampler and network config are used.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rcm_registry.commands._shared import add_command, add_set_argument, int_list
+from rcm_registry.commands._shared import add_command, add_set_argument, add_weights_argument, int_list
 from rcm_registry.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         summary="Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
         example='rcm generate runs/wan-1.3b --prompt "a red fox in the snow" --steps 4 --out fox.mp4',
     )
-    p.add_argument("target", help="a run directory (latest checkpoint) or a checkpoint folder")
+    p.add_argument(
+        "target", help="a run directory (latest checkpoint) or a checkpoint folder (with --weights: or a recipe file)"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="FILE.mp4 (PNG frames without imageio), FILE.png, or FILE.safetensors")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1-4 (default: the recipe's)")
@@ -46,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan's)")
     p.add_argument("--network", default=None, help="network role (default: the run's output network)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_weights_argument(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -105,7 +110,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
     wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
     gen = open_checkpoint(
-        Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
+        Path(args.target),
+        overrides=args.set,
+        role=args.network,
+        ema=not args.no_ema,
+        device=args.device,
+        codecs=wanted,
+        weights=args.weights,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
     if args.compile:
@@ -128,12 +139,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         profiler=profiler,
         offload_text_encoder=args.offload_text_encoder,
     )
-    weights = "EMA" if gen.used_ema else "raw"
     with profiler.stage(f"write {out.suffix[1:]}", "file write"):
         written = _write(args, out, result, latents_only, gen)
     print(
         f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
-        f"({weights} weights), sampling {result.seconds:.3f} s"
+        f"({gen.weights_label()}), sampling {result.seconds:.3f} s"
     )
     if profiler.enabled:
         print(profiler.table())
@@ -156,7 +166,7 @@ def _write(args: argparse.Namespace, out: Path, result: Generated, latents_only:
     from rcm_registry.generate import contact_sheet, save_latents, save_png, save_video, to_frames
 
     if latents_only:
-        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": str(gen.checkpoint.path)}
+        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": gen.source}
         save_latents(result.latents, out, meta)
         return [out]
     assert result.video is not None

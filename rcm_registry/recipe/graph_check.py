@@ -19,6 +19,7 @@ from rcm_registry.protocols import (
     InputSpec,
     NetworkInputs,
     SampleShapes,
+    data_check,
     head_dim_problem,
     network_inputs,
     sample_shapes,
@@ -28,12 +29,12 @@ from rcm_registry.schema import ComponentSpec
 from rcm_registry.suggestions import suggest
 
 
-def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: bool = False) -> list[str]:
+def graph_problems(recipe: Recipe, *, open_files: bool = True, reads_data: bool = True) -> list[str]:
     """Every problem between the networks, the data, the codecs and the files the recipe names.
 
     ``open_files=False`` leaves out whatever needs a file the recipe names (weights, a dataset directory, a
-    codec folder): for recipes whose paths are stand-ins. ``data_written``: the dataset is what the command
-    writes (``rcm synth``), so it is not read.
+    codec folder): for recipes whose paths are stand-ins. ``reads_data=False``: nothing reads the dataset (``rcm
+    synth`` writes it; a checkpoint sampled with ``--weights`` never opens it), so it is not checked.
     """
     problems: list[str] = []
     if open_files:
@@ -42,7 +43,9 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: boo
                 problems += _engine_weights_problems(entry.weights, f"networks.{role}.weights")
     sources: list[tuple[str, SampleShapes]] = []
     body = recipe.body
-    declarers = [] if data_written else [("data", body.data)]
+    if open_files and reads_data and body.data is not None:  # the dataset's own check of its files
+        problems += [f"data ({body.data.name}): {line}" for line in data_check(body.data.config).problems]
+    declarers = [] if not reads_data else [("data", body.data)]
     declarers += [(f"codecs.{name}", spec) for name, spec in body.codecs.items()]
     for path, spec in declarers:
         shapes = _declared(lambda spec=spec: sample_shapes(spec.config), f"{path} ({spec.name})", open_files, problems)
@@ -55,7 +58,7 @@ def graph_problems(recipe: Recipe, *, open_files: bool = True, data_written: boo
             continue
         problems += _network_problems(f"networks.{role}", label, inputs)
         for i, (source, shapes) in enumerate(sources):
-            problems += _compare(label, inputs, source, shapes, complete=i == 0 and not data_written)
+            problems += _compare(label, inputs, source, shapes, complete=i == 0 and reads_data)
     return problems
 
 

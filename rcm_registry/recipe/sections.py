@@ -92,7 +92,9 @@ class WeightsRef:
       (default: the run's output network), its EMA weights when ``ema`` and the run kept an EMA;
     * a safetensors file in the network's own key names (``format: safetensors``);
     * a checkpoint in a layout a network family reads (e.g. Wan's and Cosmos' ``native`` and ``diffusers``
-      folders): the family's config reads it, and the architecture with it.
+      folders, and for Wan the rCM release's ``.pt`` files and DCP directories, ``rcm-release``): the
+      family's config reads it, and the architecture with it; ``role`` and ``ema`` then go to the family,
+      which uses them to pick one of a release checkpoint's networks and refuses them elsewhere.
 
     ``format: auto`` tells them apart: a run, else the family's own detection for a network that reads
     checkpoints, else safetensors. Relative paths are read from the working directory.
@@ -101,7 +103,8 @@ class WeightsRef:
     path: str
     format: str = "auto"
     ema: bool = True
-    #: Which role's weights to take from a run directory (default: the run's output network).
+    #: Which role's weights to take from a run directory (default: the run's output network), or which
+    #: network of an rCM release checkpoint (``student``, ``teacher``, ``fake_score``; default the student).
     role: str | None = None
 
 

@@ -30,7 +30,7 @@ def validate_recipe(
     source: str = "",
     *,
     open_files: bool = True,
-    data_written: bool = False,
+    reads_data: bool = True,
 ) -> Recipe:
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
 
@@ -38,8 +38,8 @@ def validate_recipe(
     otherwise every recipe naming one of its components would fail as "unknown loss 'scm'". Once every
     part is valid, the parts are checked together (:func:`~rcm_registry.recipe.graph_check.graph_problems`:
     networks against data and codecs, the files named); ``open_files=False`` leaves out the checks that read
-    a file the recipe names (for recipes whose paths are stand-ins); ``data_written``: the dataset is the
-    command's output (``rcm synth``), not read.
+    a file the recipe names (for recipes whose paths are stand-ins); ``reads_data=False``: nothing reads the
+    dataset (``rcm synth`` writes it; a checkpoint sampled with ``--weights`` never opens it).
     """
     registry.check_builtins()
     problems: list[str] = []
@@ -51,7 +51,7 @@ def validate_recipe(
     recipe = Recipe(networks=networks, body=body, data=data, source=source)
     _cross_check(recipe, problems)
     if not problems:
-        problems += graph_problems(recipe, open_files=open_files, data_written=data_written)
+        problems += graph_problems(recipe, open_files=open_files, reads_data=reads_data)
     if problems:
         raise RecipeError(problems, source=source or None)
     return recipe
@@ -147,10 +147,10 @@ def _weights(
             f"none; use one of {', '.join(map(repr, ENGINE_WEIGHTS_FORMATS))}"
         )
         return ref
-    for key in ("ema", "role"):
-        if isinstance(raw, Mapping) and key in raw:
-            problems.append(f"{path}.{key}: applies to a run directory, and {ref.path} is not one")
-    return _FamilyWeights({"path": ref.path, "format": ref.format})
+    # `role` / `ema` also choose among the networks of a checkpoint a family reads (the rCM release's hold
+    # several): the family's config checks them, and refuses them for a layout that holds one network.
+    chosen = {k: raw[k] for k in ("role", "ema") if isinstance(raw, Mapping) and k in raw}
+    return _FamilyWeights({"path": ref.path, "format": ref.format, **chosen})
 
 
 def _cross_check(recipe: Recipe, problems: list[str]) -> None:
