@@ -31,9 +31,11 @@ synchronised around each stage; peak memory is ``torch.cuda.max_memory_allocated
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +143,22 @@ class Bench:
         path = ROOT / model.recipe
         return validate_recipe(load_recipe(path, sets), registry(), str(path), open_files=False)
 
-    def network(self, recipe: Any) -> torch.nn.Module:
-        from rcm_registry.engine.graph import build_network
-
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Modules created on the device in the benchmark's dtype (no float32 copy of a 5B encoder first)."""
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                net = build_network(recipe.networks["student"])
+                yield
         finally:
             torch.set_default_dtype(default)
+
+    def network(self, recipe: Any) -> torch.nn.Module:
+        from rcm_registry.engine.graph import build_network
+
+        with self.building():
+            net = build_network(recipe.networks["student"])
         return net.eval().requires_grad_(False)
 
     def text_codec(self, recipe: Any, model: Model, text_dim: int) -> Any:
@@ -170,7 +178,7 @@ class Bench:
         config_class = transformers.UMT5Config if umt5 else transformers.T5Config
         model_class = transformers.UMT5EncoderModel if umt5 else transformers.T5EncoderModel
         config = config_class(**hp, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-        with torch.device(self.device):
+        with self.building():
             encoder = model_class(config).to(self.dtype)
         return T5TextEncoder(
             spec.config, model_class.__name__, "", spec.component.name, model=encoder, tokenizer=tokenizer
