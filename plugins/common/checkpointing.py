@@ -11,7 +11,8 @@
   forward + backward of the first block in each mode, the device memory its saved activations take measured;
   ``fixed + blocks × per_block(mode)`` (fixed: this network's gradients and two float32 optimizer moments per
   trainable parameter) is compared against the free device memory less a margin, and the first mode that fits
-  of none → selective → block is taken (block when none fits). On the CPU there is no device memory to budget:
+  of none → selective → block is taken (block when none fits; under a process group the least free memory of
+  any rank counts, so all ranks decide alike). On the CPU there is no device memory to budget:
   ``auto`` picks none. The decision is logged (``rcm.run``: ``activation checkpointing``) and kept on
   :attr:`BlockCheckpointing.decision`.
 
@@ -114,10 +115,15 @@ def decide(per_block: dict[str, int], blocks: int, fixed_bytes: int, free_bytes:
 
 
 def free_device_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device; None elsewhere."""
+    """Free bytes on a CUDA device (the least over the ranks of a process group, so that every rank takes the
+    same decision and their collectives stay in step); None elsewhere."""
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        least = torch.tensor([free], device=device, dtype=torch.int64)
+        torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
+        free = int(least.item())
     return int(free)
 
 
