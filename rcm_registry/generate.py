@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from rcm_registry.atomic import atomic_file
 from rcm_registry.errors import UserError
+from rcm_registry.profiling import StageProfiler
 from rcm_registry.protocols import close_dataset
 
 if TYPE_CHECKING:
@@ -33,17 +35,53 @@ OUTPUTS = (".mp4", ".png", ".safetensors")
 
 
 class _Counting(nn.Module):
-    """The network, calling ``tick`` after every evaluation (progress for any sampler)."""
+    """The network, each evaluation timed as its own profiler stage (``transformer call N (step S)``)."""
 
-    def __init__(self, net: nn.Module, tick: Callable[[], None]) -> None:
+    def __init__(self, net: nn.Module, profiler: StageProfiler) -> None:
         super().__init__()
         self.net = net
-        self._tick = tick
+        self._profiler = profiler
+        self.calls = 0
+        #: The sampler's step the next call belongs to (advanced by ``SampleContext.on_step``).
+        self.step = 1
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        out = self.net(*args, **kwargs)
-        self._tick()
-        return out
+        self.calls += 1
+        with self._profiler.stage(f"transformer call {self.calls} (step {self.step})", "transformer"):
+            return self.net(*args, **kwargs)
+
+
+#: Negative-prompt embeddings already computed in this process, per text codec object and prompt: the
+#: negative prompt rarely changes between generations, and a codec object holds fixed weights.
+_NEGATIVE_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def encode_negative(codec: Any, prompt: str, *, cache: bool = True) -> tuple[Tensor, bool]:
+    """The negative prompt's embedding from ``codec`` (the CFG null condition) and whether it came from the
+    per-process cache (keyed by the codec object and the prompt)."""
+    if cache:
+        try:
+            known = _NEGATIVE_CACHE.setdefault(codec, {})
+        except TypeError:  # a codec that cannot be weakly referenced is encoded every time
+            known = {}
+        if prompt in known:
+            return known[prompt], True
+    with torch.no_grad():
+        null, _ = codec.encode([prompt])
+    if cache:
+        known[prompt] = null
+    return null, False
+
+
+def compile_network(gen: LoadedRun, *, backend: str = "inductor", mode: str | None = None) -> None:
+    """Replace ``gen.net`` by ``torch.compile`` of it (static shapes: a student's few calls share one shape).
+
+    The first generation pays the compilation; ``mode='reduce-overhead'`` adds CUDA graphs on the GPU.
+    """
+    try:
+        gen.net = torch.compile(gen.net, backend=backend, mode=mode, dynamic=False)  # type: ignore[assignment]
+    except (RuntimeError, ValueError) as exc:  # unknown backend or mode
+        raise UserError(f"--compile: {exc}") from None
 
 
 def latent_shape(
@@ -78,6 +116,7 @@ class Generated:
     latents: Tensor  # (C, T, H, W)
     video: Tensor | None  # (3, T, H, W) in [−1, 1]
     seconds: float  # sampling wall time
+    network_calls: int = 0  # transformer evaluations (CFG counts two per step)
 
 
 #: How ``rcm generate`` takes the conditions besides the text (for the error when they are missing).
@@ -107,17 +146,26 @@ def generate(
     conditions: Mapping[str, Tensor] | None = None,
     decode: bool = True,
     progress: Any = None,
+    profiler: StageProfiler | None = None,
+    cache_negative: bool = True,
+    offload_text_encoder: bool = False,
 ) -> Generated:
     """Sample one video for ``prompt`` with the recipe's sampler (``steps`` overriding its step count).
 
     ``conditions`` are the network's inputs besides the text, one row each (``cond.NAME`` of a
     ``--conditions`` file); they go to both CFG branches, as in training and ``rcm synth``.
+
+    ``profiler`` times each stage (text encoding, every network call, the decode); ``cache_negative`` reuses
+    the negative prompt's embedding from earlier calls in this process; ``offload_text_encoder`` moves the
+    text encoder to the CPU after encoding (and back before the next encoding), freeing its device memory
+    for the transformer and the VAE. None of them changes the result.
     """
     from rcm_registry.conditions import conditions_on
     from rcm_registry.engine.context import SampleContext
     from rcm_registry.engine.sampling import sampler_with_steps
     from rcm_registry.engine.trainer import autocast
 
+    prof = profiler or StageProfiler(gen.device, enabled=False)
     text_codec = gen.codecs.get("text")
     if text_codec is None:
         raise UserError(
@@ -132,20 +180,31 @@ def generate(
             "--out) or e.g. --set 'codecs.vae={use: wan_vae, path: /models/vae}'"
         )
     sampler = sampler_with_steps(gen, steps)
-    with torch.no_grad():
+    if offload_text_encoder:
+        with prof.stage("text encoder to device", "text encoder offload"):
+            text_codec.to(gen.device)
+    with prof.stage("text encoding (prompt)", "text encoding"), torch.no_grad():
         text, _ = text_codec.encode([prompt])
-        null, _ = text_codec.encode([negative_prompt])
-    calls = 0
+    with prof.stage("text encoding (negative prompt)", "text encoding"):
+        null, cached = encode_negative(text_codec, negative_prompt, cache=cache_negative)
+    if cached and prof.stages:
+        prof.stages[-1] = attrs.evolve(prof.stages[-1], name="text encoding (negative prompt, cached)")
+    if offload_text_encoder:
+        with prof.stage("text encoder to cpu", "text encoder offload"):
+            text_codec.to("cpu")
+            if gen.device.type == "cuda":
+                torch.cuda.empty_cache()
 
-    def tick() -> None:
-        nonlocal calls
-        calls += 1
+    counting = _Counting(gen.net, prof)
+
+    def on_step() -> None:
         if progress is not None:
-            progress.update(min(calls, progress.total), {})
+            progress.update(min(counting.step, progress.total), {})
+        counting.step += 1
 
     extra = conditions_on(gen.device, conditions)
     ctx = SampleContext(
-        net=_Counting(gen.net, tick),
+        net=counting,
         shape=(1, *shape),
         condition={"text": text.to(gen.device), **extra},
         generator=torch.Generator(device=gen.device).manual_seed(seed),
@@ -153,15 +212,21 @@ def generate(
         schedule=gen.schedule,
         teacher=gen.teacher,
         device=gen.device,
+        on_step=on_step,
     )
     t0 = time.perf_counter()
     with torch.no_grad(), autocast(gen.device, gen.recipe.body.run.precision):  # as the network was trained
         latents = sampler(ctx).float()
+    if gen.device.type == "cuda":
+        torch.cuda.synchronize(gen.device)
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
-    video = gen.codecs["vae"].decode(latents).cpu()[0] if decode else None
-    return Generated(latents=latents.cpu()[0], video=video, seconds=seconds)
+    video = None
+    if decode:
+        with prof.stage("vae decode"):
+            video = gen.codecs["vae"].decode(latents).cpu()[0]
+    return Generated(latents=latents.cpu()[0], video=video, seconds=seconds, network_calls=counting.calls)
 
 
 # -- writing ----------------------------------------------------------------------------------------

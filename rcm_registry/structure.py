@@ -326,6 +326,10 @@ def non_string_key(path: str, key: Any) -> str:
 
 
 def _name(hint: Any) -> str:
+    if _is_union(hint):  # e.g. bool | Literal['auto']: "bool or one of 'auto'"
+        return " or ".join(_name(a) for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

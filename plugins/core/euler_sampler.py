@@ -35,7 +35,7 @@ class EulerSampler:
     schedule's own time (what ``flow_matching`` trains). With ``guidance`` w ≠ 1 and a null condition,
     v = v_u + w·(v_c − v_u) (v_c with ``ctx.condition``, v_u with ``ctx.null_condition``); without a
     null condition (unconditional data) the guidance has nothing to act on and v = v_c. Returns x at
-    the last grid time (data when the grid ends at 0).
+    the last grid time (data when the grid ends at 0). Each step is reported through ``ctx.report_step()``.
     """
 
     def __init__(self, config: EulerSamplerConfig) -> None:
@@ -59,6 +59,7 @@ class EulerSampler:
                 v_uncond = ctx.net(x, timestep, **ctx.null_condition)
                 v = v_uncond + self.config.guidance * (v - v_uncond)
             x = x + float(grid[i + 1] - grid[i]) * v.to(x.dtype)
+            ctx.report_step()
         return x
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 import attrs
+from rcm_plugins.common.checkpointing import Setting
 from rcm_plugins.common.network_config import (
     CheckpointWeights,
     arch_fields,
@@ -88,8 +89,9 @@ class CosmosT2IConfig:
         "attention", default={"use": "sdpa"}
     )
     weights: CosmosWeights | None = None
-    #: Recompute each block in the backward pass (saves activation memory when training).
-    activation_checkpointing: bool = False
+    #: Recompute activations in the backward pass (saves memory when training): ``none``, ``selective``,
+    #: ``block`` (``true``) or ``auto``, as for the Wan networks (``rcm_plugins.common.checkpointing``).
+    activation_checkpointing: Setting = False
 
     def __attrs_post_init__(self) -> None:
         check_architecture_source(self, _REQUIRED, get_args(Size))

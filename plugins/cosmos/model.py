@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.checkpointing import CheckpointedBlocks, Setting, run_checkpointed
 from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.inputs import check_latents, check_tokens
@@ -50,7 +51,6 @@ from rcm_plugins.common.layers import (
 )
 from rcm_plugins.common.rope import axis_pairs, ntk_theta, rope_tables
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 #: Cosmos-Predict2's pipelines pad T5-11B text embeddings to this many tokens (the network takes any length).
 TEXT_TOKENS = 512
@@ -295,18 +295,20 @@ class _Sinusoid(nn.Module):
     """Placeholder for the original's parameter-free ``Timesteps`` module (``t_embedder.0``)."""
 
 
-class CosmosNetwork(ExportableNetwork, nn.Module):
+class CosmosNetwork(CheckpointedBlocks, ExportableNetwork, nn.Module):
     """Cosmos-Predict2 transformer: ``net(x, timestep, text, condition_mask=None, padding_mask=None, fps=None)``.
 
     Args:
         arch: the architecture.
         attention: the attention backend object (from the config's ``attention`` component).
         fps: frame rate assumed when a call gives none (None: unscaled temporal positions, as for images).
-        activation_checkpointing: recompute each block in the backward pass (training with grad only).
+        activation_checkpointing: recompute activations of each block in the backward pass (training with grad
+            only): ``none``/``selective``/``block``/``auto`` or a bool (true = block); see
+            :mod:`rcm_plugins.common.checkpointing`.
     """
 
     def __init__(
-        self, arch: CosmosArch, attention: Attn, *, fps: float | None = None, activation_checkpointing: bool = False
+        self, arch: CosmosArch, attention: Attn, *, fps: float | None = None, activation_checkpointing: Setting = False
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -402,10 +404,9 @@ class CosmosNetwork(ExportableNetwork, nn.Module):
             extra_pos = self.extra_pos_embedder(grid, td).to(dtype)
         context = text.to(dtype)
 
-        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        mode = self.checkpointing.mode(self, self.blocks, (tokens, e, lora, rope, context, extra_pos, self.attention))
         for block in self.blocks:
-            args = (tokens, e, lora, rope, context, extra_pos, self.attention)
-            tokens = checkpoint(block, *args, use_reentrant=False) if use_checkpoint else block(*args)
+            tokens = run_checkpointed(block, mode, tokens, e, lora, rope, context, extra_pos, self.attention)
         return self.unpatchify(self.final_layer(tokens, e, lora), grid).to(x.dtype)
 
     def _padding_channel(self, padding_mask: Tensor | None, x: Tensor, dtype: torch.dtype) -> Tensor:

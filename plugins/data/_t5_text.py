@@ -79,21 +79,32 @@ def tokenizer_dir(config: T5TextConfig) -> Path:
 class T5TextEncoder:
     """Prompts → ``(text (B, max_length, D) float32, mask (B, max_length) bool)``, zero past each prompt."""
 
-    def __init__(self, config: T5TextConfig, model_class: str, extra: str, name: str) -> None:
+    def __init__(
+        self, config: T5TextConfig, model_class: str, extra: str, name: str, *, model: Any = None, tokenizer: Any = None
+    ) -> None:
+        """Load the tokenizer and encoder from the config's folders, or wrap ``model`` and ``tokenizer`` built
+        already (e.g. random weights for a benchmark; the paths are then only labels)."""
         self.config = config
         self.name = name
+        if model is None or tokenizer is None:
+            tokenizer, model = self._load(config, model_class, extra, name)
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.dim = int(model.config.d_model)
+
+    @staticmethod
+    def _load(config: T5TextConfig, model_class: str, extra: str, name: str) -> tuple[Any, Any]:
         transformers = require("transformers", extra, name)
         for label, path in (("path", Path(config.path)), ("tokenizer", tokenizer_dir(config))):
             if not path.is_dir():
                 raise UserError(f"codecs ({name}).{label}: {path} is not a directory")
         transformers.utils.logging.disable_progress_bar()  # one bar per load is noise in rcm's output
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir(config)))
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir(config)))
             model = getattr(transformers, model_class).from_pretrained(config.path, torch_dtype=DTYPES[config.dtype])
         except (OSError, ValueError) as exc:
             raise UserError(f"codec {name}: cannot load from {config.path} ({exc})") from None
-        self.model = model.eval().requires_grad_(False)
-        self.dim = int(model.config.d_model)
+        return tokenizer, model
 
     def to(self, device: torch.device | str) -> T5TextEncoder:
         self.model.to(device)

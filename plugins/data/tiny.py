@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,8 +27,7 @@ def write_tiny_codecs(
     """Write ``text_encoder/``, ``tokenizer/`` and ``vae/`` under ``root``; returns their paths by name."""
     try:
         from diffusers import AutoencoderKLWan
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-        from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+        from transformers import UMT5Config, UMT5EncoderModel
     except ImportError as exc:
         raise UserError(
             f"tiny codecs need diffusers and transformers ({exc}): pip install 'rcm-registry[wan]'"
@@ -36,15 +36,7 @@ def write_tiny_codecs(
     paths = {name: root / name for name in ("text_encoder", "tokenizer", "vae")}
     torch.manual_seed(seed)
 
-    vocabulary = sorted(set(BASE_WORDS) | {w.lower() for w in words})
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    # T5 convention: pad = 0, eos = 1, unk = 2; every sequence ends with </s>.
-    tok.train_from_iterator(
-        [" ".join(vocabulary)], trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"])
-    )
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = word_tokenizer(words)
     tokenizer.save_pretrained(str(paths["tokenizer"]))
 
     config = UMT5Config(
@@ -72,3 +64,19 @@ def write_tiny_codecs(
     )
     vae.save_pretrained(str(paths["vae"]))
     return paths
+
+
+def word_tokenizer(words: Iterable[str] = ()) -> Any:
+    """A T5-style word-level tokenizer (pad 0, eos 1, unk 2; every sequence ends with ``</s>``) knowing
+    :data:`BASE_WORDS` and ``words``: stands in for a T5 sentencepiece model that cannot be downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = sorted(set(BASE_WORDS) | {w.lower() for w in words})
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        [" ".join(vocabulary)], trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"])
+    )
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

@@ -4,7 +4,7 @@ Times ``t_0 = arctan(σ_max)``, then the first ``steps − 1`` of ``mid_times``,
 ``x = ε ~ N(0, I)`` (the ``cos t_0·x0`` part of x_{t_0} is neglected, O(1/σ_max)); for each step
 ``x0 = net(x, t_i)`` read through the teacher wrapper without CFG, then, unless t_{i+1} = 0,
 ``x = cos t_{i+1}·x0 + sin t_{i+1}·ε_i`` with fresh noise. Returns the last x0. One network call per
-step (NFE = steps).
+step (NFE = steps), reported through ``ctx.report_step()``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class TrigflowMultistep:
             for t_cur, t_next in itertools.pairwise(times):
                 t = torch.full((n,), t_cur, dtype=torch.float64, device=x.device)
                 x0 = ctx.teacher.denoise(ctx.net, x, t, ctx.condition)[0]
+                ctx.report_step()
                 if t_next > 0.0:
                     tn = expand(torch.full((n,), t_next, dtype=torch.float64, device=x.device), x)
                     noise = ctx.randn().to(torch.float64)

@@ -11,34 +11,12 @@ sCM under forward-mode AD) run the block as it is.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
-import torch
+from rcm_plugins.common.checkpointing import checkpointed
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 Mode = Literal["none", "block", "matmul"]
-
-_aten = torch.ops.aten
-_SAVED_OPS = {
-    _aten.mm.default,
-    _aten.addmm.default,
-    _aten.bmm.default,
-    _aten.baddbmm.default,
-    _aten._scaled_dot_product_flash_attention.default,
-    _aten._scaled_dot_product_efficient_attention.default,
-    _aten._scaled_dot_product_cudnn_attention.default,
-}
-
-
-def _matmul_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def _matmul_contexts() -> Any:
-    return create_selective_checkpoint_contexts(_matmul_policy)
 
 
 def blocks_of(net: nn.Module) -> list[nn.Module]:
@@ -57,17 +35,6 @@ def apply_activation_checkpointing(net: nn.Module, mode: Mode) -> int:
         return 0
     blocks = blocks_of(net)
     for block in blocks:
-        block.forward = _checkpointed(block.forward, mode)  # type: ignore[method-assign]
+        # "matmul" is the networks' "selective" mode (rcm_plugins.common.checkpointing).
+        block.forward = checkpointed(block.forward, "selective" if mode == "matmul" else mode)  # type: ignore[method-assign]
     return len(blocks)
-
-
-def _checkpointed(forward: Callable[..., Any], mode: Mode) -> Callable[..., Any]:
-    extra: dict[str, Any] = {"context_fn": _matmul_contexts} if mode == "matmul" else {}
-
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
-
-    return run

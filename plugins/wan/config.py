@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 import attrs
+from rcm_plugins.common.checkpointing import Setting
 from rcm_plugins.common.network_config import (
     CheckpointWeights,
     arch_fields,
@@ -77,13 +78,16 @@ class WanFields:
         "attention", default={"use": "sdpa"}
     )
     weights: WanWeights | None = None
-    #: Recompute each block in the backward pass (saves activation memory when training).
-    activation_checkpointing: bool = False
+    #: Recompute activations in the backward pass (saves memory when training): ``none``, ``selective``
+    #: (keep matmul and attention outputs, recompute the pointwise ops), ``block`` (keep only each block's
+    #: input; ``true`` means this), or ``auto`` (chosen by a measured probe of one block at the run's shape
+    #: against the free device memory; none on the CPU). See ``rcm_plugins.common.checkpointing``.
+    activation_checkpointing: Setting = False
     #: The fused Triton token ops on CUDA; false runs their plain-torch references (eager forward-mode AD
     #: through every op: the bf16 JVP study's comparison, benchmarks/jvp_precision.md).
     fused_ops: bool = True
 
-    def network_options(self) -> dict[str, bool]:
+    def network_options(self) -> dict[str, Any]:
         """The keyword options every Wan network class takes besides its architecture and attention."""
         return {"activation_checkpointing": self.activation_checkpointing, "fused_ops": self.fused_ops}
 

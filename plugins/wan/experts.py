@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+from rcm_plugins.common.checkpointing import Setting
 from rcm_plugins.wan.model import TIMESTEP_SCALE, Attn, WanArch, WanNetwork
 from torch import Tensor, nn
 
@@ -50,7 +51,7 @@ class WanExperts(nn.Module):
         attention: the attention backend object every expert calls.
         boundary: the expert switch as a fraction of the network's time (``boundary_ratio``).
         experts: which experts the network holds: both, or one of them.
-        activation_checkpointing: recompute each block in the backward pass (training with grad only).
+        activation_checkpointing: each expert's (see :class:`~rcm_plugins.wan.model.WanNetwork`).
         fused_ops: the fused Triton token ops (see :class:`~rcm_plugins.wan.model.WanNetwork`).
 
     ``run_every_expert`` (None: only under a process group of several ranks) runs both experts on every
@@ -64,7 +65,7 @@ class WanExperts(nn.Module):
         *,
         boundary: float,
         experts: Sequence[Expert] = EXPERTS,
-        activation_checkpointing: bool = False,
+        activation_checkpointing: Setting = False,
         fused_ops: bool = True,
     ) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
+from rcm_plugins.common.checkpointing import CheckpointedBlocks, Setting, run_checkpointed
 from rcm_plugins.common.export import ExportableNetwork, Layouts
 from rcm_plugins.common.fused_ops import fused_kernels, gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.inputs import check_latents, check_tokens
@@ -44,7 +45,6 @@ from rcm_plugins.common.layers import (
 from rcm_plugins.common.layers import linear_in as _linear
 from rcm_plugins.common.rope import rope_tables
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 #: Wan's pipelines pad T5 text embeddings to this many tokens (the network itself takes any length).
 TEXT_TOKENS = 512
@@ -237,14 +237,16 @@ class ImageProjection(nn.Module):
         return self.proj(image)
 
 
-class WanNetwork(ExportableNetwork, nn.Module):
+class WanNetwork(CheckpointedBlocks, ExportableNetwork, nn.Module):
     """Wan transformer: ``net(x, timestep, text, image=None, image_latent=None)``.
 
     Args:
         arch: the architecture.
         attention: the attention backend object (from the config's ``attention`` component); every
             attention of the network calls it with (B, H, S, D) views.
-        activation_checkpointing: recompute each block in the backward pass (training with grad only).
+        activation_checkpointing: recompute activations of each block in the backward pass (training with grad
+            only): ``none``/``selective``/``block``/``auto`` or a bool (true = block); see
+            :mod:`rcm_plugins.common.checkpointing`.
         fused_ops: the Triton kernels of :mod:`rcm_plugins.common.fused_ops` on CUDA (False: their plain
             torch references, so that forward-mode AD runs eagerly through every op; a comparison switch).
 
@@ -254,7 +256,12 @@ class WanNetwork(ExportableNetwork, nn.Module):
     """
 
     def __init__(
-        self, arch: WanArch, attention: Attn, *, activation_checkpointing: bool = False, fused_ops: bool = True
+        self,
+        arch: WanArch,
+        attention: Attn,
+        *,
+        activation_checkpointing: Setting = False,
+        fused_ops: bool = True,
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -361,14 +368,10 @@ class WanNetwork(ExportableNetwork, nn.Module):
             rope = (sp.split(rope[0], 0), sp.split(rope[1], 0))
             self_attn = sp.attention(self.attention)
 
-        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        first = (tokens, e, rope, context, context_img, self.attention, self_attn)
+        mode = self.checkpointing.mode(self, self.blocks, first)
         for block in self.blocks:
-            if use_checkpoint:
-                tokens = checkpoint(
-                    block, tokens, e, rope, context, context_img, self.attention, self_attn, use_reentrant=False
-                )
-            else:
-                tokens = block(tokens, e, rope, context, context_img, self.attention, self_attn)
+            tokens = run_checkpointed(block, mode, tokens, e, rope, context, context_img, self.attention, self_attn)
         out = self.head(tokens, temb)
         if sp is not None:  # gathered after the head: its per-token output is narrower than the tokens
             out = sp.gather(out, 1)

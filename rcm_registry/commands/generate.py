@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rcm_registry.commands._shared import (
     add_command,
@@ -18,6 +19,10 @@ from rcm_registry.commands._shared import (
     int_list,
 )
 from rcm_registry.errors import UserError
+
+if TYPE_CHECKING:
+    from rcm_registry.engine.sampling import LoadedRun
+    from rcm_registry.generate import Generated
 
 NAME = "generate"
 
@@ -59,6 +64,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--device", default="auto")
     add_inference_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the wall time and peak device memory of each stage (text encoding, every transformer call, "
+        "VAE decode, file write)",
+    )
+    p.add_argument("--profile-json", metavar="FILE.json", help="also write the profile as JSON (implies --profile)")
+    p.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="move the text encoder to the CPU once the prompts are encoded (frees its device memory)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network before sampling (the first call compiles; pays off over repeated calls)",
+    )
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    p.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs), max-autotune"
+    )
     add_set_argument(
         p, help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)"
     )
@@ -72,14 +98,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rcm_registry.generate import (
         OUTPUTS,
         check_video_writer,
-        contact_sheet,
+        compile_network,
         generate,
         latent_shape,
-        save_latents,
-        save_png,
-        save_video,
-        to_frames,
     )
+    from rcm_registry.profiling import StageProfiler
 
     out = Path(args.out)
     latents_only = args.latents_only or out.suffix == ".safetensors"
@@ -93,6 +116,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if out.suffix == ".mp4" and not latents_only:
         check_video_writer(out)
+    profile_json = Path(args.profile_json) if args.profile_json else None
+    if profile_json is not None and (profile_json.is_dir() or not profile_json.parent.exists()):
+        raise UserError(f"--profile-json {profile_json}: not a file in an existing folder")
     if args.steps is not None and not 1 <= args.steps <= 4:
         raise UserError(f"--steps {args.steps}: a distilled student samples in 1 to 4 steps")
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
@@ -109,6 +135,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         fp8_linear=args.fp8_linear,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
+    if args.compile:
+        compile_network(gen, backend=args.compile_backend, mode=args.compile_mode)
+    profiler = StageProfiler(gen.device, enabled=args.profile or profile_json is not None)
     conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
     sample = gen.recipe.body.sample
     total = args.steps or (getattr(sample.config, "steps", 1) if sample is not None else 1)
@@ -123,19 +152,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
         conditions=conditions,
         decode=not latents_only,
         progress=bar,
+        profiler=profiler,
+        offload_text_encoder=args.offload_text_encoder,
     )
-    if latents_only:
-        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": gen.source}
-        save_latents(result.latents, out, meta)
-    else:
-        assert result.video is not None
-        frames = to_frames(result.video)
-        if out.suffix == ".png":
-            save_png(contact_sheet(frames), out)
-        else:
-            save_video(frames, out, args.fps)
+    with profiler.stage(f"write {out.suffix[1:]}", "file write"):
+        _write(args, out, result, latents_only, gen)
     print(
         f"wrote {out}: latents {list(shape)} from {gen.role} ({gen.weights_label()}, {gen.inference.describe()}), "
         f"sampling {result.seconds:.3f} s"
     )
+    if profiler.enabled:
+        print(profiler.table())
+        if profile_json is not None:
+            profiler.write_json(
+                profile_json,
+                prompt=args.prompt,
+                latent_shape=list(shape),
+                steps=total,
+                network_calls=result.network_calls,
+                compile=args.compile,
+                offload_text_encoder=args.offload_text_encoder,
+            )
+            print(f"wrote {profile_json}")
     return 0
+
+
+def _write(args: argparse.Namespace, out: Path, result: Generated, latents_only: bool, gen: LoadedRun) -> None:
+    """Write the latents, the PNG contact sheet or the MP4 (its writer was checked before sampling)."""
+    from rcm_registry.generate import contact_sheet, save_latents, save_png, save_video, to_frames
+
+    if latents_only:
+        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": gen.source}
+        save_latents(result.latents, out, meta)
+        return
+    assert result.video is not None
+    frames = to_frames(result.video)
+    if out.suffix == ".png":
+        save_png(contact_sheet(frames), out)
+    else:
+        save_video(frames, out, args.fps)

@@ -15,7 +15,8 @@ class SamplerContract(ComponentContract):
     Checked: the samples have ``ctx.shape`` and ``ctx.dtype`` and are finite; bitwise the same samples
     for an equally seeded generator whatever the global RNG's state, others for another seed; no
     autograd graph even with gradients enabled and a network whose parameters require them; the
-    context's condition tensors unchanged.
+    context's condition tensors unchanged; each step reported through ``ctx.report_step()`` (at least one,
+    and no more than network evaluations), which progress bars and ``rcm generate --profile`` rely on.
     """
 
     kind = "sampler"
@@ -62,3 +63,26 @@ class SamplerContract(ComponentContract):
             assert now.keys() == then.keys(), f"the sampler changed the keys of ctx.{what}: {sorted(now)}"
             changed = [k for k, v in then.items() if not torch.equal(now[k], v)]
             assert not changed, f"the sampler changed the tensors of ctx.{what} under {changed}"
+
+    def test_reports_its_steps(self) -> None:
+        ctx = self.context(6)
+        reports: list[int] = []
+        calls = _CallCounter(ctx.net)
+        ctx.net = calls
+        ctx.on_step = lambda: reports.append(calls.calls)
+        self.make()(ctx)
+        assert reports, "the sampler never called ctx.report_step() (call it after each step)"
+        assert len(reports) <= calls.calls, (
+            f"{len(reports)} steps reported for {calls.calls} network evaluations: report once per step"
+        )
+
+
+class _CallCounter(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls = 0
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        self.calls += 1
+        return self.net(*args, **kwargs)

@@ -252,6 +252,75 @@ def test_generate_takes_the_conditions_besides_the_text(i2v_world: dict[str, Pat
     assert not torch.equal(a, load_file(str(tmp_path / "c.safetensors"))["latents"])
 
 
+def test_generate_profile_times_every_stage_and_changes_nothing(world: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    generate(world, tmp_path / "plain.safetensors", "--steps", "3", "--no-progress")
+    report = tmp_path / "profile.json"
+    result = run_cli(
+        "generate", str(world["run"]), "--prompt", "a red fox in the snow", "--out", str(tmp_path / "p.safetensors"),
+        "--steps", "3", "--no-progress", "--profile-json", str(report),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    plain = load_file(str(tmp_path / "plain.safetensors"))["latents"]
+    assert torch.equal(plain, load_file(str(tmp_path / "p.safetensors"))["latents"])
+    profile = json.loads(report.read_text())
+    names = [s["name"] for s in profile["stages"]]
+    calls = [f"transformer call {i} (step {i})" for i in (1, 2, 3)]  # the student: one call per step
+    assert names == ["text encoding (prompt)", "text encoding (negative prompt)", *calls, "write safetensors"]
+    assert all(s["seconds"] > 0 and s["peak_bytes"] is None for s in profile["stages"])  # CPU: no peak memory
+    assert profile["totals"]["transformer"]["name"] == "transformer (3 calls)" and profile["network_calls"] == 3
+    assert "| transformer (3 calls) |" in result.out and "n/a" in result.out
+
+    png = run_cli(
+        "generate", str(world["run"]), "--prompt", "a red fox", "--out", str(tmp_path / "p.png"), "--profile",
+        "--no-progress",
+    )  # fmt: skip
+    assert png.code == 0, png.err
+    assert "| vae decode |" in png.out and "| write png |" in png.out
+
+
+def test_generate_speed_options_give_the_same_latents(world: dict[str, Path], tmp_path: Path) -> None:
+    def latents(name: str, *extra: str) -> torch.Tensor:
+        generate(world, tmp_path / name, "--steps", "2", "--no-progress", *extra)
+        return load_file(str(tmp_path / name))["latents"]
+
+    plain = latents("plain.safetensors")
+    assert torch.equal(plain, latents("offload.safetensors", "--offload-text-encoder"))
+    # The compile plumbing through dynamo and AOT autograd, without the inductor's C++ build (slow on a CPU).
+    compiled = latents("compiled.safetensors", "--compile", "--compile-backend", "aot_eager")
+    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_rejects_a_bad_compile_backend(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    result = run_cli(
+        "generate", str(world["run"]), "--prompt", "a fox", "--out", str(out), "--compile", "--compile-backend", "nope"
+    )  # fmt: skip
+    assert result.code == 2 and "--compile" in result.err and "Traceback" not in result.err
+    assert not out.exists()
+
+
+def test_the_negative_prompt_is_encoded_once_per_codec_and_prompt() -> None:
+    from rcm_registry.generate import encode_negative
+
+    class Codec:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            self.seen += prompts
+            return torch.full((1, 2, 3), float(len(prompts[0]))), torch.ones(1, 2, dtype=torch.bool)
+
+    a, b = Codec(), Codec()
+    first, cached = encode_negative(a, "blurry")
+    assert not cached and a.seen == ["blurry"]
+    again, cached = encode_negative(a, "blurry")
+    assert cached and again is first and a.seen == ["blurry"]
+    assert not encode_negative(a, "dark")[1] and not encode_negative(b, "blurry")[1]  # keyed by codec and prompt
+    assert not encode_negative(a, "blurry", cache=False)[1] and a.seen == ["blurry", "dark", "blurry"]
+
+
 def test_generate_from_the_recipe_with_a_release_checkpoint(world: dict[str, Path], tmp_path: Path) -> None:
     # The user story of "Sample the release's checkpoint": a recipe file (teacher weights and data left ???)
     # and a net.-prefixed .pt give what the run itself gives when the .pt holds the run's EMA student.

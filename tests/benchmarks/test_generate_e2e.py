@@ -1,0 +1,49 @@
+"""benchmarks/generate_e2e.py --smoke runs end to end on the CPU (so the GPU command cannot rot) and records
+what the GPU run will: each stage of the teacher and student generations and every speed option off and on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+
+@pytest.mark.slow
+def test_smoke_run_records_every_stage_and_option(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/generate_e2e.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "speed options, off → on" in proc.stdout
+    data = json.loads(out.read_text())
+    assert set(data["models"]) == {"wan2.1-1.3b", "cosmos-predict2-2b"}
+    for model in data["models"].values():
+        runs = model["runs"]
+        assert list(runs) == ["teacher 3 steps CFG", "student 1 steps", "student 2 steps", "student 4 steps"]
+        # CFG: two network calls per teacher step; the student: one per step.
+        assert runs["teacher 3 steps CFG"]["totals"]["transformer"]["name"] == "transformer (6 calls)"
+        student = [s["name"] for s in runs["student 4 steps"]["stages"]]
+        assert student[:2] == ["text encoding (prompt)", "text encoding (negative prompt, cached)"]
+        assert student[2:] == [f"transformer call {i} (step {i})" for i in range(1, 5)] + ["vae decode"]
+        options = model["options"]
+        assert set(options["vae decode"]) == {
+            "fp32 frame by frame (diffusers)", "bf16 frame by frame", "bf16 in chunks of 4"
+        }  # fmt: skip
+        off = [s["name"] for s in options["negative cache"]["off"]["stages"]]
+        on = [s["name"] for s in options["negative cache"]["on"]["stages"]]
+        assert "text encoding (negative prompt)" in off and "text encoding (negative prompt, cached)" in on
+        assert "text encoder offload" in options["offload text encoder"]["on"]["totals"]
+        assert options["compile"]["on"]["totals"]["transformer"]["name"] == "transformer (4 calls)"
+    assert "vae decode 720p" in data["models"]["wan2.1-1.3b"]["options"]
