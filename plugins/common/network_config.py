@@ -17,6 +17,7 @@ import torch
 from rcm_plugins.common import release
 from rcm_plugins.common.loading import WeightsFormat, check_no_release_choice, is_release
 from rcm_plugins.common.weights import weight_files
+from torch.overrides import TorchFunctionMode
 
 from rcm_registry import schema
 from rcm_registry.errors import CheckpointError
@@ -176,8 +177,23 @@ def token_input(width: int, *, width_name: str = "text_dim", length: int | None 
     return InputSpec(shape=(length, width), names=("L", width_name))
 
 
+class _NoInitialValues(TorchFunctionMode):
+    """Initialisation without values: ``randn`` as ``empty`` and every in-place op (``normal_``, ``div_``,
+    ``uniform_``, ...) as a no-op. On the meta device the values do not exist anyway, and the first meta op
+    that computes one imports sympy (a third of a second on every ``rcm validate``)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.randn:
+            return torch.empty(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor):
+            return args[0]
+        return func(*args, **kwargs)
+
+
 def meta_parameter_count(make: Callable[[], torch.nn.Module]) -> int:
-    """The parameters of ``make()``, built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
+    """The parameters of ``make()``, built on the meta device (nothing allocated, nothing drawn)."""
+    with torch.device("meta"), _NoInitialValues():
         net = make()
     return sum(p.numel() for p in net.parameters())

@@ -24,6 +24,7 @@ HEAVY = (
     "torch.distributed.fsdp",
     "torch.utils.tensorboard",
     "torch._dynamo",  # imported by the first Python reference kernel on the meta device (parameter counts)
+    "sympy",  # imported by the first meta op that computes values (parameter counts build without them)
 )
 RECIPES = (
     "recipes/quickstart/teacher.yaml",
