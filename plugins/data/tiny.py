@@ -80,3 +80,37 @@ def word_tokenizer(words: Iterable[str] = ()) -> Any:
     )
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rcm_plugins.data.tiny CODECS [--teacher DIR]``: the tiny codecs (and a tiny random Wan2.1
+    teacher in the native layout) for trying the commands out; a user error is one line and exit code 2, and
+    a folder is written whole or not at all."""
+    import argparse
+    import sys
+
+    from rcm_registry.atomic import atomic_directory
+
+    parser = argparse.ArgumentParser(prog="python -m rcm_plugins.data.tiny", description=main.__doc__)
+    parser.add_argument("codecs", help="the folder to write text_encoder/, tokenizer/ and vae/ into (a new one)")
+    parser.add_argument("--teacher", help="also write a tiny random wan2.1-t2v network here (native layout)")
+    parser.add_argument("--words", nargs="*", default=[], help="more words the tokenizer knows")
+    args = parser.parse_args(argv)
+    try:
+        with atomic_directory(args.codecs) as tmp:
+            write_tiny_codecs(tmp, words=args.words)
+        print(f"wrote {args.codecs}: text_encoder/, tokenizer/, vae/")
+        if args.teacher:
+            import rcm_registry as rr
+
+            torch.manual_seed(0)
+            net = rr.registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
+            print(f"wrote {net.export(args.teacher, format='native')}: a tiny random wan2.1-t2v (native layout)")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

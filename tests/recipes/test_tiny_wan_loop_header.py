@@ -39,8 +39,8 @@ def header_commands(path: Path) -> list[str]:
 def test_the_header_names_every_step() -> None:
     steps = header_commands(RECIPE)
     assert re.match(r'pip install -e "\.\[wan\]"', steps[0]), steps[0]
-    assert [s.split()[0] for s in steps[1:]] == ["python", "python", "printf", "rcm", "rcm", "rcm"]
-    assert "write_tiny_codecs" in steps[1] and ".export('TEACHER'" in steps[2] and "> prompts.txt" in steps[3]
+    assert [s.split()[0] for s in steps[1:]] == ["python", "printf", "rcm", "rcm", "rcm"]
+    assert "rcm_plugins.data.tiny CODECS --teacher TEACHER" in steps[1] and "> prompts.txt" in steps[2]
 
 
 @pytest.mark.slow
@@ -57,3 +57,17 @@ def test_the_header_runs_as_written(tmp_path: Path) -> None:
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
     assert (tmp_path / "fox.mp4").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "CODECS").iterdir()) == ["text_encoder", "tokenizer", "vae"]
+
+
+def test_writing_the_tiny_codecs_twice_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`python -m rcm_plugins.data.tiny` reports a user error as one line (no traceback), exit code 2, and
+    leaves the folder that was there as it was."""
+    (tmp_path / "CODECS").mkdir()
+    (tmp_path / "CODECS" / "mine.txt").write_text("keep")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rcm_plugins.data.tiny", "CODECS"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "CODECS" in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in (tmp_path / "CODECS").iterdir()] == ["mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CODECS"]
