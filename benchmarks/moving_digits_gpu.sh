@@ -10,6 +10,7 @@
 #   OUT=o2 bash benchmarks/moving_digits_gpu.sh reference      # data and 50-step CFG teacher rows: o2/rows-reference.json
 #   OUT=o3 bash benchmarks/moving_digits_gpu.sh student rcm    # train one student, then its rows: o3/rows-rcm.json
 #   OUT=o4 bash benchmarks/moving_digits_gpu.sh student scm    # ... and dcm, dmd, one machine each
+#   OUT=o5 bash benchmarks/moving_digits_gpu.sh students scm dcm dmd rcm   # or side by side on one machine
 #   bash benchmarks/moving_digits_gpu.sh table o2/rows-reference.json o3/rows-rcm.json ...   # the table (any machine)
 #
 # `table` writes benchmarks/moving_digits_table.md and benchmarks/moving_digits_strips.png. TABLE_ARGS adds
@@ -79,13 +80,35 @@ case ${1:-} in
     timed "rows-$1" "${table[@]}" --no-train --no-reference --methods "$1" "${extra[@]}" \
       --save-rows "$out/rows-$1.json" --out "$out/table-$1.md" --strips "$out/strips-$1.png"
     ;;
+  students)
+    # Several students side by side on the one GPU (each alone leaves it mostly idle: these networks are small
+    # enough that kernel launches, not the GPU, set the pace), then their rows side by side. CAP (seconds,
+    # default 540) stops training that would overrun a stage; a stopped run keeps its last checkpoint, and
+    # `rcm run ... --resume` continues it on the next machine.
+    shift
+    [[ $# -gt 0 ]] || { echo "students: name the methods (rcm, scm, dcm, dmd, jvp_study/scm_fp32, ...)" >&2; exit 2; }
+    need_teacher
+    for m in "$@"; do
+      n=${m//\//_}
+      (timeout "${CAP:-540}" "${table[@]}" --methods "$m" --train-only > "$out/train-$n.log" 2>&1
+       echo "train-$n: exit $?" >> "$out/times.txt") &
+    done
+    wait
+    for m in "$@"; do
+      n=${m//\//_}
+      [[ -d $runs/$m/checkpoints ]] || continue
+      ("${table[@]}" --no-train --no-reference --methods "$m" "${extra[@]}" --save-rows "$out/rows-$n.json" \
+        --out "$out/table-$n.md" --strips "$out/strips-$n.png" > "$out/rows-$n.log" 2>&1) &
+    done
+    wait
+    ;;
   table)
     shift
     [[ $# -gt 0 ]] || { echo "table: name the rows files, the reference first" >&2; exit 2; }
     python benchmarks/moving_digits_table.py --from-rows "$@"
     ;;
   *)
-    echo "usage: moving_digits_gpu.sh teacher | reference | student METHOD | table ROWS.json..." >&2
+    echo "usage: moving_digits_gpu.sh teacher | reference | student METHOD | students METHOD... | table ROWS.json..." >&2
     exit 2
     ;;
 esac
