@@ -49,3 +49,7 @@ class TrainingDiverged(RuntimeError):
     """Training stopped: a loss became NaN or infinite, gradients stayed non-finite for too many steps in a
     row, or weights about to be checkpointed hold non-finite values. The message names what and the
     iteration."""
+
+
+class NonFiniteCheckpoint(TrainingDiverged):
+    """A checkpoint was about to be written with NaN or infinite values in it; nothing was written."""

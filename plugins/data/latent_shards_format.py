@@ -49,7 +49,6 @@ file and the key); ``sha256`` is checked when a shard is read if the dataset ask
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -62,6 +61,7 @@ import torch
 from torch import Tensor
 
 from rcm_registry.atomic import atomic_file, write_text_atomic
+from rcm_registry.checksum import file_sha256
 from rcm_registry.errors import UserError
 
 FORMAT = "rcm-latent-shards"
@@ -240,14 +240,6 @@ class ShardIndex:
 
 
 # -- files ------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
