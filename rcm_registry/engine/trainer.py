@@ -329,7 +329,16 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
             values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
-        phase.optimizer.step()
+        try:
+            phase.optimizer.step()
+        except RuntimeError as exc:
+            if "without overflow" not in str(exc):  # torch's words for a step size the parameters cannot hold
+                raise
+            lr = max(group["lr"] for group in phase.optimizer.param_groups)
+            raise TrainingDiverged(
+                f"the optimiser step of phase {phase.name!r} overflows the parameters' dtype at iteration {it} "
+                f"(learning rate {lr:g}); lower phases.{phase.name}.optimizer.lr"
+            ) from None
         if phase.ema is not None:
             phase.ema.update(graph.module(phase.trains), phase.steps)
         phase.steps += 1
