@@ -463,13 +463,18 @@ def check_same_recipe(ckpt: Checkpoint, current: Recipe) -> None:
     _refuse_changed_recipe(checkpoint_recipe(ckpt), current, ckpt.path / "recipe.yaml")
 
 
-def _refuse_changed_recipe(saved: Recipe, current: Recipe, where: Path) -> None:
+def _refuse_changed_recipe(saved: Recipe, current: Recipe, where: Path, *, started: bool = True) -> None:
     diff = recipe_difference(saved, current)
-    if diff is not None:
-        raise CheckpointError(
-            f"{where}: the recipe differs from the one this run was started with ({diff}); only "
-            f"run.{', run.'.join(sorted(RESUMABLE_CHANGES))} may change on --resume"
+    if diff is None:
+        return
+    if started:
+        rule = f"only run.{', run.'.join(sorted(RESUMABLE_CHANGES))} may change on --resume"
+    else:
+        rule = (
+            "the run has no checkpoint yet, and starts again in this directory only with the recipe it was "
+            "started with; remove the directory or choose another --out"
         )
+    raise CheckpointError(f"{where}: the recipe differs from the one this run was started with ({diff}); {rule}")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str:
@@ -524,7 +529,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoi
         return ckpt
     saved = run_dir / "recipe.yaml"
     if saved.is_file():
-        _refuse_changed_recipe(_saved_recipe(saved), recipe, saved)
+        _refuse_changed_recipe(_saved_recipe(saved), recipe, saved, started=False)
         log.warning("no checkpoint yet: starting the run again from iteration 0", run_dir=str(run_dir))
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     elif (run_dir / "metrics.jsonl").exists():
