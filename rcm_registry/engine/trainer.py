@@ -244,6 +244,10 @@ class Trainer:
 
         Every micro-batch starts from the same step-generator state and draws the randomness of the
         whole batch, keeping its own rows; the generator ends where one process's would.
+
+        A non-finite loss is :class:`TrainingDiverged`. Non-finite gradients (on any rank) skip the
+        optimiser and EMA step; the iteration still counts, ``skipped_steps/PHASE`` counts the skips, and
+        :data:`MAX_CONSECUTIVE_SKIPS` in a row are :class:`TrainingDiverged`.
         """
         graph = self.graph
         par = self.parallel
