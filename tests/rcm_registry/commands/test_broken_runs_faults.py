@@ -17,18 +17,11 @@ from rcm_registry.commands._shared import load_validated_recipe
 from rcm_registry.engine.run_layout import latest_checkpoint
 from rcm_registry.testing import run_cli
 from rcm_registry.testing.cli_cases import assert_refused
+from rcm_registry.testing.runs import TEACHER_RECIPE, TINY_TEACHER, tiny_args
 
-ROOT = Path(__file__).resolve().parents[3]
-TEACHER = str(ROOT / "recipes/quickstart/teacher.yaml")
-SETS = [
-    "networks.teacher.width=16",
-    "networks.teacher.depth=1",
-    "run.batch_size=32",
-    "run.iterations=20",
-    "run.checkpoint_every=10",
-    "run.log_every=5",
-]
-TINY = [*(arg for value in SETS for arg in ("--set", value)), "--no-progress"]
+TEACHER = TEACHER_RECIPE
+SETS = list(TINY_TEACHER)
+TINY = tiny_args()
 
 
 @pytest.fixture(scope="module")

@@ -29,22 +29,11 @@ from rcm_registry.engine.trainer import (
 )
 from rcm_registry.errors import NonFiniteCheckpoint
 from rcm_registry.testing import run_cli
+from rcm_registry.testing.runs import TEACHER_RECIPE, TINY_TEACHER, tiny_args
 
-ROOT = Path(__file__).resolve().parents[3]
-TEACHER = str(ROOT / "recipes/quickstart/teacher.yaml")
-SETS = [
-    "networks.teacher.width=16",
-    "networks.teacher.depth=1",
-    "run.batch_size=32",
-    "run.iterations=20",
-    "run.checkpoint_every=5",
-    "run.keep_checkpoints=2",
-    "run.log_every=1",
-]
-
-
-def tiny(*extra: str) -> list[str]:
-    return [*(a for s in [*SETS, *extra] for a in ("--set", s)), "--no-progress"]
+TEACHER = TEACHER_RECIPE
+SETS = list(TINY_TEACHER)
+tiny = tiny_args
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
