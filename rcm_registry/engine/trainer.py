@@ -307,7 +307,7 @@ class Trainer:
             add("loss", total)
         keys = sorted(sums)
         # The count of non-finite gradients rides along in the same reduction, so every rank skips alike.
-        local = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), _nonfinite_grads(net)])
+        local = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), _nonfinite_grads(net, self.device)])
         *reduced, bad_grads = par.all_reduce_sum(local).cpu().tolist()
         values: dict[str, float] = {}
         for key, value in zip(keys, reduced, strict=True):
@@ -415,7 +415,7 @@ _NO_PARALLEL = (
 )
 
 
-def _nonfinite_grads(net: torch.nn.Module) -> torch.Tensor:
+def _nonfinite_grads(net: torch.nn.Module, device: torch.device) -> torch.Tensor:
     """(1,) float64 on the gradients' device: how many of this rank's gradients (its shards, under a
     sharding strategy) hold a NaN or an infinity. One device tensor, so no host sync per parameter."""
     flags = []
@@ -425,8 +425,8 @@ def _nonfinite_grads(net: torch.nn.Module) -> torch.Tensor:
             local = grad.to_local() if hasattr(grad, "to_local") else grad
             flags.append(torch.isfinite(local).all())
     if not flags:
-        return torch.zeros(1, dtype=torch.float64)
-    return (~torch.stack(flags)).sum().to(torch.float64).reshape(1)
+        return torch.zeros(1, dtype=torch.float64, device=device)
+    return (~torch.stack(flags)).sum().to(device=device, dtype=torch.float64).reshape(1)
 
 
 def recipe_value(recipe: Recipe) -> dict[str, Any]:
