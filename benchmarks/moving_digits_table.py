@@ -14,6 +14,12 @@ evaluations per clip (the teacher's CFG doubles them); wall time is the sampler 
 benchmarks/moving_digits_table.md and benchmarks/moving_digits_strips.png (per row four clips, each a strip
 of its frames, seed 0).
 
+Low-precision inference rows: `--lowprec int8_attention fp8_linear both` samples the `--lowprec-method` student
+(default rCM) at `--lowprec-steps` (default 4) once more per option (`int8_sage` attention, FP8 linear layers,
+both; see README "Low-precision sampling"), after a row of the same student with its own precision and `sdpa`
+attention; those rows get one more column, the video FD of their clips against that row's clips of the same
+seed (same noise and conditions), which isolates what the 8-bit arithmetic costs.
+
 Rows sampled on separate machines can be joined: `--save-rows part.json` writes them (`--no-reference`
 leaves out the data and teacher rows), `--from-rows a.json b.json` renders the table and strips from such
 files without sampling (as digits_table.py).
@@ -32,7 +38,8 @@ from pathlib import Path
 import torch
 from digits_table import Row, labelled_pictures, load_rows, sample_with_sdpa, save_rows, summary
 from PIL import Image
-from rcm_plugins.digits._video_common import VideoClassifierConfig
+from rcm_plugins.digits._video_common import VideoClassifierConfig, video_features
+from rcm_plugins.digits.features import frechet_distance
 from safetensors import safe_open
 
 from rcm_registry import registry
@@ -55,7 +62,14 @@ COLUMNS = (
     ("precision", "precision ↑"),
     ("recall", "recall ↑"),
     ("diversity", "diversity"),
+    ("video_fd_vs_full", "video FD vs own precision ↓"),
 )
+#: ``--lowprec`` choices: the row label and the inference options (attention backend, FP8 linears).
+LOWPREC = {
+    "int8_attention": ("int8 attention", "int8_sage", False),
+    "fp8_linear": ("fp8 linear", None, True),
+    "both": ("int8 attention + fp8 linear", "int8_sage", True),
+}
 #: Clips shown per picture row: classes 0, 1, 2, 3 with directions 0, 1, 2, 3 (conditions cycle that way).
 PICTURE_CLIPS = (0, 11, 22, 33)
 
@@ -126,11 +140,22 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
     guidance = teacher.recipe.body.sample.config.guidance
     num = max(args.num, max(PICTURE_CLIPS) + 1)
 
-    def measure(run: LoadedRun, name: str, steps: int, nfe: int, **overrides: object) -> None:
+    def measure(
+        run: LoadedRun,
+        name: str,
+        steps: int,
+        nfe: int,
+        against: dict[int, torch.Tensor] | None = None,
+        **overrides: object,
+    ) -> dict[int, torch.Tensor]:
+        """Sample and score one row; ``against``: per seed the clips to measure a video FD against."""
         draw(run, 4, steps=steps, seed=0, **overrides)  # untimed: one-off set-up stays out of the wall time
-        per_seed, seconds = [], []
+        per_seed, seconds, clips = [], [], {}
         for seed in args.seeds:
             result = draw(run, num, steps=steps, seed=seed, **overrides)
+            clips[seed] = result.samples
+            if against is not None:
+                result.metrics["video_fd_vs_full"] = video_fd_between(run, result.samples, against[seed])
             per_seed.append(result.metrics)
             seconds.append(result.seconds)
             if seed == args.seeds[0]:
@@ -138,6 +163,7 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
                 pictures.append((label, result.samples[list(PICTURE_CLIPS)]))
             print(f"{name:>24} steps {steps:>2} seed {seed}: {result.metrics} {result.seconds:.2f} s", flush=True)
         table.append((name, steps, nfe, per_seed, seconds))
+        return clips
 
     if args.reference:
         table.append(("data (real clips)", 0, 0, data_row(teacher, args.seeds, num), [0.0] * len(args.seeds)))
@@ -150,7 +176,25 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
+    if args.lowprec:
+        method, steps = args.lowprec_method, args.lowprec_steps
+        run = open_checkpoint(args.runs / method, device=args.device)
+        sample_with_sdpa(run)
+        name = NAMES.get(method, method)
+        full = measure(run, f"{name}, own precision", steps, steps)
+        for choice in args.lowprec:
+            label, attention, fp8 = LOWPREC[choice]
+            run = open_checkpoint(args.runs / method, device=args.device, attention=attention, fp8_linear=fp8)
+            if attention is None:
+                sample_with_sdpa(run)
+            measure(run, f"{name}, {label}", steps, steps, against=full)
     return table, pictures
+
+
+def video_fd_between(run: LoadedRun, clips: torch.Tensor, reference: torch.Tensor) -> float:
+    """Video FD of ``clips`` against ``reference`` clips in the recipe's video classifier."""
+    config = next(spec.config for spec in run.recipe.body.metrics if spec.name == "moving_digits_video_fd")
+    return frechet_distance(video_features(config, clips)[0], video_features(config, reference)[0])
 
 
 def labelled_strips(rows: list[tuple[str, torch.Tensor]], scale: int = 3) -> Image.Image:
@@ -164,7 +208,7 @@ def render(metas: list[dict[str, object]], table: list[Row]) -> str:
     wall = (
         "one CPU thread, other jobs sharing the machine, so wall times are rough"
         if first["device"] == "cpu"
-        else f"on {first['device_name']}, every row sampled alone after training"
+        else f"on {first['device_name']} (whether rows shared the device with other jobs: RESULTS.md)"
     )
     accuracy = first["video_classifier_accuracy"]
     lines = [
@@ -239,6 +283,9 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
     parser.add_argument("--no-train", dest="train", action="store_false", help="sample existing runs only")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="no data and teacher rows")
+    parser.add_argument("--lowprec", nargs="*", default=[], choices=sorted(LOWPREC), help="low-precision rows")
+    parser.add_argument("--lowprec-method", default="rcm", help="the student the --lowprec rows sample")
+    parser.add_argument("--lowprec-steps", type=int, default=4, help="its sampler steps in those rows")
     parser.add_argument("--out", type=Path, default=ROOT / "moving_digits_table.md")
     parser.add_argument("--strips", type=Path, default=ROOT / "moving_digits_strips.png")
     parser.add_argument("--save-rows", type=Path, help="also write the rows as JSON, for --from-rows")

@@ -34,6 +34,7 @@ import triton.language as tl
 from rcm_kernels import attention_backward
 from rcm_kernels.triton_common import (
     ScratchAllocator,
+    check_attention_shapes,
     check_shape_like,
     device_context,
     dot,
@@ -79,15 +80,7 @@ class LaunchConfig(NamedTuple):
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, tangents: tuple[Tensor | None, ...] = ()) -> None:
     """Raise a ValueError/TypeError naming the problem if the kernels cannot take these tensors."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"expected (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
-    b, h, _, d = q.shape
-    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[2] != v.shape[2]:
-        raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
-    if k.shape[3] != d or v.shape[3] != d:
-        raise ValueError(f"q, k and v need one head dim, got {d}, {k.shape[3]}, {v.shape[3]}")
-    if not 16 <= d <= 256:
-        raise ValueError(f"head dim must be in [16, 256], got {d}")
+    check_attention_shapes(q, k, v)
     if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     for name, t, ref in zip(("tq", "tk", "tv"), tangents, (q, k, v), strict=False):

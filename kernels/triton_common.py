@@ -161,6 +161,19 @@ def device_context(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def check_attention_shapes(q: Tensor, k: Tensor, v: Tensor, min_head_dim: int = 16, max_head_dim: int = 256) -> None:
+    """Raise a ValueError naming the shapes unless q, k, v are (B, H, S, D) with one B, H, D and one key length."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    b, h, _, d = q.shape
+    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[2] != v.shape[2]:
+        raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    if k.shape[3] != d or v.shape[3] != d:
+        raise ValueError(f"q, k and v need one head dim, got {d}, {k.shape[3]}, {v.shape[3]}")
+    if not min_head_dim <= d <= max_head_dim:
+        raise ValueError(f"head dim must be in [{min_head_dim}, {max_head_dim}], got {d}")
+
+
 def check_shape_like(name: str, t: Tensor | None, like: Tensor, like_name: str) -> None:
     """Raise a ValueError naming ``t`` unless it is None or shaped like ``like``."""
     if t is not None and t.shape != like.shape:

@@ -13,6 +13,7 @@ from types import ModuleType
 
 from rcm_registry import __version__
 from rcm_registry.commands import (
+    convert_data,
     env,
     export,
     generate,
@@ -41,6 +42,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     quickstart,
     sample,
     synth,
+    convert_data,
     generate,
 )
 

@@ -45,6 +45,11 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, incomplete or does not fit the recipe."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle would call code when read (a ``.pt`` beyond ``torch.load(weights_only=True)``,
+    a DCP ``.metadata`` naming classes other than DCP's own): refused, never unpickled."""
+
+
 class TrainingDiverged(RuntimeError):
     """Training stopped: a loss became NaN or infinite, gradients stayed non-finite for too many steps in a
     row, or weights about to be checkpointed hold non-finite values. The message names what and the

@@ -417,6 +417,68 @@ def recipe_problems(config: object, recipe: Any, where: str) -> list[str]:
     return list(config.check_recipe(recipe, where) or ())
 
 
+@attrs.frozen
+class DataCheck:
+    """What :class:`ChecksData` found: problems (each naming the file, and the member or key where known)
+    and notes (e.g. files it skipped) that do not stop a run."""
+
+    problems: list[str] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+
+
+@runtime_checkable
+class ChecksData(Protocol):
+    """Optional on a dataset config: problems of the files the dataset would read, found without loading them
+    (headers, sizes, member lists).
+
+    Called by ``rcm validate`` and ``rcm run`` (:func:`rcm_registry.commands._shared.load_validated_recipe`)
+    after the recipe validated and before a run directory exists. Not part of recipe validation itself,
+    which opens no files: a recipe read back from a checkpoint (``rcm sample``, ``rcm generate``) must
+    validate where its training data is gone.
+    """
+
+    def check_data(self) -> DataCheck: ...
+
+
+def data_check(config: object) -> DataCheck:
+    """``config.check_data()`` (:class:`ChecksData`); nothing found when the config has no such check."""
+    if not isinstance(config, ChecksData):
+        return DataCheck()
+    return config.check_data()
+
+
+@attrs.frozen
+class ConversionSummary:
+    """What :class:`ConvertsData` did: shards written now, shards an earlier run left complete (kept), shards
+    still to do (``max_shards``), and the samples and shards of the output's index."""
+
+    written: int
+    kept: int
+    remaining: int
+    samples: int
+    shards: int
+
+
+@runtime_checkable
+class ConvertsData(Protocol):
+    """Optional on a dataset config: rewrite the data it names as latent shards (``rcm convert-data``).
+
+    ``out`` is a latent-shard directory (``rcm_plugins.data.latent_shards_format``) of ``shard_size``
+    samples a shard, written shard by shard (each whole or not at all), so a rerun continues an
+    interrupted conversion; ``max_shards`` stops after writing that many. ``progress`` gets one line per
+    shard. A problem of the input or of ``out`` raises a :class:`UserError` naming the file.
+    """
+
+    def convert_data(
+        self, out: Path, *, shard_size: int, max_shards: int | None, progress: Callable[[str], None]
+    ) -> ConversionSummary: ...
+
+
+def data_conversion(config: object) -> Callable[..., ConversionSummary] | None:
+    """``config.convert_data`` (:class:`ConvertsData`), or None when the dataset cannot be converted."""
+    return config.convert_data if isinstance(config, ConvertsData) else None
+
+
 @runtime_checkable
 class HasReduction(Protocol):
     """Optional on a loss config: whether the loss is a batch ``mean`` (the default) or a batch ``sum``.
@@ -569,3 +631,111 @@ def synth_store(config: object, root: Path) -> SynthStore | None:
     if not isinstance(config, WritesSynthData):
         return None
     return config.synth_store(root)
+
+
+# -- what datasets, codecs and networks declare about their tensors (recipe validation) -----------------
+
+
+@attrs.frozen
+class SampleShapes:
+    """What one sample looks like, per sample (no batch axis), read from configs and metadata only.
+
+    Declared by a dataset config (its samples) and by a codec config (what it produces: a VAE the latents
+    ``x0``, a text encoder the ``text`` condition). A size that varies, or that the declarer does not fix, is
+    None.
+    """
+
+    #: Shape of x0, e.g. (C, T, H, W); None when the declarer says nothing about x0 (a text encoder).
+    x0: tuple[int | None, ...] | None = None
+    #: Condition keys -> per-sample shape (e.g. ``text``: (L, D); ``label``: ()).
+    condition: Mapping[str, tuple[int | None, ...]] = attrs.field(factory=dict)
+    #: Integer condition keys -> number of classes (labels 0 .. n − 1; the null label is n).
+    classes: Mapping[str, int] = attrs.field(factory=dict)
+    #: Where the shapes were read, for messages (e.g. ``DIR/index.json``); empty: the recipe's own values.
+    source: str = ""
+
+
+@runtime_checkable
+class DescribesSamples(Protocol):
+    """Optional on a dataset or codec config: :class:`SampleShapes` without reading any tensor.
+
+    Called by recipe validation, which checks every network against them. It may raise a
+    :class:`UserError` naming the file it could not read (a dataset directory that is not there).
+    """
+
+    def sample_shapes(self) -> SampleShapes: ...
+
+
+def sample_shapes(config: object) -> SampleShapes | None:
+    """``config.sample_shapes()`` (:class:`DescribesSamples`), or None when the config does not say."""
+    return config.sample_shapes() if isinstance(config, DescribesSamples) else None
+
+
+@attrs.frozen
+class InputSpec:
+    """What a network takes for one input, per sample: a size per axis (None: any), a number each axis
+    must be a multiple of (the patch size), the axes' names for messages, and the classes of a label."""
+
+    shape: tuple[int | None, ...]
+    #: One name per axis, e.g. ("in_channels", "T", "H", "W").
+    names: tuple[str, ...]
+    multiple_of: tuple[int, ...] | None = None
+    #: For an integer label: the number of classes of the embedding (labels 0 .. n − 1, null label n).
+    classes: int | None = None
+    #: Whether the network refuses to run without it.
+    required: bool = True
+
+
+@attrs.frozen
+class NetworkInputs:
+    """What a network accepts: ``x`` (the noisy sample, shaped like x0) and its condition keys."""
+
+    x: InputSpec
+    condition: Mapping[str, InputSpec] = attrs.field(factory=dict)
+    #: Condition keys besides these are refused (False: the network takes any other keyword).
+    closed: bool = True
+    #: The head dim of its attentions and the attention backend's config they call, for the backend's limits.
+    head_dim: int | None = None
+    attention: Any = None
+    #: Number of attention heads, and the model width they split (None: the network does not say).
+    heads: int | None = None
+    width: int | None = None
+
+
+@runtime_checkable
+class DeclaresInputs(Protocol):
+    """Optional on a network config: the :class:`NetworkInputs` of the network it builds, from the config
+    (and a weights folder's config.json) without building it. A ValueError or UserError it raises is a
+    problem of the config, reported against the network's YAML path."""
+
+    def network_inputs(self) -> NetworkInputs: ...
+
+
+def network_inputs(config: object) -> NetworkInputs | None:
+    """``config.network_inputs()`` (:class:`DeclaresInputs`), or None when the config does not say."""
+    return config.network_inputs() if isinstance(config, DeclaresInputs) else None
+
+
+@runtime_checkable
+class CountsParameters(Protocol):
+    """Optional on a network config: the number of parameters of the network it builds (counted on the meta
+    device or by arithmetic, never allocated), for the memory estimate made before a run starts."""
+
+    def parameter_count(self) -> int: ...
+
+
+def parameter_count(config: object) -> int | None:
+    """``config.parameter_count()`` (:class:`CountsParameters`), or None when the config does not say."""
+    return int(config.parameter_count()) if isinstance(config, CountsParameters) else None
+
+
+@runtime_checkable
+class LimitsHeadDim(Protocol):
+    """Optional on an attention config: why a head dim cannot run on this backend (None when it can)."""
+
+    def head_dim_problem(self, head_dim: int) -> str | None: ...
+
+
+def head_dim_problem(config: object, head_dim: int) -> str | None:
+    """``config.head_dim_problem(head_dim)`` (:class:`LimitsHeadDim`), or None when the backend has no limit."""
+    return config.head_dim_problem(head_dim) if isinstance(config, LimitsHeadDim) else None

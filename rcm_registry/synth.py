@@ -147,7 +147,7 @@ def open_synth(
     text_codec = codecs.get("text") if isinstance(codecs, dict) else None
     if isinstance(codecs, dict):
         data["codecs"] = {}
-    recipe = validate_recipe(data, registry(), source=recipe_path)
+    recipe = validate_recipe(data, registry(), source=recipe_path, reads_data=False)
     store = synth_store(recipe.body.data.config, out)
     if store is None:
         raise UserError(
@@ -156,7 +156,8 @@ def open_synth(
         )
     prompts = store.read_prompts(prompts_path, conditions_path)
     if prompts.text is None and text_codec is not None:
-        recipe = validate_recipe({**data, "codecs": {"text": text_codec}}, registry(), source=recipe_path)
+        with_text = {**data, "codecs": {"text": text_codec}}
+        recipe = validate_recipe(with_text, registry(), source=recipe_path, reads_data=False)
     return recipe, store, prompts
 
 

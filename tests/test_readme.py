@@ -32,7 +32,7 @@ def test_setup_commands_match_ci() -> None:
 
 
 def test_every_cli_command_in_the_readme_table_exists() -> None:
-    for command in re.findall(r"^\| `rcm (\w+)", README, flags=re.M):
+    for command in re.findall(r"^\| `rcm ([\w-]+)", README, flags=re.M):
         assert run_cli(command, "--help").code == 0, command
 
 

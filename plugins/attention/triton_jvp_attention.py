@@ -28,6 +28,9 @@ from torch.autograd import forward_ad
 
 import rcm_registry as rr
 
+#: The head dims the fused kernels take (checked again by rcm_kernels.attention_jvp on every call).
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
 
 class TritonUnavailableError(rr.UserError, RuntimeError):
     """The fused kernel cannot run here: Triton is missing or the tensors' device is unsupported."""
@@ -37,6 +40,15 @@ class TritonUnavailableError(rr.UserError, RuntimeError):
 class TritonJvpAttentionConfig:
     #: Where calls without tangents go: ``sdpa`` (fastest) or ``kernel`` (the Triton forward/backward).
     primal: Literal["sdpa", "kernel"] = attrs.field(default="sdpa", validator=attrs.validators.in_(("sdpa", "kernel")))
+
+    def head_dim_problem(self, head_dim: int) -> str | None:
+        """The fused kernels tile the head dim in one block of 16 to 256 (rcm_kernels.attention_jvp)."""
+        if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+            return (
+                f"head dim {head_dim} is outside the [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}] the fused JVP kernel takes; "
+                "change the width or the heads, or use the 'math' backend"
+            )
+        return None
 
 
 def _kernels() -> ModuleType:

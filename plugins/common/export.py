@@ -1,4 +1,5 @@
-"""Writing a transformer network (or its state dict) as a diffusers or native checkpoint directory.
+"""Writing a transformer network (or its state dict) as a diffusers or native checkpoint directory, or as
+the rCM release's ``net.``-prefixed ``.pt`` file.
 
 Shared by every network family: a family describes its two layouts with :class:`Layouts`, and
 :func:`export_network` checks the state dict is complete, converts it and writes it atomically; a network
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 from rcm_registry import state_dicts
 
 Format = Literal["diffusers", "native"]
+#: What ``export`` writes: a key layout's directory, or the rCM release's single ``.pt`` file.
+ExportFormat = Literal["diffusers", "native", "rcm-release"]
+RELEASE_SUFFIXES = (".pt", ".pth")
 
 
 @attrs.frozen
@@ -28,12 +32,15 @@ class Layouts:
 
     ``network`` is built as ``network(arch, attention=None)`` on the meta device to learn the expected
     keys and shapes; our parameter names are the native layout's, so only diffusers needs renaming.
+    ``to_release`` (None: the rCM release has no checkpoints of the family) maps a native state dict to the
+    release's layout.
     """
 
     network: type[nn.Module]
     to_diffusers: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
     diffusers_config: Callable[[Any], dict[str, Any]]
     native_config: Callable[[Any], dict[str, Any]]
+    to_release: Callable[[Mapping[str, Tensor]], dict[str, Tensor]] | None = None
 
 
 def export_network(
@@ -41,28 +48,34 @@ def export_network(
     source: nn.Module | Mapping[str, Tensor],
     out: str | os.PathLike[str],
     *,
-    format: Format = "diffusers",
+    format: ExportFormat = "diffusers",
     arch: Any = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = weights.DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write ``source`` in ``format``; the directory appears complete or not at all (written under a
-    temporary name, then renamed).
+    """Write ``source`` in ``format``; the directory (or file) appears complete or not at all (written
+    under a temporary name, then renamed).
 
     Args:
         layouts: the network family's layouts.
         source: a ``layouts.network`` (its ``arch`` is used) or a state dict in our/native layout.
-        out: the directory to create.
-        format: ``diffusers`` or ``native``.
+        out: the directory to create (``rcm-release``: the ``.pt``/``.pth`` file).
+        format: ``diffusers``, ``native`` or ``rcm-release`` (one flat dict of ``net.``-prefixed tensors,
+            what the release's inference scripts load with ``--dit_path``).
         arch: required when ``source`` is a state dict.
         dtype: cast floating tensors (e.g. ``torch.bfloat16``); default keeps their dtype.
         overwrite: replace an existing ``out``.
         max_shard_bytes: split into shards with an index above this size.
     """
-    if format not in ("diffusers", "native"):
-        raise ValueError(f"format must be 'diffusers' or 'native', got {format!r}")
+    if format not in ("diffusers", "native", "rcm-release"):
+        raise ValueError(f"format must be 'diffusers', 'native' or 'rcm-release', got {format!r}")
     family = layouts.network.__name__
+    if format == "rcm-release":
+        if layouts.to_release is None:
+            raise ValueError(f"the rCM release has no {family} checkpoints, so there is no rcm-release layout for it")
+        if Path(out).suffix not in RELEASE_SUFFIXES:
+            raise ValueError(f"an rcm-release checkpoint is one file: name it FILE.pt (got {out})")
     if isinstance(source, nn.Module):
         if not isinstance(source, layouts.network):
             raise TypeError(f"expected a {family} or a state dict, got {type(source).__name__}")
@@ -76,6 +89,9 @@ def export_network(
         reference = layouts.network(arch, attention=None)
     expected = {k: v.shape for k, v in reference.state_dict().items()}
     state_dicts.check_state_dict(expected, state, source="state dict to export")
+    if format == "rcm-release":
+        assert layouts.to_release is not None
+        return weights.write_torch_file(layouts.to_release(state), out, dtype=dtype, overwrite=overwrite)
     if format == "diffusers":
         state, config = layouts.to_diffusers(state), layouts.diffusers_config(arch)
     else:
@@ -100,12 +116,13 @@ class ExportableNetwork:
         self,
         out: str | os.PathLike[str],
         *,
-        format: Format = "diffusers",
+        format: ExportFormat = "diffusers",
         dtype: torch.dtype | None = None,
         overwrite: bool = False,
     ) -> Path:
-        """Write this network as a diffusers or native checkpoint directory of its family.
+        """Write this network as a diffusers or native checkpoint directory of its family, or as an rCM
+        release ``.pt`` file.
 
-        See :func:`export_network`; the directory appears complete or not at all.
+        See :func:`export_network`; the directory (or file) appears complete or not at all.
         """
         return export_network(self.checkpoint_layouts(), self, out, format=format, dtype=dtype, overwrite=overwrite)

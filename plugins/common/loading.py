@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from rcm_plugins.common import weights
+from rcm_plugins.common import release, weights
 from rcm_plugins.common.export import Format
 from rcm_plugins.common.keys import KeyMap, strip_shared_prefix
 from torch import Tensor, nn
@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from rcm_registry import state_dicts
 from rcm_registry.errors import CheckpointError
 
-#: The ``format`` a recipe may give for its weights: ``auto`` tells the two layouts apart.
-WeightsFormat = Literal["auto", "native", "diffusers"]
+#: The ``format`` a recipe may give for its weights: ``auto`` tells the layouts apart. ``rcm-release``: the
+#: rCM release's ``net.``-prefixed ``.pt`` files and DCP directories, for a family that maps them.
+WeightsFormat = Literal["auto", "native", "diffusers", "rcm-release"]
+RELEASE: WeightsFormat = "rcm-release"
 
 A = TypeVar("A")
 
@@ -71,12 +73,45 @@ def read_state(
     *,
     prefixes: tuple[str, ...],
     detect_format: Callable[[str | Path, Mapping[str, Tensor]], Format],
+    from_release: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    role: release.Role | None = None,
+    ema: bool | None = None,
 ) -> tuple[dict[str, Tensor], Format]:
     """A checkpoint's tensors as stored, without the first wrapper prefix of ``prefixes`` every key
-    carries, and the key layout they are in (``format``, or detected from the file and the keys)."""
+    carries, and the key layout they are in (``format``, or detected from the file and the keys).
+
+    An rCM release checkpoint (``format: rcm-release``, or detected) gives network ``role`` (``ema``) of it,
+    turned into the native layout by ``from_release``; a family without one has no release checkpoints.
+    ``role`` and ``ema`` choose among a release checkpoint's networks and mean nothing for other layouts.
+    """
+    if is_release(path, format):
+        if from_release is None:
+            raise CheckpointError(
+                f"{path}: an rCM release checkpoint (net.-prefixed), and the release publishes none for this "
+                "network family (it has Wan2.1 ones)"
+            )
+        return from_release(release.read_network(path, role, ema)), "native"
+    check_no_release_choice(path, format, role, ema)
     state = strip_shared_prefix(weights.read_state_dict(path), prefixes)
     kind: Format = format if format != "auto" else detect_format(path, state)
     return state, kind
+
+
+def is_release(path: str | Path, format: WeightsFormat) -> bool:
+    """Whether ``path`` is read as an rCM release checkpoint: ``format: rcm-release``, or detected."""
+    return format == RELEASE or (format == "auto" and weights.is_rcm_release(path))
+
+
+def check_no_release_choice(path: str | Path, format: str, role: str | None, ema: bool | None) -> None:
+    """Refuse ``role`` / ``ema`` for a checkpoint that is not the release's: they would be silently ignored."""
+    given = [k for k, v in (("role", role), ("ema", ema)) if v is not None]
+    if given:
+        kind = f"a {format} checkpoint" if format != "auto" else "not an rCM release checkpoint"
+        verb = "chooses" if len(given) == 1 else "choose"
+        raise CheckpointError(
+            f"{path}: weights.{' and weights.'.join(given)} {verb} a network of an rcm run directory or of an "
+            f"rCM release checkpoint (format rcm-release), and this is {kind}"
+        )
 
 
 def load_state(

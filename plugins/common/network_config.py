@@ -8,25 +8,54 @@ architecture class, presets, config.json reader and component names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import attrs
 import torch
-from rcm_plugins.common.loading import WeightsFormat
+from rcm_plugins.common import release
+from rcm_plugins.common.loading import WeightsFormat, check_no_release_choice, is_release
+from rcm_plugins.common.weights import weight_files
 
 from rcm_registry import schema
 from rcm_registry.errors import CheckpointError
+from rcm_registry.protocols import InputSpec
 
 N = TypeVar("N")
 
 
 @attrs.define
 class CheckpointWeights:
-    """Where the weights come from. ``format: auto`` tells diffusers and native layouts apart."""
+    """Where the weights come from. ``format: auto`` tells the layouts apart (diffusers, native, and the rCM
+    release's ``.pt`` files and DCP directories).
+
+    An rCM release checkpoint holds several networks; ``role`` and ``ema`` pick one (see
+    :mod:`rcm_plugins.common.release`: default the student's EMA when there is one) and are refused for
+    other layouts. A release checkpoint that exists is opened when the recipe is checked, before anything
+    is written: an unsafe pickle, a damaged file or a role it does not hold is a recipe problem.
+    """
 
     path: str
     format: WeightsFormat = "auto"
+    role: release.Role | None = None
+    ema: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            if self.format in ("native", "diffusers"):
+                check_no_release_choice(self.path, self.format, self.role, self.ema)
+            elif Path(self.path).exists():
+                if is_release(self.path, self.format):
+                    release.open_release(self.path).select(self.role, self.ema)
+                else:
+                    check_no_release_choice(self.path, self.format, self.role, self.ema)
+        except CheckpointError as exc:  # reported with the recipe's other problems, at the weights' YAML path
+            raise ValueError(str(exc)) from None
+
+    def release_choice(self) -> dict[str, Any]:
+        """``role`` / ``ema`` as keyword arguments of a family's ``load_weights`` (only those given)."""
+        return {k: v for k, v in (("role", self.role), ("ema", self.ema)) if v is not None}
 
 
 class NetworkConfig(Protocol):
@@ -112,10 +141,43 @@ def check_weights_kind(
 
 def build_network(make: Callable[[], N], weights: CheckpointWeights | None, load_weights: Callable[..., object]) -> N:
     """``make()``; with weights, on the meta device first so the parameters are allocated once, when
-    ``load_weights(net, path, format, assign=True)`` puts the file's tensors in their place."""
+    ``load_weights(net, path, format, assign=True)`` puts the file's tensors in their place (with ``role`` /
+    ``ema`` when the weights give them: :meth:`CheckpointWeights.release_choice`)."""
     if weights is None:
         return make()
     with torch.device("meta"):
         net = make()
-    load_weights(net, weights.path, weights.format, assign=True)
+    load_weights(net, weights.path, weights.format, assign=True, **weights.release_choice())
     return net
+
+
+def check_checkpoint_path(weights: CheckpointWeights | None) -> None:
+    """A CheckpointError when ``weights.path`` is not there, or is a file of no weights format we read
+    (the format detection of :func:`rcm_plugins.common.weights.weight_files`). A folder is the family's to
+    read (a checkpoint folder, a repository of several)."""
+    if weights is None:
+        return
+    path = Path(weights.path)
+    if not path.exists():
+        raise CheckpointError(f"weights.path: {path}: no such file or directory")
+    if path.is_file():
+        weight_files(path)
+
+
+def latent_input(channels: int, patch_size: Sequence[int], *, channel_name: str = "in_channels") -> InputSpec:
+    """A (C, T, H, W) latent input of ``channels`` channels whose sizes divide by ``patch_size``."""
+    return InputSpec(
+        shape=(channels, None, None, None), names=(channel_name, "T", "H", "W"), multiple_of=(1, *patch_size)
+    )
+
+
+def token_input(width: int, *, width_name: str = "text_dim", length: int | None = None) -> InputSpec:
+    """An (L, D) token sequence of width ``width`` (any length unless ``length``)."""
+    return InputSpec(shape=(length, width), names=("L", width_name))
+
+
+def meta_parameter_count(make: Callable[[], torch.nn.Module]) -> int:
+    """The parameters of ``make()``, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        net = make()
+    return sum(p.numel() for p in net.parameters())

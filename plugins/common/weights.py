@@ -5,7 +5,12 @@ Network plugins keep their own key mappings and config translation; this module 
 * safetensors: one file, or shards listed by a ``*.safetensors.index.json`` (``{"weight_map": {key: file}}``);
 * PyTorch pickles (``.pth``, ``.pt``, ``.bin``), read with ``torch.load(weights_only=True)`` so that a
   checkpoint cannot run code;
-* diffusers model directories: a ``config.json`` with ``_class_name`` next to the weights.
+* diffusers model directories: a ``config.json`` with ``_class_name`` next to the weights;
+* ``torch.distributed.checkpoint`` (DCP) directories, as the rCM release's trainer writes them: a
+  ``.metadata`` file and ``*.distcp`` shards, read in one process on the CPU, tensors only (see
+  :func:`read_dcp_tensors`).
+
+A pickle that would call code is refused before anything in it runs (:class:`UnsafeCheckpointError`).
 
 Every problem is a :class:`rcm_registry.errors.CheckpointError` naming the file; strict loading is
 :mod:`rcm_registry.state_dicts`'s.
@@ -15,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import pickle
+import re
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from rcm_registry import atomic
-from rcm_registry.errors import CheckpointError
+from rcm_registry.errors import CheckpointError, UnsafeCheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
@@ -109,14 +117,43 @@ def _read_file(file: Path, device: str | torch.device) -> dict[str, Tensor]:
             return load_file(str(file), device=str(device))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
-    try:
-        obj = torch.load(file, map_location=device, weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a plain state dict"
-        raise CheckpointError(f"{file}: could not be read with torch.load(weights_only=True) ({exc})") from exc
+    obj = load_torch_file(file, device=device)
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         top = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{file}: expected a flat dict of tensors, found {top}")
     return dict(obj)
+
+
+#: How torch's weights_only unpickler (and ours for DCP metadata) names the global it refused.
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def load_torch_file(file: Path, *, device: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """What ``torch.load(file, weights_only=True)`` returns (tensors, containers, numbers, strings).
+
+    A pickle that names code (``os.system``, a class of its own) is an :class:`UnsafeCheckpointError`
+    naming what it calls, a truncated or foreign file a :class:`CheckpointError`: torch's unpickler stops
+    at the first forbidden global, before calling anything. ``mmap``: map the tensor data instead of
+    reading it (cheap: only the pickle itself is read, so a check can open a 30 GB file).
+    """
+    try:
+        try:
+            return torch.load(file, map_location=device, weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not (mmap and "mmap" in str(exc)):
+                raise
+            # The legacy (pre-zip) torch.save format cannot be mapped; it is read whole instead.
+            return torch.load(file, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        what = f"calls {found.group(1)}" if found else "is beyond what weights_only allows"
+        raise UnsafeCheckpointError(
+            f"{file}: refused: its pickle {what}, and weights are read only with torch.load(weights_only=True) "
+            "(re-save it as a plain dict of tensors, or as safetensors, from code you trust)"
+        ) from None
+    except Exception as exc:  # zip/pickle damage comes in many types; all mean "not a whole torch.save file"
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{file}: not a complete torch.save file (truncated or damaged? {detail})") from None
 
 
 def read_config(path: PathLike) -> dict[str, Any] | None:
@@ -144,6 +181,158 @@ def diffusers_class_name(path: PathLike) -> str | None:
     config = read_config(path)
     name = config.get("_class_name") if config else None
     return name if isinstance(name, str) else None
+
+
+# -- torch.distributed.checkpoint directories -----------------------------------------------------------
+
+#: The file that makes a directory a DCP checkpoint.
+DCP_METADATA = ".metadata"
+#: In a trainer checkpoint folder (the rCM release's ``checkpoints/iter_N/``) the networks' DCP directory;
+#: its sibling folders (``optim_*``, ``scheduler_*``, ``trainer``) hold training state, not weights.
+DCP_MODEL_FOLDER = "model"
+
+
+def dcp_directory(path: PathLike) -> Path | None:
+    """The DCP directory ``path`` names: itself when it holds ``.metadata``, or its ``model`` folder (a
+    trainer checkpoint folder); None otherwise."""
+    p = Path(path)
+    for candidate in (p, p / DCP_MODEL_FOLDER):
+        if (candidate / DCP_METADATA).is_file():
+            return candidate
+    return None
+
+
+#: The globals a DCP ``.metadata`` pickle names (torch dtypes besides): module -> names.
+_DCP_METADATA_GLOBALS: Mapping[str, frozenset[str]] = {
+    "torch.distributed.checkpoint.metadata": frozenset({
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    }),
+    "torch.distributed.checkpoint.filesystem": frozenset({"_StorageInfo", "_StoragePrefix"}),
+    "torch.serialization": frozenset({"_get_layout"}),
+    "torch": frozenset({"Size"}),
+    "pathlib": frozenset({"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}),
+    "collections": frozenset({"OrderedDict"}),
+}  # fmt: skip
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    """Unpickles a DCP ``.metadata`` file, which is a plain pickle (torch's reader uses ``pickle.load``): only
+    DCP's own metadata classes, torch dtypes, layouts, sizes and paths may be named, anything else is refused
+    before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _DCP_METADATA_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+
+def _dcp_metadata(directory: Path) -> Any:
+    file = directory / DCP_METADATA
+    try:
+        with file.open("rb") as stream:
+            return _DcpMetadataUnpickler(stream).load()
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{file}: refused: its pickle calls {found.group(1)}, which a DCP checkpoint's metadata never names"
+            ) from None
+        raise CheckpointError(f"{file}: not a readable DCP metadata file ({exc})") from None
+    except Exception as exc:  # EOFError, AttributeError ... from a damaged file
+        raise CheckpointError(f"{file}: not a readable DCP metadata file ({type(exc).__name__}: {exc})") from None
+
+
+def dcp_entries(directory: PathLike) -> dict[str, tuple[int, ...] | None]:
+    """Every entry of a DCP directory by key: a tensor's shape, or None for an entry stored as pickled
+    bytes (``_extra_state``, counters: never unpickled here)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    entries = _dcp_metadata(Path(directory)).state_dict_metadata
+    return {k: tuple(m.size) if isinstance(m, TensorStorageMetadata) else None for k, m in entries.items()}
+
+
+def read_dcp_tensors(directory: PathLike, keys: Iterable[str]) -> dict[str, Tensor]:
+    """The tensors ``keys`` of a DCP directory, whole, on the CPU, in one process (no process group).
+
+    Only tensor entries can be read: DCP stores other values as pickles its reader would load with
+    ``weights_only=False``, so those are never touched, and the metadata is read by a restricted unpickler.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    d = Path(directory)
+    metadata = _dcp_metadata(d)
+    entries = metadata.state_dict_metadata
+    template: dict[str, Any] = {}
+    for key in keys:
+        entry = entries.get(key)
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointError(f"{d}: no tensor {key!r} in this DCP checkpoint")
+        template[key] = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+
+    class Reader(dcp.FileSystemReader):  # the same reader, with the metadata read as above
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            return metadata
+
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(template, storage_reader=Reader(str(d)), no_dist=True)
+    except (Exception, dcp.api.CheckpointException) as exc:  # a missing or short .distcp shard
+        raise CheckpointError(f"{d}: cannot read the DCP checkpoint's tensors ({type(exc).__name__}: {exc})") from None
+    return template
+
+
+# -- the rCM release's layout -----------------------------------------------------------------------------
+
+#: Prefixes of the networks in the rCM release's trainer state dict (and its published ``.pt`` files):
+#: the student, the student's EMA, the fake score (critic). :mod:`rcm_plugins.common.release` reads them.
+RELEASE_PREFIXES = ("net.", "net_ema.", "net_fake_score.")
+#: The part of a single-file trainer checkpoint (``{"model": ..., "optimizer": ..., ...}``) holding the networks.
+RELEASE_MODEL_PART = "model"
+#: Its other top-level parts: training state, not weights.
+RELEASE_TRAINING_STATE = ("optimizer", "optim", "scheduler", "grad_scaler", "trainer", "iteration")
+
+
+def release_model_part(obj: Any, source: str) -> Mapping[str, Any]:
+    """The networks' flat state dict of a release ``.pt``: the file itself, or its ``model`` part when it is a
+    trainer checkpoint (the training state beside it is left alone; a top-level entry that is neither is an
+    error naming it)."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
+    part = obj.get(RELEASE_MODEL_PART)
+    if isinstance(part, Mapping):
+        unknown = sorted(str(k) for k in obj if k != RELEASE_MODEL_PART and k not in RELEASE_TRAINING_STATE)
+        if unknown:
+            raise CheckpointError(
+                f"{source}: a trainer checkpoint with entries that are neither its model nor training state "
+                f"({', '.join(RELEASE_TRAINING_STATE)}): {', '.join(unknown)}"
+            )
+        return part
+    return obj
+
+
+def is_rcm_release(path: PathLike) -> bool:
+    """Whether ``path`` is in the rCM release's layout: a DCP directory (or a trainer checkpoint folder
+    holding one), or a ``.pt``/``.pth`` whose keys all carry one of :data:`RELEASE_PREFIXES`.
+
+    Reading a ``.pt`` to tell maps its tensors without reading them; an unsafe pickle is refused here
+    (:class:`UnsafeCheckpointError`), as any read of it would be.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return dcp_directory(p) is not None
+    if not (p.is_file() and p.suffix in (".pt", ".pth")):
+        return False
+    obj = load_torch_file(p, mmap=True)
+    if not isinstance(obj, Mapping):
+        return False
+    part = obj.get(RELEASE_MODEL_PART)
+    keys = list(part if isinstance(part, Mapping) else obj)
+    return bool(keys) and all(isinstance(k, str) and k.startswith(RELEASE_PREFIXES) for k in keys)
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -206,6 +395,21 @@ def write_safetensors(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / f"{basename}{INDEX_SUFFIX}").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return paths
+
+
+def write_torch_file(
+    state_dict: Mapping[str, Tensor], out: PathLike, *, dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
+    """``torch.save`` a flat dict of tensors as ``out`` (a ``.pt``/``.pth`` file), floating tensors cast to
+    ``dtype``; the file appears complete or not at all."""
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass overwrite to replace it)")
+    tensors = _storable(state_dict, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_file(path) as tmp:
+        torch.save(tensors, tmp)
+    return path
 
 
 def write_config(config: Mapping[str, Any], directory: PathLike) -> Path:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import Batch, Condition
+from rcm_registry.protocols import Batch, Condition, SampleShapes
 
 
 @attrs.define
@@ -39,6 +39,13 @@ class GaussianMixture2dConfig:
         modes = self.modes if self.layout == "ring" else self.grid_size**2
         if self.classes > modes:
             raise ValueError(f"classes ({self.classes}) cannot exceed the number of modes ({modes})")
+
+    def sample_shapes(self) -> SampleShapes:
+        """Points (2,); with labels, a ``label`` of ``classes`` classes (one per mode when 0)."""
+        if not self.labels:
+            return SampleShapes(x0=(2,))
+        classes = self.classes or (self.modes if self.layout == "ring" else self.grid_size**2)
+        return SampleShapes(x0=(2,), condition={"label": ()}, classes={"label": classes})
 
 
 class GaussianMixture2d:

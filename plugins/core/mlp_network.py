@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 import rcm_registry as rr
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec, NetworkInputs
 
 
 def _even(_: object, __: attrs.Attribute, value: int) -> None:
@@ -37,6 +38,20 @@ class MlpConfig:
     def __attrs_post_init__(self) -> None:
         if not self.min_frequency <= self.max_frequency:
             raise ValueError(f"min_frequency ({self.min_frequency}) must be <= max_frequency ({self.max_frequency})")
+
+    def network_inputs(self) -> NetworkInputs:
+        """Samples of ``dim`` values; with classes, an optional ``label`` (the null label when absent)."""
+        condition = {}
+        if self.num_classes > 0:
+            condition["label"] = InputSpec(shape=(), names=(), classes=self.num_classes, required=False)
+        return NetworkInputs(x=InputSpec(shape=(self.dim,), names=("dim",)), condition=condition, width=self.width)
+
+    def parameter_count(self) -> int:
+        """Linear layers of the time MLP, input, residual layers and output, and the label embedding."""
+        w = self.width
+        count = (self.time_embedding_dim + 1) * w + (w + 1) * w  # time MLP
+        count += (self.dim + 1) * w + self.depth * (w + 1) * w + (w + 1) * self.dim
+        return count + ((self.num_classes + 1) * w if self.num_classes > 0 else 0)
 
 
 def sinusoidal_embedding(timestep: Tensor, dim: int, min_frequency: float, max_frequency: float) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import Batch, Condition
+from rcm_registry.protocols import Batch, Condition, SampleShapes
 
 
 def _four_positive(_: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -41,6 +41,14 @@ class RandomLatentsConfig:
     def __attrs_post_init__(self) -> None:
         if self.condition_frames >= self.shape[1] and self.condition_frames:
             raise ValueError(f"condition_frames ({self.condition_frames}) must be fewer than T ({self.shape[1]})")
+
+    def sample_shapes(self) -> SampleShapes:
+        """The configured shape, text of (text_length, text_dim) and the Video2World conditions."""
+        shape = tuple(int(s) for s in self.shape)
+        condition: dict[str, tuple[int | None, ...]] = {"text": (self.text_length, self.text_dim)}
+        if self.condition_frames:
+            condition.update(condition_latents=shape, condition_mask=(1, *shape[1:]))
+        return SampleShapes(x0=shape, condition=condition)
 
 
 class RandomLatents:

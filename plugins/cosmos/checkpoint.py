@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcm_plugins.common import weights
+from rcm_plugins.common import release, weights
 from rcm_plugins.common.export import Format, Layouts, export_network
 from rcm_plugins.common.keys import KeyMap
 from rcm_plugins.common.loading import (
@@ -258,20 +258,30 @@ def arch_from_checkpoint(path: str | Path, format: WeightsFormat = "auto", *, v2
     )
 
 
-def read_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> tuple[dict[str, Tensor], Format]:
-    """Read a Cosmos checkpoint as it is stored (wrapper prefixes stripped) and say which layout it is in."""
-    return read_state(path, format, prefixes=_FOREIGN_PREFIXES, detect_format=detect_format)
+def read_checkpoint(
+    path: str | Path, format: WeightsFormat = "auto", *, role: release.Role | None = None, ema: bool | None = None
+) -> tuple[dict[str, Tensor], Format]:
+    """Read a Cosmos checkpoint as it is stored (wrapper prefixes stripped) and say which layout it is in.
+
+    The rCM release publishes no Cosmos-Predict2 checkpoints, so one in its layout is refused by name."""
+    return read_state(path, format, prefixes=_FOREIGN_PREFIXES, detect_format=detect_format, role=role, ema=ema)
 
 
 def load_weights(
-    net: CosmosNetwork, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False
+    net: CosmosNetwork,
+    path: str | Path,
+    format: WeightsFormat = "auto",
+    *,
+    assign: bool = False,
+    role: release.Role | None = None,
+    ema: bool | None = None,
 ) -> Format:
     """Load a native or diffusers checkpoint into ``net`` strictly; returns the layout it was in.
 
     Every missing, unexpected or mis-shaped key is reported in one :class:`CheckpointError`, with the keys
     named as they are in the file.
     """
-    state, kind = read_checkpoint(path, format)
+    state, kind = read_checkpoint(path, format, role=role, ema=ema)
     load_state(net, state, kind, keys=KEYS, source=weights.describe(path), assign=assign, native_ignored=NATIVE_IGNORED)
     return kind
 

@@ -10,13 +10,18 @@ from rcm_plugins.common.network_config import (
     arch_fields,
     build_network,
     check_architecture_source,
+    check_checkpoint_path,
     check_weights_kind,
+    latent_input,
+    meta_parameter_count,
     optional_positive,
+    token_input,
 )
 from rcm_plugins.cosmos import checkpoint
 from rcm_plugins.cosmos.model import CosmosArch, CosmosNetwork
 
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec, NetworkInputs
 from rcm_registry.schema import ComponentSpec
 
 Size = Literal["2B", "14B", "tiny"]
@@ -93,6 +98,32 @@ class CosmosT2IConfig:
 
     v2w = False
     default_fps = None
+
+    def network_inputs(self) -> NetworkInputs:
+        """What the network takes (recipe validation checks the data and codecs against it): latents of
+        ``in_channels``, ``text`` of ``text_dim``; Video2World also the conditioning latents and mask."""
+        check_checkpoint_path(self.weights)
+        arch = resolve_arch(self)
+        condition = {"text": token_input(arch.text_dim)}
+        if self.v2w:
+            condition["condition_latents"] = latent_input(arch.in_channels, arch.patch_size)
+            condition["condition_mask"] = InputSpec(
+                shape=(1, None, None, None), names=("mask channels", "T", "H", "W"), multiple_of=(1, *arch.patch_size)
+            )
+        return NetworkInputs(
+            x=latent_input(arch.in_channels, arch.patch_size),
+            condition=condition,
+            closed=False,  # the teacher wrapper reads conditions of its own (cosmos_edm: condition_latents)
+            head_dim=arch.head_dim,
+            attention=self.attention,
+            heads=arch.num_heads,
+            width=arch.dim,
+        )
+
+    def parameter_count(self) -> int:
+        """Parameters of the network, counted on the meta device."""
+        arch = resolve_arch(self)
+        return meta_parameter_count(lambda: CosmosNetwork(arch, None))
 
     def condition_shapes(self, latent_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
         """Per-sample shapes of the conditions besides ``text`` (``rcm synth`` checks it can give them)."""

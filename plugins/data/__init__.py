@@ -1,4 +1,5 @@
-"""Data and codecs: the ``latent_shards`` dataset; the text encoders and VAEs of Wan2.1 and Cosmos-Predict2.
+"""Data and codecs: the ``latent_shards`` and ``rcm_tar_shards`` datasets; the text encoders and VAEs of Wan2.1
+and Cosmos-Predict2.
 
 The codecs import diffusers/transformers only when built, so this area loads without the optional extras.
 """
@@ -13,6 +14,7 @@ def rcm_components() -> list[rr.Component]:
     from rcm_plugins.data import (
         cosmos_vae_codec,
         latent_shards_dataset,
+        rcm_tar_shards_dataset,
         t5_codec,
         umt5_codec,
         wan22_vae_codec,
@@ -21,6 +23,7 @@ def rcm_components() -> list[rr.Component]:
 
     return [
         latent_shards_dataset.COMPONENT,
+        rcm_tar_shards_dataset.COMPONENT,
         umt5_codec.COMPONENT,
         wan_vae_codec.COMPONENT,
         wan22_vae_codec.COMPONENT,

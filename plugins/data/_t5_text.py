@@ -12,13 +12,26 @@ from typing import Any, Literal
 
 import attrs
 import torch
+from rcm_plugins.common.weights import CONFIG_NAME, read_json_object
 from rcm_plugins.data.prompts import clean_prompt
 from torch import Tensor
 
 from rcm_registry import schema
 from rcm_registry.errors import UserError
+from rcm_registry.protocols import SampleShapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def codec_config(path: str, who: str) -> dict[str, Any]:
+    """The config.json of codec folder ``path`` (read, nothing loaded); a UserError naming what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"path: {folder} is not a directory")
+    config = read_json_object(folder / CONFIG_NAME)
+    if config is None:
+        raise UserError(f"path: {folder} has no {CONFIG_NAME} ({who} reads its architecture there)")
+    return config
 
 
 def require(module: str, extra: str, who: str) -> Any:
@@ -45,6 +58,15 @@ class T5TextConfig:
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     #: Undo HTML escapes and collapse whitespace before tokenising (Wan does; Cosmos does not).
     clean: bool = True
+
+    def sample_shapes(self) -> SampleShapes:
+        """``text`` of (max_length, d_model), d_model from the encoder's config.json (not loaded)."""
+        config = codec_config(self.path, type(self).__name__)
+        if "d_model" not in config:
+            raise UserError(f"{Path(self.path) / CONFIG_NAME}: no d_model (not a T5 encoder's config)")
+        return SampleShapes(
+            condition={"text": (self.max_length, int(config["d_model"]))}, source=str(Path(self.path) / CONFIG_NAME)
+        )
 
 
 def tokenizer_dir(config: T5TextConfig) -> Path:

@@ -14,11 +14,13 @@ from typing import Literal
 
 import attrs
 import torch
-from rcm_plugins.data._t5_text import DTYPES, require
+from rcm_plugins.common.weights import CONFIG_NAME
+from rcm_plugins.data._t5_text import DTYPES, codec_config, require
 from torch import Tensor
 
 from rcm_registry import schema
 from rcm_registry.errors import UserError
+from rcm_registry.protocols import SampleShapes
 
 
 @attrs.define(kw_only=True)
@@ -31,6 +33,13 @@ class WanVaeConfig:
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = attrs.field(default=None, validator=schema.positive)
     sigma_data: float = attrs.field(default=1.0, validator=schema.positive)
+
+    def sample_shapes(self) -> SampleShapes:
+        """Latents of the VAE's ``z_dim`` channels (its config.json; diffusers' default 16), read without
+        loading the VAE; a UserError when ``path`` is not a folder."""
+        config = codec_config(self.path, type(self).__name__)
+        channels = int(config.get("z_dim", 16))
+        return SampleShapes(x0=(channels, None, None, None), source=str(Path(self.path) / CONFIG_NAME))
 
 
 class WanVideoCodec:

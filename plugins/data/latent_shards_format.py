@@ -10,7 +10,7 @@ embedding of a negative prompt::
     DIR/shard-000000.safetensors   samples 0 .. n0-1
     DIR/shard-000001.safetensors   ...
     DIR/negative.safetensors       optional: ``text`` (1, L, D) [+ ``text_mask`` (1, L)]
-    DIR/synth.json                 written by ``rcm synth`` only: its settings, checked on restart
+    DIR/synth.json                 written by ``rcm synth`` / ``rcm convert-data``: settings, checked on restart
 
 Every shard holds the same tensors, each with the shard's sample count as the leading dimension:
 
@@ -43,8 +43,9 @@ Captions, when stored, are the safetensors metadata entry ``captions``: a JSON l
 file, a wrong dtype or shape, a missing key, a count that differs from the index are errors naming the
 file and the key); ``sha256`` is checked when a shard is read if the dataset asks for it.
 
-``rcm synth`` writes the shards through :class:`rcm_plugins.data.latent_shards_writer.LatentShardsWriter`
-(prompt ``i`` in shard ``i // shard_size``; each shard whole or not at all), and the dataset reads them.
+``rcm synth`` and ``rcm convert-data`` write the shards through
+:class:`rcm_plugins.data.latent_shards_writer.LatentShardsWriter` (prompt ``i`` in shard ``i // shard_size``;
+each shard whole or not at all), and the dataset reads them.
 """
 
 from __future__ import annotations

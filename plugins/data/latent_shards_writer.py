@@ -1,4 +1,4 @@
-"""``rcm synth``'s writer of a latent-shard dataset (:mod:`rcm_plugins.data.latent_shards_format`).
+"""``rcm synth``'s and ``rcm convert-data``'s writer of latent shards (:mod:`rcm_plugins.data.latent_shards_format`).
 
 :class:`LatentShardsWriter` is the :class:`rcm_registry.protocols.SynthStore` of the ``latent_shards``
 dataset. Shard ``k`` is ``shard-{k:06d}.safetensors``; it is written under a temporary name, fsynced and
@@ -86,7 +86,8 @@ class LatentShardsWriter:
         if not path.exists():
             if (out / INDEX_NAME).exists() or any(out.glob("shard-*.safetensors")):
                 raise UserError(
-                    f"--out {out}: holds shards not written by `rcm synth` (no {SETTINGS_NAME}); use another"
+                    f"--out {out}: holds shards not written by `rcm synth` or `rcm convert-data` (no {SETTINGS_NAME}); "
+                    "use another"
                 )
             write_text_atomic(path, json.dumps(record, indent=1) + "\n")
             return

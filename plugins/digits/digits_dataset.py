@@ -11,7 +11,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import Batch, Condition
+from rcm_registry.protocols import Batch, Condition, SampleShapes
 
 NUM_CLASSES = 10
 #: Pixel values in the scikit-learn copy are integers 0..16.
@@ -30,6 +30,13 @@ class DigitsConfig:
     upsample: int = attrs.field(default=1, validator=schema.in_range(1, 8))
     #: Condition on the class: ``{"label": LongTensor}``; the null label (for CFG) is 10.
     labels: bool = True
+
+    def sample_shapes(self) -> SampleShapes:
+        """(1, 1, 8·upsample, 8·upsample) grey images; with labels, ``label`` of 10 classes."""
+        side = 8 * self.upsample
+        if not self.labels:
+            return SampleShapes(x0=(1, 1, side, side))
+        return SampleShapes(x0=(1, 1, side, side), condition={"label": ()}, classes={"label": NUM_CLASSES})
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:

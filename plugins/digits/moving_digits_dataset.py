@@ -20,7 +20,7 @@ from torch import Tensor
 
 import rcm_registry as rr
 from rcm_registry import schema
-from rcm_registry.protocols import Batch, Condition
+from rcm_registry.protocols import Batch, Condition, SampleShapes
 
 #: Input size of the digits dataset's images: ``digit_size`` must be a multiple of it.
 DIGIT_PIXELS = 8
@@ -81,30 +81,15 @@ class MovingDigitsConfig:
                 out[f"direction{suffix}"] = self.directions
         return out
 
-    def check_recipe(self, recipe: Any, where: str) -> list[str]:
-        """Every network that states its patch and label inputs can take these clips and conditions."""
-        shape = (self.frames, self.canvas, self.canvas)
-        problems = []
-        for role, entry in recipe.networks.items():
-            config = entry.spec.config
-            patch_of = getattr(config, "latent_patch", None)
-            patch = patch_of() if callable(patch_of) else None
-            if patch is not None and any(n % p for n, p in zip(shape, patch, strict=True)):
-                problems.append(
-                    f"clips of {self.frames} frames of {self.canvas}x{self.canvas} pixels do not divide into the "
-                    f"patches {list(patch)} of networks.{role} ({entry.spec.name}): choose frames and canvas "
-                    "divisible by the patch size"
-                )
-            vocabulary_of = getattr(config, "label_vocabulary", None)
-            theirs = vocabulary_of() if callable(vocabulary_of) else None
-            mine = self.label_vocabulary()
-            if theirs is not None and theirs != mine:
-                extra = {k: v for k, v in mine.items() if k != "label"}
-                problems.append(
-                    f"the clips' conditions {mine} are not the label inputs {theirs} of networks.{role} "
-                    f"({entry.spec.name}): give it extra_labels: {extra} (every condition but the label)"
-                )
-        return problems
+    def sample_shapes(self) -> SampleShapes:
+        """Clips (1, frames, canvas, canvas) and their label conditions (recipe validation checks every
+        network's patch and label inputs against them)."""
+        vocabulary = self.label_vocabulary()
+        return SampleShapes(
+            x0=(1, self.frames, self.canvas, self.canvas),
+            condition={key: () for key in vocabulary},
+            classes=vocabulary,
+        )
 
 
 def bounce(start: Tensor, velocity: Tensor, frames: int, room: int) -> Tensor:

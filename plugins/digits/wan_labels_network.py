@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import attrs
 import torch
+from rcm_plugins.common.network_config import latent_input
 from rcm_plugins.wan.config import Size, WanT2VConfig, build, resolve_arch
 from torch import Tensor, nn
 
 import rcm_registry as rr
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec, NetworkInputs
 from rcm_registry.schema import ComponentSpec
 
 
@@ -44,6 +46,7 @@ class WanLabelsConfig:
     patch_size: tuple[int, int, int] | None = _optional_positive()
     attention: ComponentSpec = schema.component("attention", default={"use": "sdpa"})  # noqa: RUF009
     activation_checkpointing: bool = False
+    fused_ops: bool = True
     #: Labels 0..num_classes−1; label num_classes is the null label of classifier-free guidance.
     num_classes: int = attrs.field(default=10, validator=schema.positive)
     #: Length L of the token sequence each label becomes (the cross-attention keys).
@@ -56,13 +59,29 @@ class WanLabelsConfig:
         """Condition key → number of values, in token order (the data must give exactly these keys)."""
         return {"label": self.num_classes, **self.extra_labels}
 
-    def latent_patch(self) -> tuple[int, int, int]:
-        """The (T, H, W) patch the latents' sizes must be divisible by."""
-        return tuple(resolve_arch(self.wan_config()).patch_size)  # type: ignore[return-value]
+    def network_inputs(self) -> NetworkInputs:
+        """The Wan latents and, instead of text, the labels: the data must give exactly these keys (a label
+        it never gives would only ever be its null value)."""
+        wan = resolve_arch(self.wan_config())
+        labels = {key: InputSpec(shape=(), names=(), classes=size) for key, size in self.label_vocabulary().items()}
+        return NetworkInputs(
+            x=latent_input(wan.in_channels, wan.patch_size),
+            condition=labels,
+            head_dim=wan.head_dim,
+            attention=self.attention,
+            heads=wan.num_heads,
+            width=wan.dim,
+        )
+
+    def parameter_count(self) -> int:
+        """The Wan transformer's parameters (meta device) and the label embeddings'."""
+        wan = self.wan_config()
+        width = self.label_tokens * resolve_arch(wan).text_dim
+        return wan.parameter_count() + sum((n + 1) * width for n in self.label_vocabulary().values())
 
     def wan_config(self) -> WanT2VConfig:
         fields = ("size", "dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels")
-        more = ("text_dim", "freq_dim", "patch_size", "attention", "activation_checkpointing")
+        more = ("text_dim", "freq_dim", "patch_size", "attention", "activation_checkpointing", "fused_ops")
         return WanT2VConfig(**{f: getattr(self, f) for f in fields + more})
 
     def __attrs_post_init__(self) -> None:

@@ -35,6 +35,7 @@ Randomness, in order: ``t`` from the time sampler, then ``ε`` from ``ctx.genera
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -95,6 +96,28 @@ class ScmConfig:
         return self.requirements().check_recipe(recipe, phase)
 
 
+def student_tangent(
+    student_F: Callable[[Tensor, Tensor], Tensor],
+    x_t: Tensor,
+    t: Tensor,
+    dx: Tensor,
+    F_minus: Tensor,
+    *,
+    fd_step: float | None = None,
+) -> Tensor:
+    """dF_θ⁻/dt in float64 along the probability-flow direction (dx_t/dt = ``dx``, dt/dt = cos t·sin t):
+    one forward-mode AD pass, or with ``fd_step`` the x part by AD and the t part as a finite difference at
+    fixed x_t (``F_minus`` is F_θ⁻(x_t, t) in float64). Shared with benchmarks/jvp_precision.py."""
+    cs = torch.cos(t) * torch.sin(t)
+    if fd_step is None:
+        return jvp(student_F, (x_t, t), (dx, cs))[1].to(torch.float64)
+    dF = jvp(student_F, (x_t, t), (dx, None))[1].to(torch.float64)
+    t_other = torch.where(t > fd_step, t - fd_step, t + fd_step)
+    with torch.no_grad():
+        F_other = student_F(x_t, t_other).to(torch.float64)
+    return dF + expand(cs / (t - t_other), x_t) * (F_minus - F_other)
+
+
 class ScmLoss:
     """sCM: continuous-time consistency loss with a JVP tangent (or semi-continuous finite difference)."""
 
@@ -125,17 +148,7 @@ class ScmLoss:
         F_minus = F_theta.detach().to(torch.float64)
         cs = torch.cos(t) * torch.sin(t)
         dx = (expand(cs, x0) * F_T).to(x_t.dtype)
-        if cfg.semi_continuous:
-            _, dF = jvp(student_F, (x_t, t), (dx, None))
-            dF = dF.to(torch.float64)
-            h = cfg.fd_step
-            t_other = torch.where(t > h, t - h, t + h)
-            with torch.no_grad():
-                F_other = student_F(x_t, t_other).to(torch.float64)
-            dF = dF + expand(cs / (t - t_other), x0) * (F_minus - F_other)
-        else:
-            _, dF = jvp(student_F, (x_t, t), (dx, cs))
-            dF = dF.to(torch.float64)
+        dF = student_tangent(student_F, x_t, t, dx, F_minus, fd_step=cfg.fd_step if cfg.semi_continuous else None)
 
         r = self.warmup_ratio(ctx.iteration)
         x_t64 = x_t.to(torch.float64)

@@ -28,6 +28,23 @@ class CommonConfig:
     #: split over data-parallel ranks and then into this many micro-batches, with the gradients summed.
     gradient_accumulation: int = attrs.field(default=1, validator=schema.positive)
 
+    def data_ranks(self, world_size: int) -> int:
+        """Ranks that see different samples, of ``world_size`` processes."""
+        return world_size
+
+    def check_recipe(self, recipe: Any, where: str) -> list[str]:
+        """``run.batch_size`` splits into equal slices: data-parallel ranks (of the processes torchrun
+        started, one without it) × micro-batches (what :meth:`Strategy.check_batch` checks once running)."""
+        batch = recipe.body.run.batch_size
+        ranks = max(1, self.data_ranks(distributed.launch_env().world_size))
+        slices = ranks * self.gradient_accumulation
+        if batch % slices:
+            return [
+                f"run.batch_size {batch} is not divisible by the {ranks} data-parallel ranks × "
+                f"{self.gradient_accumulation} gradient_accumulation micro-batches = {slices} slices of the batch"
+            ]
+        return []
+
 
 class Strategy:
     """Base of the parallel strategies (the ``parallel`` protocol in :mod:`rcm_registry.protocols`)."""

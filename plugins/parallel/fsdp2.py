@@ -61,11 +61,14 @@ class Fsdp2Config(CommonConfig):
     #: Free the all-gathered parameters after each forward (less memory, one more all-gather in backward).
     reshard_after_forward: bool = True
 
+    def data_ranks(self, world_size: int) -> int:
+        return world_size // self.context_parallel
+
     def check_recipe(self, recipe: Any, where: str) -> list[str]:
+        problems = super().check_recipe(recipe, where)
         cp = self.context_parallel
         if cp == 1:
-            return []
-        problems = []
+            return problems
         for role, entry in recipe.networks.items():
             spec = entry.spec
             if not spec.has(CONTEXT_PARALLEL):

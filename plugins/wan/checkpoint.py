@@ -2,7 +2,9 @@
 
 Our parameter names are the native Wan2.1 ones (``Wan-AI/Wan2.1-T2V-1.3B`` and friends ship them), so the
 only mapping needed is native ↔ diffusers (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``,
-``diffusers.WanTransformer3DModel``). Every Wan2.2 transformer (each A14B expert, the TI2V-5B) is one such
+``diffusers.WanTransformer3DModel``). The rCM release's checkpoints (:mod:`rcm_plugins.common.release`)
+are native too, under a ``net.`` prefix, with ``patch_embedding`` a Linear over flattened patches
+(:func:`from_release`, :func:`to_release`). Every Wan2.2 transformer (each A14B expert, the TI2V-5B) is one such
 checkpoint too; its native config.json differs only in what ``model_type`` means (``release="2.2"``).
 Key correspondences were checked against diffusers' ``convert_wan_transformer_to_diffusers``
 (diffusers/loaders/single_file_utils.py) and the module structure of ``WanTransformer3DModel``.
@@ -16,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from rcm_plugins.common import weights
-from rcm_plugins.common.export import Format, Layouts, export_network
+from rcm_plugins.common import release, weights
+from rcm_plugins.common.export import ExportFormat, Format, Layouts, export_network
 from rcm_plugins.common.keys import KeyMap
 from rcm_plugins.common.loading import (
     WeightsFormat,
@@ -263,18 +265,74 @@ def arch_from_checkpoint(
     )
 
 
-def read_checkpoint(path: str | Path, format: WeightsFormat = "auto") -> tuple[dict[str, Tensor], Format]:
-    """Read a Wan checkpoint as it is stored, and say which key layout it is in."""
-    return read_state(path, format, prefixes=(_FOREIGN_PREFIX,), detect_format=detect_format)
+#: The one parameter whose shape differs between native Wan and the rCM release.
+PATCH_EMBEDDING = "patch_embedding.weight"
 
 
-def load_weights(net: WanNetwork, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False) -> Format:
-    """Load a native or diffusers checkpoint into ``net`` strictly; returns the layout it was in.
+def from_release(state: dict[str, Tensor], patch_size: tuple[int, int, int]) -> dict[str, Tensor]:
+    """A network of an rCM release checkpoint (prefix removed) in the native layout.
+
+    The release's ``WanModel`` embeds patches with a Linear over ``(c kt kh kw)``-flattened patches, whose
+    weight (dim, C·kt·kh·kw) is the native Conv3d's (dim, C, kt, kh, kw) in that same order, so a reshape
+    maps it exactly; every other key is native as it is.
+    """
+    weight = state.get(PATCH_EMBEDDING)
+    if weight is None or weight.dim() != 2:
+        return state  # missing or already Conv3d-shaped: strict loading names it
+    volume = patch_size[0] * patch_size[1] * patch_size[2]
+    if weight.shape[1] % volume:
+        raise CheckpointError(
+            f"{PATCH_EMBEDDING}: shape {tuple(weight.shape)} does not flatten patches of size {tuple(patch_size)}"
+        )
+    return {**state, PATCH_EMBEDDING: weight.reshape(weight.shape[0], -1, *patch_size)}
+
+
+def to_release(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A native state dict in the rCM release's layout: ``net.`` keys, ``patch_embedding`` as its Linear."""
+    out = dict(state)
+    weight = out.get(PATCH_EMBEDDING)
+    if weight is not None and weight.dim() == 5:
+        out[PATCH_EMBEDDING] = weight.reshape(weight.shape[0], -1)
+    return release.with_prefix(out)
+
+
+def read_checkpoint(
+    path: str | Path,
+    format: WeightsFormat = "auto",
+    *,
+    patch_size: tuple[int, int, int] = (1, 2, 2),
+    role: release.Role | None = None,
+    ema: bool | None = None,
+) -> tuple[dict[str, Tensor], Format]:
+    """Read a Wan checkpoint as it is stored, and say which key layout it is in (an rCM release checkpoint:
+    network ``role`` of it, mapped to native with ``patch_size``)."""
+    return read_state(
+        path,
+        format,
+        prefixes=(_FOREIGN_PREFIX,),
+        detect_format=detect_format,
+        from_release=partial(from_release, patch_size=patch_size),
+        role=role,
+        ema=ema,
+    )
+
+
+def load_weights(
+    net: WanNetwork,
+    path: str | Path,
+    format: WeightsFormat = "auto",
+    *,
+    assign: bool = False,
+    role: release.Role | None = None,
+    ema: bool | None = None,
+) -> Format:
+    """Load a native, diffusers or rCM release checkpoint into ``net`` strictly; returns the layout it was
+    in (``native`` for the release's: its keys are native).
 
     Every missing, unexpected or mis-shaped key is reported in one :class:`CheckpointError`, with the
-    keys named as they are in the file.
+    keys named as they are in the file. ``role`` / ``ema``: which network of a release checkpoint.
     """
-    state, kind = read_checkpoint(path, format)
+    state, kind = read_checkpoint(path, format, patch_size=net.arch.patch_size, role=role, ema=ema)
     load_state(
         net, state, kind, keys=KEYS, source=weights.describe(path), assign=assign, diffusers_ignored=DIFFUSERS_IGNORED
     )
@@ -288,7 +346,7 @@ def export(
     source: nn.Module | Mapping[str, Tensor],
     out: str | Path,
     *,
-    format: Format = "diffusers",
+    format: ExportFormat = "diffusers",
     arch: WanArch | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
@@ -298,9 +356,11 @@ def export(
 
     ``format="diffusers"`` writes config.json and ``diffusion_pytorch_model*.safetensors`` loadable by
     ``diffusers.WanTransformer3DModel.from_pretrained(out)``; ``format="native"`` writes the native Wan2.1
-    key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code). The
-    directory appears complete or not at all. ``source`` is a :class:`WanNetwork` or a state dict in our
-    layout; the other arguments as for :func:`rcm_plugins.common.export.export_network`.
+    key layout with a ``WanModel`` config.json (loadable by this plugin, and by Wan's own code);
+    ``format="rcm-release"`` writes ``out`` as one ``.pt`` in the rCM release's layout (``net.`` keys, what
+    its inference script loads with ``--dit_path``). The directory or file appears complete or not at all.
+    ``source`` is a :class:`WanNetwork` or a state dict in our layout; the other arguments as for
+    :func:`rcm_plugins.common.export.export_network`.
     """
     return export_network(
         LAYOUTS, source, out, format=format, arch=arch, dtype=dtype, overwrite=overwrite,
@@ -309,5 +369,9 @@ def export(
 
 
 LAYOUTS = Layouts(
-    network=WanNetwork, to_diffusers=to_diffusers, diffusers_config=diffusers_config, native_config=native_config
+    network=WanNetwork,
+    to_diffusers=to_diffusers,
+    diffusers_config=diffusers_config,
+    native_config=native_config,
+    to_release=to_release,
 )

@@ -10,13 +10,18 @@ from rcm_plugins.common.network_config import (
     arch_fields,
     build_network,
     check_architecture_source,
+    check_checkpoint_path,
     check_weights_kind,
+    latent_input,
+    meta_parameter_count,
     optional_positive,
+    token_input,
 )
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.model import WanArch, WanNetwork
 
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec, NetworkInputs
 from rcm_registry.schema import ComponentSpec
 
 Size = Literal["1.3B", "14B", "tiny"]
@@ -74,6 +79,13 @@ class WanFields:
     weights: WanWeights | None = None
     #: Recompute each block in the backward pass (saves activation memory when training).
     activation_checkpointing: bool = False
+    #: The fused Triton token ops on CUDA; false runs their plain-torch references (eager forward-mode AD
+    #: through every op: the bf16 JVP study's comparison, benchmarks/jvp_precision.md).
+    fused_ops: bool = True
+
+    def network_options(self) -> dict[str, bool]:
+        """The keyword options every Wan network class takes besides its architecture and attention."""
+        return {"activation_checkpointing": self.activation_checkpointing, "fused_ops": self.fused_ops}
 
     def check_fields(self, sizes: tuple[str, ...]) -> None:
         """The architecture has a source (a size of ``sizes``, weights or every required field) and the
@@ -83,6 +95,46 @@ class WanFields:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.freq_dim is not None and self.freq_dim % 2:
             raise ValueError(f"freq_dim {self.freq_dim} must be even")
+
+    def architecture(self) -> WanArch:
+        """The architecture of one transformer (of each expert), from the size, the weights' config.json or
+        the fields."""
+        raise NotImplementedError
+
+    def transformers(self) -> int:
+        """How many transformers of :meth:`architecture` the network holds (two experts: 2)."""
+        return 1
+
+    def network_inputs(self) -> NetworkInputs:
+        """What the network takes (recipe validation checks the data and codecs against it): latents of
+        ``in_channels`` (the noisy part, when conditioning latents ride along as ``image_latent``), ``text``
+        of ``text_dim``, CLIP ``image`` tokens for Wan2.1 I2V."""
+        check_checkpoint_path(self.weights)
+        arch = self.architecture()
+        extra = arch.in_channels - arch.out_channels
+        condition = {"text": token_input(arch.text_dim), **self.extra_inputs(arch)}
+        if arch.image_dim is not None:
+            condition["image"] = token_input(arch.image_dim, width_name="image_dim")
+        if extra > 0:  # mask and image latents, concatenated to x along channels by the network
+            condition["image_latent"] = latent_input(extra, arch.patch_size, channel_name="in_channels - out_channels")
+        x_channels = arch.out_channels if extra > 0 else arch.in_channels
+        return NetworkInputs(
+            x=latent_input(x_channels, arch.patch_size, channel_name="in_channels" if extra <= 0 else "out_channels"),
+            condition=condition,
+            head_dim=arch.head_dim,
+            attention=self.attention,
+            heads=arch.num_heads,
+            width=arch.dim,
+        )
+
+    def extra_inputs(self, arch: WanArch) -> dict[str, InputSpec]:
+        """Conditions a network of the family takes besides text and the I2V ones."""
+        return {}
+
+    def parameter_count(self) -> int:
+        """Parameters of the network, counted on the meta device."""
+        arch = self.architecture()
+        return self.transformers() * meta_parameter_count(lambda: WanNetwork(arch, None))
 
 
 @attrs.define(kw_only=True)
@@ -95,6 +147,9 @@ class WanT2VConfig(WanFields):
         self.check_fields(get_args(Size))
 
     i2v = False
+
+    def architecture(self) -> WanArch:
+        return resolve_arch(self)
 
     def attention_heads(self) -> int:
         """Heads of every attention (context parallel must divide it); read from config.json with weights."""
@@ -150,7 +205,7 @@ def build(config: WanT2VConfig) -> WanNetwork:
     )
     attention = config.attention.build()
     return build_network(
-        lambda: WanNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),
+        lambda: WanNetwork(arch, attention, **config.network_options()),
         config.weights,
         checkpoint.load_weights,
     )

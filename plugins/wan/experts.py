@@ -51,6 +51,7 @@ class WanExperts(nn.Module):
         boundary: the expert switch as a fraction of the network's time (``boundary_ratio``).
         experts: which experts the network holds: both, or one of them.
         activation_checkpointing: recompute each block in the backward pass (training with grad only).
+        fused_ops: the fused Triton token ops (see :class:`~rcm_plugins.wan.model.WanNetwork`).
 
     ``run_every_expert`` (None: only under a process group of several ranks) runs both experts on every
     call, the one without samples on an empty batch (see the module docstring).
@@ -64,6 +65,7 @@ class WanExperts(nn.Module):
         boundary: float,
         experts: Sequence[Expert] = EXPERTS,
         activation_checkpointing: bool = False,
+        fused_ops: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 < boundary < 1.0:
@@ -76,7 +78,10 @@ class WanExperts(nn.Module):
         self.experts: tuple[Expert, ...] = tuple(e for e in EXPERTS if e in experts)
         self.run_every_expert: bool | None = None
         for name in self.experts:
-            self.add_module(name, WanNetwork(arch, attention, activation_checkpointing=activation_checkpointing))
+            self.add_module(
+                name,
+                WanNetwork(arch, attention, activation_checkpointing=activation_checkpointing, fused_ops=fused_ops),
+            )
 
     def expert(self, name: Expert) -> WanNetwork:
         """The expert network ``name`` (a Wan2.1-layout transformer)."""

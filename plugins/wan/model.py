@@ -29,7 +29,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from rcm_plugins.common.export import ExportableNetwork, Layouts
-from rcm_plugins.common.fused_ops import gated_residual, modulated_layer_norm, rms_norm_rope
+from rcm_plugins.common.fused_ops import fused_kernels, gated_residual, modulated_layer_norm, rms_norm_rope
 from rcm_plugins.common.inputs import check_latents, check_tokens
 from rcm_plugins.common.layers import (
     Linear,
@@ -243,17 +243,22 @@ class WanNetwork(ExportableNetwork, nn.Module):
         attention: the attention backend object (from the config's ``attention`` component); every
             attention of the network calls it with (B, H, S, D) views.
         activation_checkpointing: recompute each block in the backward pass (training with grad only).
+        fused_ops: the Triton kernels of :mod:`rcm_plugins.common.fused_ops` on CUDA (False: their plain
+            torch references, so that forward-mode AD runs eagerly through every op; a comparison switch).
 
     ``sequence_parallel`` (None, or an object of ``rcm_registry.protocols.SequenceParallel`` set by the
     ``parallel`` strategy): the token sequence is split over a context-parallel group after the patch
     embedding, self-attention runs through its all-to-all, and the head's output is gathered.
     """
 
-    def __init__(self, arch: WanArch, attention: Attn, *, activation_checkpointing: bool = False) -> None:
+    def __init__(
+        self, arch: WanArch, attention: Attn, *, activation_checkpointing: bool = False, fused_ops: bool = True
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.attention = attention
         self.activation_checkpointing = activation_checkpointing
+        self.fused_ops = fused_ops
         self.sequence_parallel: Any = None
         dim = arch.dim
         self.patch_embedding = nn.Conv3d(arch.in_channels, dim, kernel_size=arch.patch_size, stride=arch.patch_size)
@@ -320,6 +325,14 @@ class WanNetwork(ExportableNetwork, nn.Module):
             (B, out_channels, T, H, W), in x's dtype; shaped like x when the conditioning latents are
             passed separately.
         """
+        if self.fused_ops:
+            return self._predict(x, timestep, text, image, image_latent)
+        with fused_kernels(False):
+            return self._predict(x, timestep, text, image, image_latent)
+
+    def _predict(
+        self, x: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None, image_latent: Tensor | None
+    ) -> Tensor:
         arch = self.arch
         if image_latent is not None:
             inputs = torch.cat((x, image_latent.to(x.dtype)), dim=1)

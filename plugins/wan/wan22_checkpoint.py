@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcm_plugins.common import weights
+from rcm_plugins.common import release, weights
 from rcm_plugins.common.export import Format, Layouts, export_network
-from rcm_plugins.common.loading import WeightsFormat
+from rcm_plugins.common.loading import WeightsFormat, check_no_release_choice, is_release
 from rcm_plugins.wan import checkpoint
 from rcm_plugins.wan.experts import EXPERTS, Expert, WanExperts
 from rcm_plugins.wan.model import WanArch, WanNetwork
@@ -161,9 +161,31 @@ def arch_from_experts(path: str | Path, format: WeightsFormat, experts: tuple[Ex
     return first
 
 
-def load_experts(net: WanExperts, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False) -> None:
+def load_experts(
+    net: WanExperts,
+    path: str | Path,
+    format: WeightsFormat = "auto",
+    *,
+    assign: bool = False,
+    role: release.Role | None = None,
+    ema: bool | None = None,
+) -> None:
     """Load every expert ``net`` holds from an A14B checkpoint strictly (errors name the file and the keys),
-    and refuse a repository whose model_index.json puts the expert boundary elsewhere than ``net`` does."""
+    and refuse a repository whose model_index.json puts the expert boundary elsewhere than ``net`` does.
+
+    An rCM release checkpoint holds one transformer (the release's Wan2.2 I2V A14B experts are two files,
+    ``...-high-...pt`` and ``...-low-...pt``): a one-expert network reads its expert from one (``role`` /
+    ``ema`` pick its network)."""
+    if is_release(path, format):
+        if len(net.experts) != 1:
+            raise CheckpointError(
+                f"{path}: an rCM release checkpoint holds one expert; read it with a one-expert network "
+                "(`expert: high_noise` or `low_noise`)"
+            )
+        expert = net.experts[0]
+        checkpoint.load_weights(net.expert(expert), path, "rcm-release", assign=assign, role=role, ema=ema)
+        return
+    check_no_release_choice(path, format, role, ema)
     folders = expert_checkpoints(path, format, net.experts)
     for expert, folder in folders.items():
         checkpoint.load_weights(net.expert(expert), folder, _folder_format(folder, format), assign=assign)
@@ -183,9 +205,17 @@ def _folder_format(folder: Path, format: WeightsFormat) -> WeightsFormat:
     return format
 
 
-def load_ti2v(net: WanTI2VNetwork, path: str | Path, format: WeightsFormat = "auto", *, assign: bool = False) -> None:
+def load_ti2v(
+    net: WanTI2VNetwork,
+    path: str | Path,
+    format: WeightsFormat = "auto",
+    *,
+    assign: bool = False,
+    role: release.Role | None = None,
+    ema: bool | None = None,
+) -> None:
     """Load a TI2V-5B checkpoint (either repository, or its transformer folder) into ``net`` strictly."""
-    checkpoint.load_weights(net, transformer_checkpoint(path, format), format, assign=assign)
+    checkpoint.load_weights(net, transformer_checkpoint(path, format), format, assign=assign, role=role, ema=ema)
 
 
 # -- writing ------------------------------------------------------------------------------------------------

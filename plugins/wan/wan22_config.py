@@ -15,6 +15,7 @@ from rcm_plugins.wan.model import TIMESTEP_SCALE, WanArch
 from rcm_plugins.wan.ti2v_model import WanTI2VNetwork
 
 from rcm_registry import schema
+from rcm_registry.protocols import InputSpec
 
 A14BSize = Literal["a14b", "tiny"]
 TI2VSize = Literal["5b", "tiny"]
@@ -61,6 +62,12 @@ class WanA14BConfig(WanFields):
 
     def boundary_ratio(self) -> float:
         return self.boundary if self.boundary is not None else DEFAULT_BOUNDARY[self.model_type]
+
+    def architecture(self) -> WanArch:
+        return resolve_a14b(self)
+
+    def transformers(self) -> int:
+        return len(self.experts())
 
     def attention_heads(self) -> int:
         """Heads of every attention (context parallel must divide it); read from config.json with weights."""
@@ -145,6 +152,17 @@ class WanTI2VConfig(WanFields):
     def __attrs_post_init__(self) -> None:
         self.check_fields(get_args(TI2VSize))
 
+    def architecture(self) -> WanArch:
+        return resolve_ti2v(self)
+
+    def extra_inputs(self, arch: WanArch) -> dict[str, InputSpec]:
+        """``first_frame`` (C, 1, H, W) with ``first_frame: true``."""
+        if not self.first_frame:
+            return {}
+        _, ph, pw = arch.patch_size
+        shape = (arch.in_channels, 1, None, None)
+        return {"first_frame": InputSpec(shape=shape, names=("in_channels", "T", "H", "W"), multiple_of=(1, 1, ph, pw))}
+
     def attention_heads(self) -> int:
         return resolve_ti2v(self).num_heads
 
@@ -209,7 +227,7 @@ def build_a14b(config: WanA14BConfig) -> WanExperts:
             attention,
             boundary=config.boundary_ratio(),
             experts=config.experts(),
-            activation_checkpointing=config.activation_checkpointing,
+            **config.network_options(),
         ),
         config.weights,
         wan22_checkpoint.load_experts,
@@ -220,7 +238,7 @@ def build_ti2v(config: WanTI2VConfig) -> WanTI2VNetwork:
     arch = resolve_ti2v(config)
     attention = config.attention.build()
     return build_network(
-        lambda: WanTI2VNetwork(arch, attention, activation_checkpointing=config.activation_checkpointing),
+        lambda: WanTI2VNetwork(arch, attention, **config.network_options()),
         config.weights,
         wan22_checkpoint.load_ti2v,
     )

@@ -7,6 +7,7 @@ Nothing here imports torch: the parser of every command is built on each start o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -47,6 +48,35 @@ def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_weights_argument(p: argparse.ArgumentParser) -> None:
+    """``--weights CHECKPOINT``: the network's weights from another checkpoint than the run's."""
+    p.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        default=None,
+        help="the network's weights from this checkpoint instead of the run's, as networks.ROLE.weights.path "
+        "would read it: e.g. an rCM release .pt or DCP directory (its student EMA; --no-ema: net.); the target "
+        "may then be a recipe file",
+    )
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """``--attention NAME`` and ``--fp8-linear``: the recipe's ``inference:`` options for the sampled network."""
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="NAME",
+        help="sample with this attention backend, e.g. int8_sage (default: the recipe's inference.attention, "
+        "else the network's own)",
+    )
+    p.add_argument(
+        "--fp8-linear",
+        action="store_true",
+        default=None,
+        help="run the transformer blocks' linear layers in FP8 e4m3 (default: the recipe's inference.fp8_linear)",
+    )
+
+
 def int_list(text: str | None, what: str) -> list[int] | None:
     """``16,21,60,104`` (or ``16x21x60x104``) as a list of integers; None stays None. ``what`` names the option."""
     if text is None:
@@ -57,14 +87,51 @@ def int_list(text: str | None, what: str) -> list[int] | None:
         raise UserError(f"{what} {text!r}: expected comma-separated integers, e.g. 16,21,60,104") from None
 
 
+#: Last keys of a recipe path whose value is a file or folder (``weights.path``, ``data.path``, ...).
+PATH_KEYS = ("path", "tokenizer", "weights")
+
+
+def absolute_path_overrides(overrides: Sequence[str]) -> list[str]:
+    """``--set`` overrides with every relative file path made absolute (from the working directory), so
+    the recipe a run saves names the same files from wherever ``rcm generate`` or ``rcm sample`` start."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        text = value.strip()
+        is_path = key.strip().rsplit(".", 1)[-1] in PATH_KEYS and text and text[0] not in "{[?'\"~/"
+        out.append(f"{key}{sep}{os.path.abspath(text)}" if sep and is_path else item)
+    return out
+
+
 def load_validated_recipe(recipe: str, overrides: Sequence[str]) -> Recipe:
-    """The recipe file with its ``--set`` overrides, checked against the loaded registry."""
+    """The recipe file with its ``--set`` overrides, checked against the loaded registry, against this machine
+    (``run.device``, memory: :func:`~rcm_registry.recipe.machine_check.machine_problems`) and by its dataset
+    (:func:`check_recipe_data`): ``rcm validate`` and ``rcm run``, before a run directory."""
+    from rcm_registry.errors import RecipeError
     from rcm_registry.plugin_loading import registry
     from rcm_registry.recipe.load import load_recipe
+    from rcm_registry.recipe.machine_check import machine_problems
     from rcm_registry.recipe.validate import validate_recipe
 
-    data = load_recipe(recipe, overrides)
-    return validate_recipe(data, registry(), source=recipe)
+    data = load_recipe(recipe, absolute_path_overrides(overrides))
+    checked = validate_recipe(data, registry(), source=recipe)
+    problems = machine_problems(checked)
+    if problems:
+        raise RecipeError(problems, source=recipe)
+    check_recipe_data(checked)
+    return checked
+
+
+def check_recipe_data(recipe: Recipe) -> None:
+    """The notes of the recipe's dataset's own check of its files (:class:`rcm_registry.protocols.ChecksData`),
+    as ``note:`` lines on stderr; its problems are the recipe's (validation lists them with the others)."""
+    from rcm_registry.protocols import data_check
+
+    spec = recipe.body.data
+    if spec is None:
+        return
+    for note in data_check(spec.config).notes:
+        print(f"note: data ({spec.name}): {note}", file=sys.stderr)
 
 
 def report_plugin_failures(reg: Registry) -> None:

@@ -1,4 +1,5 @@
-"""``rcm export RUN_DIR --out DIR``: write a run's output network as a diffusers or native checkpoint directory."""
+"""``rcm export RUN_DIR --out DIR``: write a run's output network as a diffusers or native checkpoint directory,
+or (``--format rcm-release --out FILE.pt``) as the rCM release's ``net.``-prefixed ``.pt`` file."""
 
 from __future__ import annotations
 
@@ -16,15 +17,30 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         subparsers,
         NAME,
         cmd_export,
-        summary="Write a run's output network (EMA weights) as a diffusers or native checkpoint directory.",
-        example="rcm export runs/wan-1.3b --format diffusers --out wan-rcm-4step",
+        summary="Write a run's output network (EMA weights) as a diffusers or native checkpoint directory, or as "
+        "an rCM release .pt file.",
+        example="rcm export runs/wan-1.3b --format diffusers --out wan-rcm-4step\n"
+        "  rcm export runs/wan-1.3b --format rcm-release --out wan-rcm-4step.pt",
     )
     p.add_argument("run_dir", help="a run directory written by `rcm run`")
     p.add_argument(
-        "--format", choices=("diffusers", "native"), default="diffusers", help="checkpoint layout (default diffusers)"
+        "--format",
+        choices=("diffusers", "native", "rcm-release"),
+        default="diffusers",
+        help="checkpoint layout (default diffusers); rcm-release: one FILE.pt of net.-prefixed native Wan2.1 "
+        "keys, what the rCM release's inference script takes as --dit_path",
     )
-    p.add_argument("--out", required=True, help="output directory (written under a temporary name, then renamed)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="weight dtype (default bf16)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory, or FILE.pt for rcm-release (written under a temporary name, then renamed)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="bf16",
+        help="weight dtype (default bf16, as the rCM release publishes its checkpoints)",
+    )
     p.add_argument("--network", default=None, help="network role (default: the run's output network)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")

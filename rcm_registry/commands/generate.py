@@ -1,6 +1,8 @@
 """``rcm generate TARGET --prompt TEXT --out FILE``: a video, image or latents from a run's student.
 
-The recipe's codecs encode the prompt and decode the latents (see rcm_registry.generate).
+The recipe's codecs encode the prompt and decode the latents (see rcm_registry.generate). ``--weights
+CHECKPOINT`` generates with other weights for the student (an rCM release ``.pt``, ...); TARGET may then be a
+recipe file, whose codecs, sampler and network config are used.
 """
 
 from __future__ import annotations
@@ -8,7 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rcm_registry.commands._shared import add_command, add_set_argument, int_list
+from rcm_registry.commands._shared import (
+    add_command,
+    add_inference_arguments,
+    add_set_argument,
+    add_weights_argument,
+    int_list,
+)
 from rcm_registry.errors import UserError
 
 NAME = "generate"
@@ -22,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         summary="Generate a video (or image, or latents) for a prompt with a run's student and the recipe's codecs.",
         example='rcm generate runs/wan-1.3b --prompt "a red fox in the snow" --steps 4 --out fox.mp4',
     )
-    p.add_argument("target", help="a run directory (latest checkpoint) or a checkpoint folder")
+    p.add_argument(
+        "target", help="a run directory (latest checkpoint) or a checkpoint folder (with --weights: or a recipe file)"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="FILE.mp4 (PNG frames without imageio), FILE.png, or FILE.safetensors")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1-4 (default: the recipe's)")
@@ -41,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--fps", type=int, default=16, help="frame rate of the MP4 (default 16, Wan's)")
     p.add_argument("--network", default=None, help="network role (default: the run's output network)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_weights_argument(p)
     p.add_argument("--device", default="auto")
+    add_inference_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(
         p, help="override a value of the run's recipe, e.g. --set codecs.vae.path=/models/vae (repeatable)"
@@ -66,6 +78,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     latents_only = args.latents_only or out.suffix == ".safetensors"
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory, not a file to write")
     if out.suffix not in OUTPUTS:
         raise UserError(f"--out {out}: the file must end in {', '.join(OUTPUTS)}")
     if latents_only and out.suffix != ".safetensors":
@@ -77,7 +91,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # The VAE is needed to decode, and to turn --frames/--height/--width into a latent shape.
     wanted = ("text", "vae") if not latents_only or args.frames is not None else ("text",)
     gen = open_checkpoint(
-        Path(args.target), overrides=args.set, role=args.network, ema=not args.no_ema, device=args.device, codecs=wanted
+        Path(args.target),
+        overrides=args.set,
+        role=args.network,
+        ema=not args.no_ema,
+        device=args.device,
+        codecs=wanted,
+        weights=args.weights,
+        attention=args.attention,
+        fp8_linear=args.fp8_linear,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
     conditions = load_conditions(Path(args.conditions), 1) if args.conditions else {}
@@ -95,9 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decode=not latents_only,
         progress=bar,
     )
-    weights = "EMA" if gen.used_ema else "raw"
     if latents_only:
-        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": str(gen.checkpoint.path)}
+        meta = {"prompt": args.prompt, "seed": str(args.seed), "checkpoint": gen.source}
         save_latents(result.latents, out, meta)
         written = [out]
     else:
@@ -114,6 +135,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
     print(
         f"wrote {written[0] if len(written) == 1 else written[0].parent}: latents {list(shape)} from {gen.role} "
-        f"({weights} weights), sampling {result.seconds:.3f} s"
+        f"({gen.weights_label()}, {gen.inference.describe()}), sampling {result.seconds:.3f} s"
     )
     return 0

@@ -37,14 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rcm_registry.engine.logs import configure_console
-    from rcm_registry.engine.trainer import Trainer, prepare_run_dir
+    from rcm_registry.engine.trainer import Trainer, prepare_run_dir, start_run_dir
 
     recipe = load_validated_recipe(args.recipe, args.set)  # validation first: a broken recipe creates no run directory
     configure_console(args.verbose)
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    resume_from = prepare_run_dir(run_dir, recipe, resume=args.resume)
+    resume_from = prepare_run_dir(run_dir, recipe, resume=args.resume, create=False)
+    # Built before the folder exists: a network or dataset that cannot be built leaves nothing behind.
     trainer = Trainer(recipe, run_dir, progress=not args.no_progress)
-    if resume_from is not None:
+    if resume_from is None:
+        start_run_dir(run_dir, recipe)
+    else:
         trainer.restore(resume_from)
     final = trainer.run()
     from rcm_registry.distributed import is_main

@@ -74,6 +74,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def cmd_synth(args: argparse.Namespace) -> int:
     from rcm_registry.synth import SynthSettings, open_synth, synthesise
 
+    positive = {"--steps": args.steps, "--shard-size": args.shard_size, "--batch-size": args.batch_size}
+    positive["--max-shards"] = args.max_shards
+    for option, value in positive.items():
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, not a dataset directory")
     shape = int_list(args.shape, "--shape")
     if shape is None:
         raise UserError("--shape C,T,H,W is required: the latent shape of one sample (e.g. 16,21,60,104 for 480p)")

@@ -421,4 +421,7 @@ def trained_weights(ckpt: Checkpoint, role: str, *, ema: bool) -> tuple[dict[str
 def checkpoint_recipe(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> Recipe:
     """The validated recipe a checkpoint was written with, ``KEY=VALUE`` ``overrides`` applied first."""
     source = str(ckpt.path / "recipe.yaml")
-    return validate_recipe(apply_overrides(ckpt.recipe(), overrides, source=source), registry(), source)
+    # Files the run was trained on may have moved since (rcm generate needs no training data): not opened.
+    return validate_recipe(
+        apply_overrides(ckpt.recipe(), overrides, source=source), registry(), source, open_files=False
+    )

@@ -13,11 +13,15 @@ from torch import nn
 
 from rcm_registry.engine.checkpoint import Checkpoint, checkpoint_recipe, resolve_checkpoint, trained_weights
 from rcm_registry.engine.context import SampleContext
-from rcm_registry.engine.graph import build_network, pick_device
+from rcm_registry.engine.graph import build_network, build_with_weights, pick_device
+from rcm_registry.engine.inference import InferenceOptions, apply_after_loading, inference_options, with_attention
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
+from rcm_registry.recipe.load import apply_overrides
 from rcm_registry.recipe.sections import Recipe
+from rcm_registry.recipe.validate import validate_recipe
+from rcm_registry.schema import MISSING
 from rcm_registry.state_dicts import load_strict
 
 
@@ -29,7 +33,9 @@ class LoadedRun:
     """
 
     recipe: Recipe
-    checkpoint: Checkpoint
+    #: The run checkpoint the recipe (and, without ``weights_from``, the weights) came from; None when the
+    #: recipe is a file and the weights a checkpoint named by ``--weights``.
+    checkpoint: Checkpoint | None
     role: str
     net: nn.Module
     used_ema: bool
@@ -38,14 +44,40 @@ class LoadedRun:
     teacher: Any
     #: The recipe's codecs that were asked for, built on ``device``.
     codecs: dict[str, Any] = attrs.field(factory=dict)
+    #: The inference options the network was loaded with (its attention backend, FP8 linears).
+    inference: InferenceOptions = attrs.field(factory=InferenceOptions)
     _dataset: Any = attrs.field(default=None, alias="dataset")
+    #: The checkpoint the network's weights were read from instead of the run's (``--weights``).
+    weights_from: str | None = None
+    #: Whether the recipe names its training data (a recipe file may leave ``data.path`` as ``???``).
+    has_data: bool = True
 
     @property
     def dataset(self) -> Any:
         """The recipe's dataset, opened on first use (generation needs it only for the default latent shape)."""
+        if not self.has_data:
+            raise UserError(
+                f"{self.recipe.source}: data.path is not given (???), and the training data is needed here: "
+                "pass --set data.path=DIR (or, for rcm generate, --shape or --frames/--height/--width)"
+            )
         if self._dataset is None:
             self._dataset = self.recipe.body.data.build()
         return self._dataset
+
+    @property
+    def source(self) -> str:
+        """Where the network's weights came from: the ``--weights`` checkpoint, else the run checkpoint."""
+        return self.weights_from or str(self.checkpoint.path if self.checkpoint else self.recipe.source)
+
+    def weights_label(self) -> str:
+        """How messages name the weights: ``EMA weights``, ``raw weights`` or ``weights from FILE``."""
+        if self.weights_from is not None:
+            return f"weights from {self.weights_from}"
+        return "EMA weights" if self.used_ema else "raw weights"
+
+
+#: Recipe files a command may be given instead of a run (with ``--weights``).
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 def open_checkpoint(
@@ -56,26 +88,48 @@ def open_checkpoint(
     ema: bool = True,
     device: str = "auto",
     codecs: Sequence[str] = (),
+    weights: str | None = None,
+    attention: str | None = None,
+    fp8_linear: bool | None = None,
 ) -> LoadedRun:
     """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
     or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
     recipe's codecs named in ``codecs``.
 
     ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
-    for paths that differ on this machine.
+    for paths that differ on this machine. ``attention`` (a backend name) and ``fp8_linear`` override the
+    recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
+
+    ``weights``: take the network's weights from this checkpoint instead, as ``networks.ROLE.weights: {path:
+    weights}`` would (any format the network reads, e.g. the rCM release's ``.pt``; ``ema`` False is
+    ``ema: false``); ``target`` may then be a recipe file instead of a run (see :func:`recipe_with_weights`).
     """
-    ckpt = resolve_checkpoint(target)
-    recipe = checkpoint_recipe(ckpt, overrides)
+    ckpt = None if weights is not None and _is_recipe_file(target) else resolve_checkpoint(target)
+    has_data = True
+    if weights is None:
+        assert ckpt is not None
+        recipe = checkpoint_recipe(ckpt, overrides)
+    else:
+        recipe, role, has_data = recipe_with_weights(target if ckpt is None else ckpt, overrides, role, weights, ema)
     role = role or recipe.output_role
     if role not in recipe.networks:
         raise UserError(f"--network: this run has no network {role!r} (has: {', '.join(recipe.networks)})")
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
-    state, used_ema = trained_weights(ckpt, role, ema=ema)
-    net = build_network(recipe.networks[role])
-    load_strict(net, state, source=f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
+    options = inference_options(recipe, attention, fp8_linear)
+    entry = recipe.networks[role]
+    if options.attention is not None:
+        entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, role))
+    if weights is None:
+        assert ckpt is not None
+        state, used_ema = trained_weights(ckpt, role, ema=ema)
+        net = build_network(entry)
+        load_strict(net, state, source=f"{ckpt.path} [{role}{' EMA' if used_ema else ''}]")
+    else:
+        net, used_ema = build_with_weights(entry, role), ema
     net.to(dev).eval().requires_grad_(False)
+    apply_after_loading(net, options)
     body = recipe.body
     return LoadedRun(
         recipe=recipe,
@@ -87,7 +141,54 @@ def open_checkpoint(
         schedule=body.schedule.build() if body.schedule else None,
         teacher=body.teacher_wrapper.build() if body.teacher_wrapper else None,
         codecs={name: body.codecs[name].build().to(dev) for name in codecs if name in body.codecs},
+        weights_from=weights,
+        has_data=has_data,
+        inference=options,
     )
+
+
+def _is_recipe_file(target: Path) -> bool:
+    return target.suffix in RECIPE_SUFFIXES and target.is_file()
+
+
+def recipe_with_weights(
+    source: Path | Checkpoint, overrides: Sequence[str], role: str | None, weights: str, ema: bool
+) -> tuple[Recipe, str, bool]:
+    """The recipe of a run checkpoint or a recipe file, with network ``role`` (default: the output network)
+    reading ``weights``; returns it, the role, and whether it names its training data.
+
+    Only that network is built, so the other networks' ``weights`` are dropped (a recipe file's teacher
+    may still say ``???``); a recipe file's ``data.path`` may be ``???`` too, when nothing reads the data.
+    The weights are checked as the recipe is (an unsafe pickle is refused before anything is written).
+    """
+    from rcm_registry.recipe.load import load_recipe
+
+    if isinstance(source, Checkpoint):
+        where = str(source.path / "recipe.yaml")
+        data = apply_overrides(source.recipe(), overrides, source=where)
+    else:
+        where = str(source)
+        data = load_recipe(source, overrides)
+    networks = data.get("networks")
+    if not isinstance(networks, dict):
+        return validate_recipe(data, registry(), where), role or "", True  # names what is wrong
+    for entry in networks.values():
+        if isinstance(entry, dict):
+            entry.pop("weights", None)
+    section = data.get("data")
+    has_data = not (isinstance(section, dict) and section.get("path") == MISSING)
+    if not has_data:
+        section["path"] = _NO_DATA
+    role = role or validate_recipe(data, registry(), where, reads_data=has_data).output_role
+    if role not in networks:
+        raise UserError(f"--network: {where} has no network {role!r} (has: {', '.join(networks)})")
+    networks[role]["weights"] = {"path": weights, **({} if ema else {"ema": False})}
+    return validate_recipe(data, registry(), where, reads_data=has_data), role, has_data
+
+
+#: What a recipe file's ``data.path: ???`` becomes while a checkpoint named by ``--weights`` is sampled
+#: (:attr:`LoadedRun.has_data` is then False and the dataset is never opened).
+_NO_DATA = "<data.path not given>"
 
 
 def sampler_with_steps(run: LoadedRun, steps: int | None, sampler: str | None = None, **overrides: Any) -> Any:
@@ -100,7 +201,7 @@ def sampler_with_steps(run: LoadedRun, steps: int | None, sampler: str | None = 
     elif spec is not None:
         config, comp = spec.config, spec.component
     else:
-        raise UserError(f"{run.checkpoint.path}/recipe.yaml has no `sample:` section; pass --sampler NAME")
+        raise UserError(f"{run.recipe.source} has no `sample:` section; pass --sampler NAME")
     changes = {k: v for k, v in {"steps": steps, **overrides}.items() if v is not None}
     fields = attrs.fields_dict(type(config))
     unknown = [k for k in changes if k not in fields]

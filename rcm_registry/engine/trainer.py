@@ -493,8 +493,10 @@ def _first_difference(a: Any, b: Any, path: str) -> str:
     return f"{path or '<top>'}: {a!r} then, {b!r} now"
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
-    """Create ``run_dir`` (after validation), or find the checkpoint to resume from (None: start at 0).
+def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
+    """Create ``run_dir`` (after validation), or find the checkpoint to resume from (None: start at 0). With
+    ``create=False`` a new run's folder is only checked; :func:`start_run_dir` creates it once the run can
+    start.
 
     The rules, with or without ``resume``:
 
@@ -512,14 +514,24 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoin
         if "parallel" not in recipe.data:
             raise UserError(_NO_PARALLEL)
         distributed.init_process_group(pick_device(recipe.body.run.device))
-        return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume))
-    return _prepare_run_dir(run_dir, recipe, resume=resume)
+        return distributed.on_main(lambda: _prepare_run_dir(run_dir, recipe, resume=resume, create=create))
+    return _prepare_run_dir(run_dir, recipe, resume=resume, create=create)
 
 
-def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoint | None:
+def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Create a new run's folder with its ``recipe.yaml`` (rank 0; every rank gets its error)."""
+    distributed.on_main(lambda: _create_run_dir(run_dir, recipe))
+
+
+def _create_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.data, sort_keys=False))
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
     log = get_logger("rcm.run")
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: exists and is not a directory; choose another --out")
+        raise UserError(f"--out {run_dir}: is a file, not a run directory")
     for path in clean_leftovers(run_dir) if run_dir.is_dir() else []:
         log.info("removed a leftover of an interrupted write", path=str(path))
     existing = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -542,8 +554,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool) -> Checkpoi
         )
     elif resume:
         log.warning("--resume: no run here yet, starting a new one", run_dir=str(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(saved, yaml.safe_dump(recipe.data, sort_keys=False))
+    if create:  # already on rank 0 alone (prepare_run_dir): not through on_main again
+        _create_run_dir(run_dir, recipe)
     return None
 
 

@@ -92,7 +92,9 @@ class WeightsRef:
       (default: the run's output network), its EMA weights when ``ema`` and the run kept an EMA;
     * a safetensors file in the network's own key names (``format: safetensors``);
     * a checkpoint in a layout a network family reads (e.g. Wan's and Cosmos' ``native`` and ``diffusers``
-      folders): the family's config reads it, and the architecture with it.
+      folders, and for Wan the rCM release's ``.pt`` files and DCP directories, ``rcm-release``): the
+      family's config reads it, and the architecture with it; ``role`` and ``ema`` then go to the family,
+      which uses them to pick one of a release checkpoint's networks and refuses them elsewhere.
 
     ``format: auto`` tells them apart: a run, else the family's own detection for a network that reads
     checkpoints, else safetensors. Relative paths are read from the working directory.
@@ -101,7 +103,8 @@ class WeightsRef:
     path: str
     format: str = "auto"
     ema: bool = True
-    #: Which role's weights to take from a run directory (default: the run's output network).
+    #: Which role's weights to take from a run directory (default: the run's output network), or which
+    #: network of an rCM release checkpoint (``student``, ``teacher``, ``fake_score``; default the student).
     role: str | None = None
 
 
@@ -114,6 +117,20 @@ class NetworkRole:
     #: Weights the engine loads after building (a run, or own-key safetensors); None when there are none or
     #: when the network's family reads them itself (they are then in ``spec.config.weights``).
     weights: WeightsRef | None = None
+
+
+@attrs.define
+class InferenceConfig:
+    """``inference:`` how the output network runs when a command samples it (``rcm sample``, ``rcm generate``).
+
+    Training never reads this section (the trained networks keep their own settings), and neither do the
+    pictures a run draws while it trains; ``rcm sample`` / ``rcm generate`` flags override it.
+    """
+
+    #: An attention backend for the sampled network instead of its own, e.g. ``{use: int8_sage}``.
+    attention: s.AttentionSpec | None = None
+    #: Run the linear layers of the network's transformer blocks in FP8 (e4m3, per-channel weight scales).
+    fp8_linear: bool = False
 
 
 @attrs.define
@@ -137,6 +154,7 @@ class RecipeBody:
     #: Encoders/decoders by role, for ``rcm synth`` and ``rcm generate``: ``text`` (prompts → the network's
     #: text condition) and ``vae`` (latents ↔ pixels), e.g. ``{text: {use: umt5, ...}, vae: {use: wan_vae, ...}}``.
     codecs: dict[str, s.CodecSpec] = attrs.field(factory=dict)
+    inference: InferenceConfig = attrs.field(factory=InferenceConfig)
 
 
 @attrs.define

@@ -12,6 +12,7 @@ import attrs
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
 from rcm_registry.protocols import recipe_problems
+from rcm_registry.recipe.graph_check import graph_problems
 from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.sections import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
 from rcm_registry.registry import Registry
@@ -23,11 +24,22 @@ from rcm_registry.suggestions import suggest
 _ENGINE_NETWORK_KEYS = ("init_from",)
 
 
-def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "") -> Recipe:
+def validate_recipe(
+    data: Mapping[str, Any],
+    registry: Registry,
+    source: str = "",
+    *,
+    open_files: bool = True,
+    reads_data: bool = True,
+) -> Recipe:
     """Structure ``data`` (from :func:`load_recipe`) into a :class:`Recipe` or raise :class:`RecipeError`.
 
     A built-in area that failed to load stops validation first (a :class:`UserError` with its error):
-    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'".
+    otherwise every recipe naming one of its components would fail as "unknown loss 'scm'". Once every
+    part is valid, the parts are checked together (:func:`~rcm_registry.recipe.graph_check.graph_problems`:
+    networks against data and codecs, the files named); ``open_files=False`` leaves out the checks that read
+    a file the recipe names (for recipes whose paths are stand-ins); ``reads_data=False``: nothing reads the
+    dataset (``rcm synth`` writes it; a checkpoint sampled with ``--weights`` never opens it).
     """
     registry.check_builtins()
     problems: list[str] = []
@@ -38,6 +50,8 @@ def validate_recipe(data: Mapping[str, Any], registry: Registry, source: str = "
         raise RecipeError(problems, source=source or None)
     recipe = Recipe(networks=networks, body=body, data=data, source=source)
     _cross_check(recipe, problems)
+    if not problems:
+        problems += graph_problems(recipe, open_files=open_files, reads_data=reads_data)
     if problems:
         raise RecipeError(problems, source=source or None)
     return recipe
@@ -133,10 +147,10 @@ def _weights(
             f"none; use one of {', '.join(map(repr, ENGINE_WEIGHTS_FORMATS))}"
         )
         return ref
-    for key in ("ema", "role"):
-        if isinstance(raw, Mapping) and key in raw:
-            problems.append(f"{path}.{key}: applies to a run directory, and {ref.path} is not one")
-    return _FamilyWeights({"path": ref.path, "format": ref.format})
+    # `role` / `ema` also choose among the networks of a checkpoint a family reads (the rCM release's hold
+    # several): the family's config checks them, and refuses them for a layout that holds one network.
+    chosen = {k: raw[k] for k in ("role", "ema") if isinstance(raw, Mapping) and k in raw}
+    return _FamilyWeights({"path": ref.path, "format": ref.format, **chosen})
 
 
 def _cross_check(recipe: Recipe, problems: list[str]) -> None:

@@ -14,6 +14,9 @@
   how they are collected).
 * :mod:`rcm_registry.testing.fixtures`: tiny networks, step and sample contexts the contracts run on.
 * :func:`run_cli` / :func:`run_cli_subprocess`: the ``rcm`` command in this process or a child.
+  :func:`rcm_registry.testing.cli_cases.assert_user_error`: a command refused as a user error, nothing created.
+* :mod:`rcm_registry.testing.rcm_release_tars`: tiny datasets in the rCM release's tar-shard layout, and
+  one damage function per kind of bad input.
 
 Needs pytest (the ``test`` extra).
 """

@@ -11,7 +11,7 @@ from rcm_registry.engine.checkpoint import save_checkpoint
 from rcm_registry.testing import run_cli
 
 RECIPE = {
-    "data": {"use": "gaussian_mixture_2d"},
+    "data": {"use": "random_latents", "shape": [16, 1, 4, 4], "text_length": 4, "text_dim": 32},
     "schedule": {"use": "rectified_flow"},
     "networks": {"student": {"use": "wan2.1-t2v", "size": "tiny", "attention": {"use": "math"}}},
     "phases": {
@@ -67,7 +67,7 @@ def test_export_refuses_to_overwrite_and_says_so(tmp_path: Path) -> None:
 
 
 def test_export_of_a_network_without_export_is_a_user_error(tmp_path: Path) -> None:
-    recipe = {**RECIPE, "networks": {"student": {"use": "mlp"}}}
+    recipe = {**RECIPE, "data": {"use": "gaussian_mixture_2d"}, "networks": {"student": {"use": "mlp"}}}
     mlp = registry().build("network", "mlp")
     save_checkpoint(
         tmp_path / "run", 1, models={"student": mlp.state_dict()}, emas={}, optimizers={}, state={},
@@ -75,3 +75,22 @@ def test_export_of_a_network_without_export_is_a_user_error(tmp_path: Path) -> N
     )  # fmt: skip
     result = run_cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "x"))
     assert result.code == 2 and "has no export" in result.err
+
+
+def test_export_rcm_release_writes_the_ema_as_net_in_bf16(tmp_path: Path) -> None:
+    run_dir, raw, ema = fake_run(tmp_path)
+    out = tmp_path / "out" / "student.pt"
+    result = run_cli("export", str(run_dir), "--format", "rcm-release", "--out", str(out))
+    assert result.code == 0, result.err
+    stored = torch.load(out, weights_only=True)
+    ours = ema.state_dict()
+    assert stored.keys() == {f"net.{k}" for k in ours}
+    for key, value in ours.items():
+        expected = value.to(torch.bfloat16)
+        if key == "patch_embedding.weight":  # the release's Linear over flattened (c kt kh kw) patches
+            expected = expected.reshape(expected.shape[0], -1)
+        assert stored[f"net.{key}"].dtype == torch.bfloat16 and torch.equal(stored[f"net.{key}"], expected), key
+    assert not torch.equal(stored["net.head.head.weight"], raw.state_dict()["head.head.weight"].bfloat16())
+    folder = tmp_path / "not-a-file"
+    result = run_cli("export", str(run_dir), "--format", "rcm-release", "--out", str(folder))
+    assert result.code == 2 and "name it FILE.pt" in result.err and not folder.exists()

@@ -233,3 +233,30 @@ def test_generate_takes_the_conditions_besides_the_text(i2v_world: dict[str, Pat
     save_file(other, str(tmp_path / "other.safetensors"))
     assert call("c.safetensors", "--conditions", str(tmp_path / "other.safetensors"))[0] == 0
     assert not torch.equal(a, load_file(str(tmp_path / "c.safetensors"))["latents"])
+
+
+def test_generate_from_the_recipe_with_a_release_checkpoint(world: dict[str, Path], tmp_path: Path) -> None:
+    # The user story of "Sample the release's checkpoint": a recipe file (teacher weights and data left ???)
+    # and a net.-prefixed .pt give what the run itself gives when the .pt holds the run's EMA student.
+    student = tmp_path / "student.pt"
+    exported = run_cli("export", str(world["run"]), "--format", "rcm-release", "--dtype", "fp32", "--out", str(student))
+    assert exported.code == 0, exported.err
+    codecs = ["--set", f"codecs.text.path={world['text_encoder']}", "--set", f"codecs.vae.path={world['vae']}"]
+    shape = ("--latents-only", "--shape", "16,3,4,4", "--steps", "2")
+    generate(world, tmp_path / "run.safetensors", *shape)
+    result = run_cli(
+        "generate", RECIPE, "--prompt", "a red fox in the snow", "--out", str(tmp_path / "pt.safetensors"), *shape,
+        "--weights", str(student), *codecs,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert f"(weights from {student}, " in result.out
+    ours = load_file(str(tmp_path / "run.safetensors"))["latents"]
+    assert torch.equal(ours, load_file(str(tmp_path / "pt.safetensors"))["latents"])
+    generate(world, tmp_path / "run_pt.safetensors", *shape, "--weights", str(student))  # a run's recipe, other weights
+    assert torch.equal(ours, load_file(str(tmp_path / "run_pt.safetensors"))["latents"])
+    # Without --shape the latent size would come from the training data, which the recipe file does not name.
+    result = run_cli(
+        "generate", RECIPE, "--prompt", "a cat", "--latents-only", "--weights", str(student), *codecs,
+        "--out", str(tmp_path / "x.safetensors"),
+    )  # fmt: skip
+    assert result.code == 2 and "data.path is not given" in result.err and not (tmp_path / "x.safetensors").exists()

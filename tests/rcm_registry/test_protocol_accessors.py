@@ -69,6 +69,21 @@ def test_close_dataset_calls_close_when_there_is_one() -> None:
     assert calls == ["closed"]
 
 
+def test_data_check_and_conversion_only_when_the_config_has_them(tmp_path: Path) -> None:
+    class Checked:
+        def check_data(self) -> p.DataCheck:
+            return p.DataCheck(problems=["f.tar [k.latent.pt]: missing"], notes=["skipped 1"])
+
+        def convert_data(self, out: Path, **options: Any) -> p.ConversionSummary:
+            return p.ConversionSummary(written=1, kept=0, remaining=0, samples=3, shards=1)
+
+    assert p.data_check(Checked()) == p.DataCheck(["f.tar [k.latent.pt]: missing"], ["skipped 1"])
+    assert p.data_check(object()) == p.DataCheck()
+    convert = p.data_conversion(Checked())
+    assert convert is not None and convert(tmp_path, shard_size=1).samples == 3
+    assert p.data_conversion(object()) is None
+
+
 def test_attention_heads() -> None:
     class Heads:
         def attention_heads(self) -> int:
@@ -124,3 +139,5 @@ def test_builtin_components_satisfy_the_optional_protocols() -> None:
     assert issubclass(Strategy, p.ReportsLayout)
     assert issubclass(ExportableNetwork, p.Exportable)
     assert issubclass(LatentShards, p.Closable)
+    assert issubclass(reg.get("dataset", "rcm_tar_shards").config, p.ChecksData)
+    assert issubclass(reg.get("dataset", "rcm_tar_shards").config, p.ConvertsData)

@@ -19,7 +19,7 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "_base" not in
 
 
 def fill_placeholders(node: Any, path: str = "") -> list[str]:
-    """``--set`` overrides giving every ``???`` a stand-in value (validation does not open files)."""
+    """``--set`` overrides giving every ``???`` a stand-in value (validated with ``open_files=False``)."""
     if isinstance(node, dict):
         return [s for k, v in node.items() for s in fill_placeholders(v, f"{path}.{k}" if path else str(k))]
     if isinstance(node, list):
@@ -29,7 +29,7 @@ def fill_placeholders(node: Any, path: str = "") -> list[str]:
 
 def validated(recipe: Path) -> Recipe:
     overrides = fill_placeholders(load_recipe(recipe))
-    return validate_recipe(load_recipe(recipe, overrides), registry(), str(recipe))
+    return validate_recipe(load_recipe(recipe, overrides), registry(), str(recipe), open_files=False)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])

@@ -66,7 +66,7 @@ DIGITS = sorted((ROOT / "recipes" / "digits").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", DIGITS, ids=[p.name for p in DIGITS])
 def test_digits_recipes_validate(recipe: Path) -> None:
-    validate_recipe(load_recipe(recipe), rr.registry(), str(recipe))
+    validate_recipe(load_recipe(recipe), rr.registry(), str(recipe), open_files=False)  # teacher runs: not here
 
 
 def test_there_are_digits_recipes_for_every_method() -> None:

@@ -138,8 +138,9 @@ def test_recipe_check_names_patch_and_label_mismatches() -> None:
     with pytest.raises(rr.RecipeError) as err:
         validate_recipe(load_recipe(recipe, overrides), rr.registry(), str(recipe))
     text = str(err.value)
-    assert "do not divide into the patches [4, 4, 4] of networks.teacher" in text
-    assert "give it extra_labels: {}" in text
+    assert "networks.teacher (wan2.1-labels): data (moving_digits) gives samples with T = 6" in text
+    assert "not a multiple of 4 (the network's patch size along T)" in text
+    assert "the network needs condition 'direction'" in text
 
 
 def test_resumed_teacher_run_is_bitwise_equal(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ def test_scm_with_attention_lacking_jvp() -> None:
         "student": {"init_from": "teacher"},
         "fake_score": {"init_from": "teacher"},
     }
+    recipe["data"] = {"use": "random_latents", "shape": [16, 1, 8, 8], "text_length": 4, "text_dim": 4096}
     problems = _problems(recipe)
     line = next(p for p in problems if "(scm)" in p)
     assert "'student'" in line and "'jvp'" in line and "attention: sdpa" in line

@@ -81,7 +81,7 @@ def test_boundary_and_conditions_per_kind() -> None:
 
 
 def _validated(recipe: Path, *overrides: str) -> Any:
-    return validate_recipe(load_recipe(recipe, list(overrides)), registry(), str(recipe))
+    return validate_recipe(load_recipe(recipe, list(overrides)), registry(), str(recipe), open_files=False)
 
 
 def test_one_expert_recipe_keeps_every_evaluated_time_in_the_expert_s_interval() -> None:

@@ -147,3 +147,23 @@ def test_weights_load_into_meta_built_network_with_float32_params(tmp_path: Path
     assert all(p.requires_grad for p in net.parameters())
     with pytest.raises(CheckpointError, match="another key layout"):
         build("wan2.1-t2v", weights={"path": str(directory), "format": "native"})
+
+
+@pytest.mark.parametrize("kind", ["wan2.1-t2v", "wan2.2-t2v-a14b", "wan2.2-ti2v-5b"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_ops_option_switches_the_token_kernels_inside_forward(kind: str, fused: bool) -> None:
+    """``fused_ops: false`` runs every block with the fused-op kernels switched off (their references), and
+    leaves the switch as it found it; the default keeps them on."""
+    from rcm_plugins.common import fused_ops
+
+    net = build(kind, size="tiny", fused_ops=fused, attention={"use": "math"})
+    seen: list[bool] = []
+    for block in net.modules():
+        if type(block).__name__ == "WanBlock":
+            block.register_forward_pre_hook(lambda *_: seen.append(fused_ops._enabled))
+    arch = net.arch
+    channels = arch.in_channels if kind != "wan2.2-i2v-a14b" else arch.out_channels
+    x = torch.randn(1, channels, arch.patch_size[0], 2 * arch.patch_size[1], 2 * arch.patch_size[2])
+    net(x, torch.tensor([500.0]), torch.randn(1, 3, arch.text_dim))
+    assert seen and set(seen) == {fused}
+    assert fused_ops._enabled is True

@@ -16,7 +16,7 @@ import yaml
 from rcm_registry.commands._shared import load_validated_recipe
 from rcm_registry.engine.run_layout import latest_checkpoint
 from rcm_registry.testing import run_cli
-from rcm_registry.testing.cli_cases import assert_refused
+from rcm_registry.testing.cli_cases import assert_user_error
 from rcm_registry.testing.runs import TEACHER_RECIPE, TINY_TEACHER, tiny_args
 
 TEACHER = TEACHER_RECIPE
@@ -183,5 +183,5 @@ def test_broken_run(case: Case, finished: Path, tmp_path: Path) -> None:
     shutil.copytree(finished, run)
     case.damage(run)
     result = run_cli(*case.command(run, tmp_path), *case.extra)
-    assert_refused(result, *case.named, not_created=[tmp_path / "out.png", tmp_path / "exported"], code=case.code)
+    assert_user_error(result, case.named, code=case.code, absent=[tmp_path / "out.png", tmp_path / "exported"])
     assert len(result.err.strip().splitlines()[-1]) > 0 and result.err.count("error:") == 1, result.err

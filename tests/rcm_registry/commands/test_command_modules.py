@@ -21,7 +21,7 @@ HEAVY = ("torch", "diffusers", "transformers", "triton")
 def readme_commands() -> list[str]:
     """The commands of the README's "Command line" table, in its order."""
     section = README.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `rcm (\w+)", section, flags=re.M)
+    return re.findall(r"^\| `rcm ([\w-]+)", section, flags=re.M)
 
 
 def registered_commands() -> list[str]:

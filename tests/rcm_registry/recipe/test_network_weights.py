@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rcm_registry import registry
 from rcm_registry.errors import RecipeError
@@ -26,9 +27,15 @@ BASE: dict[str, Any] = {
 }
 
 
+#: Data a tiny Wan network takes (the 2-D points of BASE are the mlp's).
+TINY_WAN_DATA = {"use": "random_latents", "shape": [16, 1, 2, 2], "text_dim": 32}
+
+
 def recipe(net: dict[str, Any]) -> Recipe:
     data = copy.deepcopy(BASE)
     data["networks"]["net"] = net
+    if net["use"].startswith("wan"):
+        data["data"] = TINY_WAN_DATA
     return validate_recipe(data, registry(), "weights-test")
 
 
@@ -39,8 +46,15 @@ def problems(net: dict[str, Any]) -> str:
 
 
 def fake_run(tmp_path: Path) -> Path:
+    """A run directory with one complete checkpoint folder whose recipe trains ``net`` and ``student``
+    (validation reads which roles a run has; no weights are read)."""
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "iter_00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text("{}")
+    (ckpt / "recipe.yaml").write_text(
+        yaml.safe_dump({"networks": {"net": {}, "student": {}}, "phases": {"net": {}, "student": {}}})
+    )
     return run
 
 
@@ -65,7 +79,7 @@ def test_other_checkpoints_go_to_the_family_that_reads_them(tmp_path: Path) -> N
     folder.mkdir()
     # The family validates its own formats: a typo is named at the recipe path it was written at.
     text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "format": "natve"}})
-    assert "networks.net.weights.format: expected one of 'auto', 'native', 'diffusers'" in text
+    assert "networks.net.weights.format: expected one of 'auto', 'native', 'diffusers', 'rcm-release'" in text
 
 
 def test_a_family_layout_on_a_network_that_reads_none_is_named() -> None:
@@ -75,8 +89,17 @@ def test_a_family_layout_on_a_network_that_reads_none_is_named() -> None:
 
 
 def test_run_settings_on_a_family_checkpoint_are_named(tmp_path: Path) -> None:
-    text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(tmp_path / "t"), "role": "x"}})
-    assert f"networks.net.weights.role: applies to a run directory, and {tmp_path / 't'} is not one" in text
+    # role / ema pick a network of a run or of an rCM release checkpoint; a native folder holds one network.
+    folder = tmp_path / "t"
+    folder.mkdir()
+    text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "role": "student"}})
+    assert f"networks.net.weights: {folder}: weights.role chooses a network of an rcm run directory" in text
+    text = problems(
+        {"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "format": "native", "ema": False}}
+    )
+    assert "weights.ema chooses a network" in text and "this is a native checkpoint" in text
+    text = problems({"use": "wan2.1-t2v", "size": "tiny", "weights": {"path": str(folder), "role": "x"}})
+    assert "networks.net.weights.role: expected one of 'student', 'teacher', 'fake_score', got 'x'" in text
 
 
 def test_format_run_needs_a_run(tmp_path: Path) -> None:

@@ -124,5 +124,5 @@ def test_validation_keeps_loss_starts_in_the_saved_recipe() -> None:
     from rcm_registry.recipe.validate import validate_recipe
 
     root = Path(__file__).resolve().parents[3]
-    recipe = validate_recipe(load_recipe(root / "recipes/quickstart/rcm.yaml"), registry())
+    recipe = validate_recipe(load_recipe(root / "recipes/quickstart/rcm.yaml"), registry(), open_files=False)
     assert any("start" in loss for loss in recipe.data["phases"]["student"]["losses"])

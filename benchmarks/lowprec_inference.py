@@ -1,0 +1,186 @@
+"""Low-precision inference on the GPU: INT8 attention vs SDPA, FP8 linear vs bf16 linear, one Wan forward each.
+
+    python benchmarks/lowprec_inference.py [--json out.json]     # CUDA: the Wan2.1-1.3B 480p shapes
+    python benchmarks/lowprec_inference.py --smoke               # CPU, tiny shapes (tests run this)
+
+Shapes (Wan2.1-T2V-1.3B at 480p, 81 frames: 21×30×52 = 32760 tokens, width 1536, FFN 8960, 12 heads of 128):
+
+* attention: ``int8_sage`` (``rcm_kernels.attention_int8.int8_attention``, quantisation included) against
+  ``F.scaled_dot_product_attention`` (flash) on B1 H12 N32760 D128 bf16, with the relative error of the INT8
+  output against SDPA's;
+* linear: ``Fp8Linear`` (``torch._scaled_mm``, per-token activation quantisation included) against a bf16
+  ``nn.Linear`` at the FFN's two shapes and the attention projection, 32760 tokens;
+* one forward of the 1.3B network (random weights, bf16) with its own ``sdpa`` attention, with ``int8_sage``,
+  with FP8 linears, and with both.
+
+Times are medians of CUDA-event timings (``--reps`` samples of back-to-back calls); TFLOP/s counts 2·M·K·N
+for a linear and 4·B·H·N²·D for attention. ``--smoke`` runs the same code on CPU at tiny shapes, timed with
+the wall clock (attention through the backend's CPU route, the torch reference of the kernel's quantisation;
+linears through the FP8 reference path), to check the script, not to measure anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from attention_jvp import time_ms as cuda_time_ms
+from torch import nn
+
+from rcm_registry import registry
+from rcm_registry.engine.fp8_linear import Fp8Linear, fp8_linear_blocks
+
+#: (B, H, N, D) of the attention, linear (in, out) shapes and the token count, per size.
+SHAPES: dict[str, dict[str, Any]] = {
+    "wan1.3b": {
+        "attention": (1, 12, 32760, 128),
+        "linears": {"ffn up": (1536, 8960), "ffn down": (8960, 1536), "projection": (1536, 1536)},
+        "tokens": 32760,
+        "network": {"size": "1.3B"},
+        "latent": (1, 16, 21, 60, 104),
+        "text": (1, 512, 4096),
+    },
+    "smoke": {
+        "attention": (1, 2, 200, 64),
+        "linears": {"ffn up": (64, 96), "ffn down": (96, 64)},
+        "tokens": 40,
+        "network": {"size": "tiny"},
+        "latent": (1, 16, 2, 4, 4),
+        "text": (1, 5, 32),
+    },
+}
+
+
+def time_ms(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
+    """Median milliseconds a call: attention_jvp.py's CUDA-event timing on the GPU, the wall clock elsewhere."""
+    if device.type == "cuda":
+        return cuda_time_ms(fn, reps)
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def bench_attention(shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    b, h, n, d = shape
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(b, n, h, d, generator=gen, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
+    int8 = registry().build("attention", "int8_sage")
+    with torch.no_grad():
+        sdpa_ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps, device)
+        int8_ms = time_ms(lambda: int8(q, k, v), reps, device)
+        err = rel_err(int8(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    flops = 4.0 * b * h * n * n * d
+    return {
+        "shape": list(shape),
+        "sdpa_ms": sdpa_ms,
+        "int8_ms": int8_ms,
+        "speedup": sdpa_ms / int8_ms,
+        "sdpa_tflops": flops / sdpa_ms / 1e9,
+        "int8_tflops": flops / int8_ms / 1e9,
+        "rel_err_vs_sdpa": err,
+    }
+
+
+def bench_linear(tokens: int, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    torch.manual_seed(0)
+    layer = nn.Linear(n_in, n_out).to(device, dtype)
+    fp8 = Fp8Linear.from_linear(layer)
+    x = torch.randn(tokens, n_in, device=device, dtype=dtype)
+    with torch.no_grad():
+        base_ms = time_ms(lambda: layer(x), reps, device)
+        fp8_ms = time_ms(lambda: fp8(x), reps, device)
+        err = rel_err(fp8(x), layer(x))
+    flops = 2.0 * tokens * n_in * n_out
+    return {
+        "shape": [tokens, n_in, n_out],
+        "bf16_ms": base_ms,
+        "fp8_ms": fp8_ms,
+        "speedup": base_ms / fp8_ms,
+        "bf16_tflops": flops / base_ms / 1e9,
+        "fp8_tflops": flops / fp8_ms / 1e9,
+        "rel_err_vs_bf16": err,
+    }
+
+
+def bench_network(size: dict[str, Any], dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    """One forward of the network with each option: own (sdpa), int8_sage, FP8 linears, both."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(size["latent"], generator=gen, device=device, dtype=dtype)
+    text = torch.randn(size["text"], generator=gen, device=device, dtype=dtype)
+    t = torch.tensor([500.0], device=device)
+    results: dict[str, Any] = {}
+    reference = None
+    for name, attention, fp8 in (
+        ("sdpa", "sdpa", False),
+        ("int8_sage", "int8_sage", False),
+        ("fp8_linear", "sdpa", True),
+        ("int8_sage+fp8_linear", "int8_sage", True),
+    ):
+        torch.manual_seed(0)  # the same random weights for every option
+        net = registry().build("network", "wan2.1-t2v", **size["network"], attention={"use": attention})
+        net = net.to(device, dtype).eval().requires_grad_(False)
+        if fp8:
+            fp8_linear_blocks(net)
+        with torch.no_grad():
+            ms = time_ms(lambda net=net: net(x, t, text), reps, device)
+            out = net(x, t, text)
+        if reference is None:
+            reference = out
+        results[name] = {"ms": ms, "rel_err_vs_sdpa": rel_err(out, reference)}
+        del net
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base = results["sdpa"]["ms"]
+    for entry in results.values():
+        entry["speedup"] = base / entry["ms"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (checks the script)")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--no-network", dest="network", action="store_false", help="skip the network forwards")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.smoke:
+        device, dtype, size, reps = torch.device("cpu"), torch.float32, SHAPES["smoke"], 2
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("needs CUDA (or --smoke for the CPU check)")
+        device, dtype, size, reps = torch.device("cuda"), torch.bfloat16, SHAPES["wan1.3b"], args.reps
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "attention": bench_attention(size["attention"], dtype, device, reps),
+        "linear": {
+            name: bench_linear(size["tokens"], n_in, n_out, dtype, device, reps)
+            for name, (n_in, n_out) in size["linears"].items()
+        },
+    }
+    if args.network:
+        results["network"] = bench_network(size, dtype, device, reps)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""8-bit attention for inference, SageAttention-style: INT8 QKᵀ with per-block scales, fp32 softmax, 16-bit PV.
+
+The quantisation (Zhang et al., "SageAttention", ICLR 2025, the per-block variant):
+
+* K is smoothed: its mean over the sequence is subtracted, per (batch, head). softmax(q·(k − k̄)ᵀ) equals
+  softmax(q·kᵀ) because q·k̄ is one constant per query row, but the smoothed keys have no common offset,
+  which (Wan's keys carry a large one) would otherwise take most of the INT8 range.
+* Q is cut into blocks of ``block_m`` rows and K into blocks of ``block_n`` rows; each block gets one fp32
+  scale, amax/127, and is rounded to INT8 in [−127, 127]. The blocks are the kernel's tiles, so one program
+  multiplies one Q block by one K block and dequantises the INT32 product with two scalars.
+* Scores ``(q8·k8ᵀ)·s_q·s_k·scale`` go through FlashAttention's online softmax in fp32; P is rounded to V's
+  dtype and multiplied by V (not quantised) with fp32 accumulation.
+
+:func:`quantize_qk` does the quantisation in torch (three memory-bound passes; the kernel reads its output),
+and :func:`int8_attention_reference` computes the same quantised attention without Triton, for tests and for
+devices the kernel does not run on. The integer products are exact in both (|q8·k8| ≤ 256·127² < 2²⁴, so
+even float32 holds them), so the kernel and the reference differ only by softmax rounding and P's rounding.
+
+Inference only: there is no backward and no JVP. Layout is (B, H, S, D) like SDPA, any strides for V; the
+output is a (B, H, S, D) view of (B, S, H, D) memory like the other attention kernels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from rcm_kernels.triton_common import (
+    check_attention_shapes,
+    device_context,
+    dot,
+    dot_flags,
+    empty_bhsd,
+    head_block,
+    head_rows,
+    interpreter_active,
+    load_rows,
+    softmax_scale,
+)
+from torch import Tensor
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Head dims the kernel takes; the INT8 dot needs at least 32 along D, so smaller heads are padded to 32.
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+#: Largest INT8 magnitude (symmetric range: −128 is not used, so negation never overflows).
+INT8_MAX = 127.0
+
+
+class Int8LaunchConfig(NamedTuple):
+    """Tile sizes (also the quantisation blocks) and launch parameters."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_config(head_dim: int, device: torch.device) -> Int8LaunchConfig:
+    """Tiles for CUDA (the quantisation blocks of SageAttention's kernel: 128 query rows, 64 key rows), smaller
+    query tiles for heads over 128; the interpreter (CPU) gets the same blocks, so that quality measured there
+    is the kernel's."""
+    if head_dim > 128:
+        return Int8LaunchConfig(64, 64, 4, 2)
+    if device.type == "cuda":
+        return Int8LaunchConfig(128, 64, 8, 3)
+    return Int8LaunchConfig(128, 64, 4, 1)
+
+
+def head_dim_block(head_dim: int) -> int:
+    """BLOCK_D of the kernel: the head dim padded to a power of two, at least 32 (the smallest INT8 dot)."""
+    return max(32, triton.next_power_of_2(head_dim))
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise a ValueError/TypeError naming the problem if these tensors cannot be attended in 8 bits."""
+    check_attention_shapes(q, k, v, MIN_HEAD_DIM, MAX_HEAD_DIM)
+    if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    devices = {t.device for t in (q, k, v)}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+    if k.shape[2] == 0:
+        raise ValueError("attention over zero keys is undefined")
+
+
+def quantize_blocks(x: Tensor, block: int, block_d: int) -> tuple[Tensor, Tensor]:
+    """(B, H, N, D) → INT8 (B, H, N', block_d) and fp32 scales (B, H, N'/block), N' = N rounded up to ``block``.
+
+    Each block of ``block`` rows of one (batch, head) gets the scale amax/127 (1 for an all-zero block); the
+    rows and channels added by the padding are zero. The INT8 tensor is contiguous.
+    """
+    b, h, n, d = x.shape
+    blocks = triton.cdiv(n, block)
+    padded = F.pad(x.float(), (0, block_d - d, 0, blocks * block - n)).view(b, h, blocks, block, block_d)
+    amax = padded.abs().amax(dim=(-2, -1))
+    scales = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    quantized = torch.round(padded / scales[..., None, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return quantized.view(b, h, blocks * block, block_d), scales
+
+
+def smooth_keys(k: Tensor) -> Tensor:
+    """k minus its mean over the sequence, per (batch, head), in fp32 (softmax over keys does not see it)."""
+    kf = k.float()
+    return kf - kf.mean(dim=2, keepdim=True)
+
+
+class QuantizedQK(NamedTuple):
+    q8: Tensor
+    q_scale: Tensor
+    k8: Tensor
+    k_scale: Tensor
+
+
+def quantize_qk(q: Tensor, k: Tensor, block_m: int, block_n: int, *, smooth_k: bool = True) -> QuantizedQK:
+    """Q in blocks of ``block_m`` rows and (smoothed) K in blocks of ``block_n`` rows, as :func:`quantize_blocks`."""
+    block_d = head_dim_block(q.shape[-1])
+    q8, q_scale = quantize_blocks(q, block_m, block_d)
+    k8, k_scale = quantize_blocks(smooth_keys(k) if smooth_k else k, block_n, block_d)
+    return QuantizedQK(q8, q_scale, k8, k_scale)
+
+
+def int8_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None = None,
+    *,
+    block_m: int,
+    block_n: int,
+    smooth_k: bool = True,
+    compute: torch.dtype = torch.float64,
+) -> Tensor:
+    """The kernel's quantised attention in plain torch: exact softmax of the dequantised scores, in ``compute``.
+
+    Materialises the (Nq, Nk) scores (O(N²) memory). The result has v's dtype.
+    """
+    check_inputs(q, k, v)
+    n_q, n_k, d = q.shape[2], k.shape[2], q.shape[3]
+    qq = quantize_qk(q, k, block_m, block_n, smooth_k=smooth_k)
+    # The integer products first (exact in fp32 and fp64), then the two scales and the softmax scale.
+    ints = qq.q8[:, :, :n_q].to(compute) @ qq.k8[:, :, :n_k].to(compute).transpose(-2, -1)
+    row_scale = qq.q_scale.to(compute).repeat_interleave(block_m, dim=-1)[..., :n_q]
+    col_scale = qq.k_scale.to(compute).repeat_interleave(block_n, dim=-1)[..., :n_k]
+    scores = ints * (row_scale[..., :, None] * col_scale[..., None, :]) * softmax_scale(scale, d)
+    return (torch.softmax(scores, dim=-1) @ v.to(compute)).to(v.dtype)
+
+
+@triton.jit
+def _int8_tile(
+    acc,
+    m_i,
+    l_i,
+    q,
+    qk_scale,
+    K8,
+    KS,
+    V,
+    stride_vn,
+    stride_vd,
+    start_n,
+    n_k,
+    offs_n,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    # One key block: the INT8 tile is loaded transposed (D, BLOCK_N) so the dot needs no register transpose.
+    rows = start_n + offs_n
+    kt = tl.load(K8 + rows[None, :] * BLOCK_D + offs_d[:, None])
+    k_scale = tl.load(KS + start_n // BLOCK_N)
+    # Scores in log2 units: exp2 is the native instruction.
+    s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * (qk_scale * k_scale)
+    if MASK_N:
+        s = tl.where(rows[None, :] < n_k, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = load_rows(
+        V + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, rows, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+    )
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, DOT_UPCAST)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _int8_attn_fwd_kernel(
+    Q8,
+    K8,
+    QS,
+    KS,
+    V,
+    Out,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    n_heads,
+    n_q,
+    n_k,
+    n_q_pad,
+    n_k_pad,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    pid_bh, b, h, offs_m = head_block(n_heads, BLOCK_M)
+    bh = pid_bh.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # Quantised Q and K are contiguous and zero-padded to whole blocks and BLOCK_D: no masks on their loads.
+    q = tl.load(Q8 + bh * n_q_pad * BLOCK_D + offs_m[:, None] * BLOCK_D + offs_d[None, :])
+    qk_scale = tl.load(QS + bh * (n_q_pad // BLOCK_M) + tl.program_id(0)) * scale * 1.4426950408889634
+    K8 += bh * n_k_pad * BLOCK_D
+    KS += bh * (n_k_pad // BLOCK_N)
+    V += b * stride_vb + h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Full key blocks need no bounds checks; only the tail block is masked.
+    n_full = (n_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, m_i, l_i = _int8_tile(
+            acc, m_i, l_i, q, qk_scale, K8, KS, V, stride_vn, stride_vd, start_n, n_k, offs_n, offs_d,
+            HEAD_DIM, BLOCK_N, BLOCK_D, False, MASK_D, PRECISION, DOT_UPCAST,
+        )  # fmt: skip
+    if n_full < n_k:
+        acc, m_i, l_i = _int8_tile(
+            acc, m_i, l_i, q, qk_scale, K8, KS, V, stride_vn, stride_vd, n_full, n_k, offs_n, offs_d,
+            HEAD_DIM, BLOCK_N, BLOCK_D, True, MASK_D, PRECISION, DOT_UPCAST,
+        )  # fmt: skip
+    o = acc / l_i[:, None]
+    ptrs, mask = head_rows(Out, b, h, stride_ob, stride_oh, stride_om, stride_od, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
+    tl.store(ptrs, o.to(Out.dtype.element_ty), mask=mask)
+
+
+def check_device(q: Tensor) -> None:
+    """Raise a RuntimeError unless the kernel can run on q's device (CUDA, or CPU in Triton's interpreter)."""
+    if q.is_cuda or (q.device.type == "cpu" and interpreter_active()):
+        return
+    raise RuntimeError(
+        f"the INT8 attention kernel needs CUDA tensors, got a tensor on {q.device}; on CPU it runs only in "
+        "Triton's interpreter (TRITON_INTERPRET=1 before importing rcm_kernels), or use int8_attention_reference"
+    )
+
+
+def int8_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None = None,
+    *,
+    smooth_k: bool = True,
+    config: Int8LaunchConfig | None = None,
+) -> Tensor:
+    """softmax(scale·QKᵀ)·V with Q and K quantised to INT8 per block (see the module docstring), no autograd.
+
+    The output has q's dtype and shape, as a (B, H, S, D) view of (B, S, H, D) memory.
+    """
+    check_inputs(q, k, v)
+    check_device(q)
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    cfg = config or default_config(d, q.device)
+    out = empty_bhsd(b, h, n_q, d, dtype=q.dtype, device=q.device)
+    if n_q == 0 or b * h == 0:
+        return out
+    qq = quantize_qk(q, k, cfg.block_m, cfg.block_n, smooth_k=smooth_k)
+    grid = (triton.cdiv(n_q, cfg.block_m), b * h)
+    with device_context(q):
+        _int8_attn_fwd_kernel[grid](
+            qq.q8,
+            qq.k8,
+            qq.q_scale,
+            qq.k_scale,
+            v,
+            out,
+            *v.stride(),
+            *out.stride(),
+            h,
+            n_q,
+            n_k,
+            qq.q8.shape[2],
+            qq.k8.shape[2],
+            softmax_scale(scale, d),
+            HEAD_DIM=d,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_D=head_dim_block(d),
+            **dot_flags(v.dtype),
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return out

@@ -1,0 +1,132 @@
+"""FP8 (e4m3) linear layers for sampling: the transformer blocks' ``nn.Linear`` swapped for :class:`Fp8Linear`.
+
+Weights are stored in ``float8_e4m3fn`` with one fp32 scale per output channel (amax/448); activations are
+quantised per token (per row of the flattened input) when the layer is called, with the scale amax/448 of
+that row. The product then runs as
+
+* ``torch._scaled_mm`` (FP8 tensor cores, fp32 accumulation, row-wise scales) on CUDA devices of compute
+  capability 8.9 and newer (Ada, Hopper);
+* elsewhere, the reference: the same FP8 values dequantised to the compute dtype (fp32 for half-precision
+  inputs, as the project's layers compute) and an ordinary matmul. It
+  gives what the FP8 kernel computes (up to accumulation order), so the quality cost measured on the CPU is
+  the GPU's, without its speed.
+
+Only linears inside a network's transformer blocks (every ``nn.ModuleList`` named ``blocks``, as Wan, Cosmos
+and the digits networks have) are swapped: embeddings, the time path and the output head keep their
+precision. Inference only: the FP8 weights are buffers, not parameters, so nothing of this can be trained.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rcm_registry.errors import UserError
+
+FP8 = torch.float8_e4m3fn
+#: Largest finite e4m3 value.
+FP8_MAX = float(torch.finfo(FP8).max)
+#: Compute capability from which ``torch._scaled_mm`` takes FP8 operands.
+SCALED_MM_CAPABILITY = (8, 9)
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, K) → e4m3 (M, K) and fp32 scales (M, 1): each row divided by amax/448 (1 for an all-zero row)."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (xf / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def scaled_mm_possible(x: Tensor) -> bool:
+    """Whether ``torch._scaled_mm`` can multiply FP8 operands on x's device."""
+    return x.is_cuda and torch.cuda.get_device_capability(x.device) >= SCALED_MM_CAPABILITY
+
+
+class Fp8Linear(nn.Module):
+    """``y = x·Wᵀ + b`` with W in e4m3 (per-output-channel scales) and x quantised to e4m3 per token.
+
+    Made from an ``nn.Linear`` by :meth:`from_linear`. ``weight`` reads back the dequantised weight, for code
+    that uses a layer's parameters directly (it then sees the FP8 rounding, at the speed of a plain matmul).
+    """
+
+    def __init__(self, weight_fp8: Tensor, weight_scale: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        #: The dtype the original weight had (what :attr:`weight` reads back in).
+        self.dtype = dtype
+        self.in_features = weight_fp8.shape[1]
+        self.out_features = weight_fp8.shape[0]
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> Fp8Linear:
+        w8, scale = quantize_rows(layer.weight.detach())
+        bias = None if layer.bias is None else layer.bias.detach().clone()
+        return cls(w8, scale.view(-1), bias, layer.weight.dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.dequantized_weight(torch.float32).to(self.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Fp8Linear takes {self.in_features} input features, got shape {tuple(x.shape)}")
+        rows = x.reshape(-1, self.in_features)
+        x8, x_scale = quantize_rows(rows)
+        if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+            y = self._scaled_mm(x8, x_scale, x.dtype)
+        else:
+            # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
+            compute = torch.promote_types(x.dtype, torch.float32)
+            y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
+        """The FP8 weight times its scales, in ``dtype`` (what the reference path multiplies by)."""
+        return self.weight_fp8.to(dtype) * self.weight_scale[:, None].to(dtype)
+
+    def _scaled_mm(self, x8: Tensor, x_scale: Tensor, dtype: torch.dtype) -> Tensor:
+        # cuBLASLt wants the row count a multiple of 16 too, and row-wise scales with a bf16 output.
+        m = x8.shape[0]
+        pad = -m % 16
+        if pad:
+            x8 = F.pad(x8.view(torch.uint8), (0, 0, 0, pad)).view(FP8)
+            x_scale = F.pad(x_scale, (0, 0, 0, pad), value=1.0)
+        y = torch._scaled_mm(
+            x8,
+            self.weight_fp8.T,
+            scale_a=x_scale,
+            scale_b=self.weight_scale.view(1, -1),
+            out_dtype=torch.bfloat16,
+        )
+        return y[:m].to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, e4m3"
+
+
+def fp8_linear_blocks(net: nn.Module) -> int:
+    """Swap every ``nn.Linear`` inside the network's ``blocks`` for an :class:`Fp8Linear`, in place.
+
+    Returns how many were swapped; a UserError when the network has no ``blocks`` with linear layers.
+    """
+    swapped = 0
+    for name, module in list(net.named_modules()):
+        if name.rsplit(".", 1)[-1] != "blocks" or not isinstance(module, nn.ModuleList):
+            continue
+        for parent in list(module.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, child_name, Fp8Linear.from_linear(child))
+                    swapped += 1
+    if not swapped:
+        raise UserError(
+            f"--fp8-linear / inference.fp8_linear: network {type(net).__name__} has no transformer blocks "
+            "(an nn.ModuleList named `blocks`) with linear layers to run in FP8"
+        )
+    return swapped
