@@ -279,9 +279,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not readable JSON ({_one_line(exc)}); the checkpoint is damaged") from None
-    iteration = meta.get("iteration") if isinstance(meta, dict) else None
-    if not isinstance(iteration, int) or isinstance(iteration, bool):
-        raise CheckpointError(f"{path}: expected a JSON object with an integer 'iteration'; the checkpoint is damaged")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; the checkpoint is damaged")
     sums = meta.get("sha256")
     if sums is not None and not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
         raise CheckpointError(f"{path} [sha256]: expected an object of file name -> hex digest")
@@ -301,7 +300,10 @@ class Checkpoint:
 
     @property
     def iteration(self) -> int:
-        return int(self.meta["iteration"])
+        iteration = self.meta.get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool):
+            raise CheckpointError(f"{self.path / META}: no integer 'iteration'; the checkpoint is damaged")
+        return iteration
 
     @property
     def checksums(self) -> dict[str, str] | None:

@@ -118,6 +118,7 @@ LR = ("--set", "phases.teacher.optimizer.lr=0.5")
 CASES = [
     Case("meta-not-json", replaced("meta.json", "{oops"), resume, ("meta.json: not readable JSON",)),
     Case("meta-not-object", replaced("meta.json", "[1, 2]"), sample, ("meta.json: expected a JSON object",)),
+    Case("meta-no-iteration", replaced("meta.json", '{"format": 1}'), resume, ("meta.json: no integer 'iteration'",)),
     Case(
         "meta-bad-checksums", replaced("meta.json", '{"iteration": 20, "sha256": [1]}'), sample, ("meta.json [sha256]",)
     ),
