@@ -274,6 +274,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe mapping a run saved in ``path`` (its ``recipe.yaml``, or a checkpoint's), unvalidated."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path}: not readable YAML ({_one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a mapping (the recipe), got {type(data).__name__}")
+    return data
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -342,14 +353,7 @@ class Checkpoint:
         return path
 
     def recipe(self) -> dict[str, Any]:
-        path = self._file("recipe.yaml")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"{path}: not readable YAML ({_one_line(exc)})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a mapping (the recipe), got {type(data).__name__}")
-        return data
+        return read_recipe_file(self._file("recipe.yaml"))
 
     def models(self) -> dict[str, dict[str, torch.Tensor]]:
         return _split(self._load("model.safetensors"))

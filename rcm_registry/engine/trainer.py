@@ -26,6 +26,7 @@ from rcm_registry.engine.checkpoint import (
     latest_checkpoint,
     nonfinite_message,
     nonfinite_tensors,
+    read_recipe_file,
     save_checkpoint,
     save_sharded_checkpoint,
 )
@@ -561,12 +562,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: boo
 
 def _saved_recipe(path: Path) -> Recipe:
     """The validated ``recipe.yaml`` a run directory was started with."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: not readable YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping (the recipe the run was started with)")
+    data = read_recipe_file(path)
     try:
         return validate_recipe(data, registry(), str(path))
     except RecipeError as exc:
