@@ -1,6 +1,7 @@
 """The ``rcm`` command line: builds the parser from the command modules (rcm_registry.commands) and dispatches.
 
-User errors print one readable message and exit with code 2.
+User errors print one readable message and exit with code 2; a diverged training run prints one line and
+exits with code 1.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from rcm_registry.commands import (
     synth,
     validate,
 )
-from rcm_registry.errors import UserError
+from rcm_registry.errors import TrainingDiverged, UserError
 
 EXIT_USER_ERROR = 2
+#: A valid run whose training diverged (not a user error, but no traceback either).
+EXIT_DIVERGED = 1
 
 #: In the order of `rcm --help` and of the README's command table.
 COMMANDS: tuple[ModuleType, ...] = (
@@ -67,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingDiverged as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

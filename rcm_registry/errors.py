@@ -1,4 +1,9 @@
-"""Exceptions that mean "the user asked for something wrong" (CLI exit code 2, no traceback)."""
+"""Exceptions the CLI reports as one readable line without a traceback.
+
+:class:`UserError` and its subclasses mean "the user asked for something wrong" (exit code 2);
+:class:`TrainingDiverged` means a run stopped because its numbers went non-finite (exit code 1: the input
+was valid, the optimisation failed).
+"""
 
 from __future__ import annotations
 
@@ -43,3 +48,13 @@ class CheckpointError(UserError):
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose pickle would call code when read (a ``.pt`` beyond ``torch.load(weights_only=True)``,
     a DCP ``.metadata`` naming classes other than DCP's own): refused, never unpickled."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped: a loss became NaN or infinite, gradients stayed non-finite for too many steps in a
+    row, or weights about to be checkpointed hold non-finite values. The message names what and the
+    iteration."""
+
+
+class NonFiniteCheckpoint(TrainingDiverged):
+    """A checkpoint was about to be written with NaN or infinite values in it; nothing was written."""

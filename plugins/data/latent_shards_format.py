@@ -50,7 +50,6 @@ each shard whole or not at all), and the dataset reads them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -63,6 +62,7 @@ import torch
 from torch import Tensor
 
 from rcm_registry.atomic import atomic_file, write_text_atomic
+from rcm_registry.checksum import file_sha256
 from rcm_registry.errors import UserError
 
 FORMAT = "rcm-latent-shards"
@@ -241,14 +241,6 @@ class ShardIndex:
 
 
 # -- files ------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -199,6 +199,18 @@ def finite_rows(*xs: Tensor) -> Tensor:
     return ok
 
 
+def finite_input(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(``x`` with its non-finite samples replaced by zeros, boolean (B,) True for the finite samples).
+
+    For a network input whose bad samples the loss masks. Masking the loss term alone is not enough: the
+    backward pass multiplies that term's zero gradient by the sample's activations inside the network, and
+    0·NaN is NaN, so every parameter's gradient would still turn NaN. Zeros keep the activations finite;
+    the caller drops the sample's term (``ok``).
+    """
+    ok = finite_rows(x)
+    return torch.where(expand(ok, x), x, torch.zeros_like(x)), ok
+
+
 def reduce_batch(per_sample: Tensor, ok: Tensor, reduction: Reduction) -> tuple[Tensor, int]:
     """Masked batch reduction: non-finite samples count as 0 and are counted; mean divides by B.
 

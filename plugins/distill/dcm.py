@@ -11,6 +11,8 @@ target ``x0⁻ = x0`` prediction of ``target_net`` (the student itself by defaul
 engine provides as a role) at ``(x_{t'}, t')`` without grad, except at t' = 0 where the boundary
 condition gives ``x0⁻ = x_{t'}`` exactly. ``L = ‖x0_θ(x_t, t) − x0⁻‖²`` summed over elements,
 non-finite samples masked (``nan_masked``; all of them: NaN), ``reduction`` over the batch, times ``weight``.
+A non-finite x_t is replaced by zeros before the trained network sees it, so a masked sample leaves
+the gradients finite (:func:`~rcm_plugins.distill.common.finite_input`).
 
 Randomness, in order: k (``ctx.generator``), then ε (``ctx.generator``).
 """
@@ -25,6 +27,7 @@ from rcm_plugins.core._time import shift_rf
 from rcm_plugins.distill.common import (
     Reduction,
     expand,
+    finite_input,
     finite_rows,
     guidance_for,
     need_teacher,
@@ -94,7 +97,7 @@ class DcmLoss:
         t, t_prev = grid[k], grid[k - 1]
         eps = ctx.randn_like(x0)
         c, s_ = torch.cos(expand(t, x0)), torch.sin(expand(t, x0))
-        x_t = (c * x0.to(torch.float64) + s_ * eps.to(torch.float64)).to(x0.dtype)
+        x_t, ok_in = finite_input((c * x0.to(torch.float64) + s_ * eps.to(torch.float64)).to(x0.dtype))
         w, null = guidance_for(ctx, cfg.guidance, "dcm")
         with torch.no_grad():
             F_T = wrapper.denoise(teacher, x_t, t, cond, guidance=w, null_condition=null)[1].to(torch.float64)
@@ -105,7 +108,7 @@ class DcmLoss:
             x0_target = wrapper.denoise(target, x_prev.to(x0.dtype), t_eval, cond)[0].to(torch.float64)
             x0_target = torch.where(expand(at_zero, x0), x_prev, x0_target)
         x0_theta = wrapper.denoise(student, x_t, t, cond)[0].to(torch.float64)
-        ok = finite_rows(x0_target, x0_theta.detach())
+        ok = finite_rows(x0_target, x0_theta.detach()) & ok_in
         keep = expand(ok, x0_theta)
         diff = torch.where(keep, x0_theta - x0_target, torch.zeros_like(x0_theta))
         per = per_sample_sum(diff**2)

@@ -6,6 +6,8 @@ teacher wrapper (no CFG); ``L = ‖x̂0 − x0_fake‖²/sin²t`` summed over el
 x0 error into the F error: ``F − F_true = −(x0 − x0_true)/sin t`` at fixed x_t), non-finite samples
 masked (``nan_masked``; all of them: NaN), ``reduction`` over the batch, times ``weight``. Trains
 ``fake_net``.
+A non-finite x_t is replaced by zeros before the trained network sees it, so a masked sample leaves
+the gradients finite (:func:`~rcm_plugins.distill.common.finite_input`).
 
 Randomness, in order: the rollout's, then ``t`` from the time sampler, then ``ε``.
 """
@@ -20,6 +22,7 @@ from rcm_plugins.distill.common import (
     Reduction,
     draw_times,
     expand,
+    finite_input,
     finite_rows,
     need_teacher,
     per_sample_sum,
@@ -77,9 +80,9 @@ class FakeScoreDsmLoss:
         eps = ctx.randn_like(x_hat)
         tt = expand(t, x_hat)
         x_hat64 = x_hat.to(torch.float64)
-        x_t = (torch.cos(tt) * x_hat64 + torch.sin(tt) * eps.to(torch.float64)).to(x_hat.dtype)
+        x_t, ok_in = finite_input((torch.cos(tt) * x_hat64 + torch.sin(tt) * eps.to(torch.float64)).to(x_hat.dtype))
         x0_fake = wrapper.denoise(fake, x_t, t, cond)[0].to(torch.float64)
-        ok = finite_rows(x0_fake.detach(), x_hat64)
+        ok = finite_rows(x0_fake.detach(), x_hat64) & ok_in
         diff = torch.where(expand(ok, x_hat64), x_hat64 - x0_fake, torch.zeros_like(x_hat64))
         per = per_sample_sum(diff**2) / torch.sin(t) ** 2
         loss, masked = reduce_batch(per, ok, cfg.reduction)

@@ -19,9 +19,11 @@ Per sample, with ``t ~ p_G`` (``time.student``), ``ε ~ N(0, I)`` and ``x_t = co
 * ``g ← g/(‖g‖₂ + norm_eps)`` per sample, in float64;
 * ``L = ‖F_θ − F_θ⁻ − g‖²`` summed over elements, whose gradient is ``−2·g·∂F_θ/∂θ``.
 
-Samples whose g or F_θ has a non-finite value are dropped (their term is 0) and counted in the
-``nan_masked`` metric. This guards against non-finite targets (teacher, tangent); a non-finite value
-in the student's own forward output still reaches its parameters through the backward pass. With
+Samples whose x_t, g or F_θ has a non-finite value are dropped (their term is 0) and counted in the
+``nan_masked`` metric; a non-finite x_t (from the data) is replaced by zeros before any network sees it
+(:func:`~rcm_plugins.distill.common.finite_input`), so the dropped sample leaves the gradients finite.
+A non-finite value the student itself produces from a finite input still reaches its parameters
+through the backward pass; the trainer then skips that optimiser step (``skipped_steps/PHASE``). With
 every sample masked the loss is NaN (see :func:`~rcm_plugins.distill.common.reduce_batch`).
 ``reduction`` over the batch: ``mean`` (divide by B, masked samples included) or ``sum``. The
 returned loss is multiplied by ``weight``. Metrics: ``nan_masked``, ``unweighted`` (the loss before
@@ -48,6 +50,7 @@ from rcm_plugins.distill.common import (
     Reduction,
     draw_times,
     expand,
+    finite_input,
     finite_rows,
     guidance_for,
     need_teacher,
@@ -159,7 +162,7 @@ class ScmLoss:
         t = draw_times(ctx, cfg.time_sampler, x0.shape[0], x0, "scm")
         eps = ctx.randn_like(x0)
         c, s_ = torch.cos(expand(t, x0)), torch.sin(expand(t, x0))
-        x_t = (c * x0.to(torch.float64) + s_ * eps.to(torch.float64)).to(x0.dtype)
+        x_t, ok_in = finite_input((c * x0.to(torch.float64) + s_ * eps.to(torch.float64)).to(x0.dtype))
         w, null = guidance_for(ctx, cfg.guidance, "scm")
 
         def student_F(x: Tensor, tt: Tensor) -> Tensor:
@@ -175,7 +178,7 @@ class ScmLoss:
 
         r = self.warmup_ratio(ctx.iteration)
         g = consistency_target(F_minus, F_T, dF, x_t.to(torch.float64), t, r, cfg.warmup_scales)
-        ok = finite_rows(g, F_minus)
+        ok = finite_rows(g, F_minus) & ok_in
         keep = expand(ok, g)
         g = torch.where(keep, g, torch.zeros_like(g))
         g_norm = g.reshape(g.shape[0], -1).norm(dim=1)

@@ -1,5 +1,8 @@
 """``rcm run RECIPE [--set K=V ...] [--out DIR] [--resume]``: train a recipe into a run directory.
 
+``--resume`` continues from the run's latest checkpoint, or starts from iteration 0 when there is none yet;
+the rules for an existing directory are :func:`rcm_registry.engine.trainer.prepare_run_dir`'s.
+
 Under ``torchrun -m rcm_registry.cli run`` every rank runs this command (see rcm_registry.distributed).
 """
 
@@ -24,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("recipe", help="path to a YAML recipe")
     add_set_argument(p)
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint (none yet: start from 0)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     return p

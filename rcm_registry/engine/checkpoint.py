@@ -8,15 +8,28 @@ Layout of ``RUN/checkpoints/iter_00000100/``::
     optim.pt            optimiser states by phase (torch.save; read with weights_only=True)
     state.pt            iteration, phase step counts, RNG states, dataset position
     recipe.yaml         the resolved recipe the run was started with
-    meta.json           written last: its presence marks the checkpoint complete
+    meta.json           iteration, format, and the sha256 of every other file above (key ``sha256``)
 
 ``RUN/checkpoints/latest`` names the newest complete checkpoint.
+
+Reading a file of a checkpoint (:class:`Checkpoint`: resume, ``rcm sample``/``generate``/``export``, a
+network initialised from a run) first checks it against the sha256 in ``meta.json``, so flipped bytes inside
+tensor data are a :class:`~rcm_registry.errors.CheckpointError` naming the file, as are a missing or cut
+file and a ``meta.json`` that is not JSON. Checkpoints written before checksums were recorded have no
+``sha256`` key: they still load, with a warning that they are not verified.
+
+Nothing non-finite is written: :func:`save_checkpoint` refuses tensors holding NaN or infinity
+(:class:`~rcm_registry.errors.NonFiniteCheckpoint`). Pruning renames an old checkpoint to a temporary
+name before deleting it, so a kill midway never leaves a half-deleted folder that looks complete;
+:func:`clean_leftovers` removes what a kill left (temporary names, ``iter_*`` folders without ``meta.json``).
 
 With a parallel strategy that shards parameters (``fsdp2``) every rank also writes its shards of the
 trained networks, their EMAs and the optimiser states into ``sharded/`` through
 ``torch.distributed.checkpoint`` (resumable on another number of ranks), and ``optim.pt`` is left out;
 ``model.safetensors`` and ``ema.safetensors`` are then the consolidated full tensors gathered on rank 0,
-so ``rcm sample`` and ``rcm export`` read every checkpoint the same way.
+so ``rcm sample`` and ``rcm export`` read every checkpoint the same way. ``sharded/`` has no sha256 in
+``meta.json`` (torch.distributed.checkpoint keeps its own metadata); its callers check finiteness across
+ranks before writing (see ``Trainer.save``).
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +45,19 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rcm_registry.atomic import TMP_MARK, atomic_directory, is_temporary, publish_directory, write_text_atomic
+from rcm_registry.atomic import (
+    TMP_MARK,
+    atomic_directory,
+    fsync_dir,
+    is_temporary,
+    publish_directory,
+    temporary_name,
+    write_text_atomic,
+)
+from rcm_registry.checksum import file_sha256
+from rcm_registry.engine.logs import get_logger
 from rcm_registry.engine.run_layout import LATEST, META, PREFIX, checkpoint_root, is_complete, latest_checkpoint
-from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.errors import CheckpointError, NonFiniteCheckpoint, UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.recipe.load import apply_overrides
 from rcm_registry.recipe.sections import Recipe
@@ -56,10 +79,15 @@ def save_checkpoint(
     recipe: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write checkpoint ``iteration`` atomically and prune to the newest ``keep``; returns its folder."""
+    """Write checkpoint ``iteration`` atomically and prune to the newest ``keep``; returns its folder.
+
+    A non-finite value in ``models``, ``emas`` or ``optimizers`` is a :class:`NonFiniteCheckpoint` and
+    nothing is written.
+    """
     root = checkpoint_root(run_dir)
     name = f"{PREFIX}{iteration:08d}"
     final = root / name
+    check_finite({"model.safetensors": models, "ema.safetensors": emas, "optim.pt": optimizers}, final)
     # overwrite: re-writing the same iteration (e.g. a resumed run ending where it stopped)
     with atomic_directory(final, overwrite=True) as tmp:
         _write_files(tmp, models, emas, state, recipe, iteration, optimizers=optimizers)
@@ -68,6 +96,43 @@ def save_checkpoint(
 
 
 SHARDED = "sharded"
+
+
+def nonfinite_tensors(tree: Any, name: str = "") -> list[str]:
+    """Names (``a.b[0].c``) of the floating-point tensors in ``tree`` (nested mappings, lists and tensors)
+    that hold a NaN or an infinity. Of a sharded tensor (DTensor) only this rank's part is looked at."""
+    if isinstance(tree, torch.Tensor):
+        local = tree.to_local() if hasattr(tree, "to_local") else tree
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            return [name]
+        return []
+    if isinstance(tree, Mapping):
+        return [
+            bad
+            for key, value in tree.items()
+            for bad in nonfinite_tensors(value, f"{name}.{key}" if name else str(key))
+        ]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, value in enumerate(tree) for bad in nonfinite_tensors(value, f"{name}[{i}]")]
+    return []
+
+
+def nonfinite_message(target: Path, bad: Sequence[str]) -> str:
+    """The one line refusing to write checkpoint ``target`` because of the tensors ``bad`` (may be empty
+    where only another rank saw them)."""
+    shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    where = shown or "tensors held by another rank"
+    return (
+        f"refusing to write checkpoint {target}: non-finite values (NaN or infinity) in {where}; "
+        "the previous checkpoint is kept (lower the learning rate, or clip gradients with grad_clip)"
+    )
+
+
+def check_finite(parts: Mapping[str, Any], target: Path) -> None:
+    """Raise :class:`NonFiniteCheckpoint` when a tensor in ``parts`` (file name → nested state) is not finite."""
+    bad = nonfinite_tensors(dict(parts))
+    if bad:
+        raise NonFiniteCheckpoint(nonfinite_message(target, bad))
 
 
 def full_tensors(state: dict[str, torch.Tensor], *, keep: bool) -> dict[str, torch.Tensor]:
@@ -149,8 +214,14 @@ def _write_files(
         torch.save(optimizers, tmp / "optim.pt")
     torch.save(state, tmp / "state.pt")
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    meta = {"iteration": iteration, "written_at": time.time(), "format": 1 if optimizers is not None else 2}
-    (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
+    sums = {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    meta = {
+        "iteration": iteration,
+        "written_at": time.time(),
+        "format": 1 if optimizers is not None else 2,
+        "sha256": sums,
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def _point_latest(root: Path, name: str, keep: int) -> None:
@@ -160,18 +231,34 @@ def _point_latest(root: Path, name: str, keep: int) -> None:
 
 
 def _prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints.
+
+    Each goes to a temporary name first (one rename: it stops being a checkpoint at once), and is deleted
+    from there; a kill during the deletion leaves only a temporary folder, which :func:`clean_leftovers`
+    removes, never a folder that still has ``meta.json`` but lost its tensors.
+    """
     done = sorted(p for p in root.iterdir() if is_complete(p))
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = temporary_name(old.with_name(f"{old.name}.trash"))
+        old.rename(trash)
+        fsync_dir(root)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
-def clean_partial(run_dir: Path) -> None:
-    """Remove temporary folders left by a checkpoint write that was killed."""
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what killed writes and prunes left in ``run_dir/checkpoints`` and return it: temporary names
+    (:func:`~rcm_registry.atomic.is_temporary`) and ``iter_*`` folders without ``meta.json`` (a checkpoint
+    is only ever renamed into place complete, so such a folder is one an older version was deleting)."""
     root = checkpoint_root(run_dir)
-    if root.is_dir():
-        for p in root.iterdir():
-            if is_temporary(p):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for p in sorted(root.iterdir()):
+        half_deleted = p.is_dir() and p.name.startswith(PREFIX) and not (p / META).exists()
+        if is_temporary(p) or half_deleted:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _split(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -182,20 +269,91 @@ def _split(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML and torch.load errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe mapping a run saved in ``path`` (its ``recipe.yaml``, or a checkpoint's), unvalidated."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path}: not readable YAML ({_one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a mapping (the recipe), got {type(data).__name__}")
+    return data
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({_one_line(exc)}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; the checkpoint is damaged")
+    sums = meta.get("sha256")
+    if sums is not None and not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+        raise CheckpointError(f"{path} [sha256]: expected an object of file name -> hex digest")
+    return meta
+
+
 class Checkpoint:
-    """A complete checkpoint folder, read lazily."""
+    """A complete checkpoint folder, read lazily; every file is checked against its sha256 in ``meta.json``
+    the first time it is read."""
 
     def __init__(self, path: Path) -> None:
         if not is_complete(path):
             raise CheckpointError(f"{path}: not a complete checkpoint (meta.json missing)")
         self.path = path
+        self.meta = _read_meta(path / META)
+        self._verified: set[str] = set()
 
     @property
     def iteration(self) -> int:
-        return int(json.loads((self.path / META).read_text(encoding="utf-8"))["iteration"])
+        iteration = self.meta.get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool):
+            raise CheckpointError(f"{self.path / META}: no integer 'iteration'; the checkpoint is damaged")
+        return iteration
+
+    @property
+    def checksums(self) -> dict[str, str] | None:
+        """sha256 by file name, or None for a checkpoint written before they were recorded."""
+        return self.meta.get("sha256")
+
+    def verify(self) -> None:
+        """Check every file ``meta.json`` lists (resume does, before building anything)."""
+        for name in self.checksums or {}:
+            self._file(name)
+
+    def _file(self, name: str) -> Path:
+        """``path/name``, present and (once per file) equal to its recorded sha256."""
+        path = self.path / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; the checkpoint is damaged")
+        if name in self._verified:
+            return path
+        sums = self.checksums
+        if sums is None:
+            if not self._verified:  # once per checkpoint
+                get_logger("rcm.checkpoint").warning(
+                    "checkpoint written without checksums (an older version): its files are not verified",
+                    path=str(self.path),
+                )
+        elif name not in sums:
+            raise CheckpointError(f"{path}: meta.json records no sha256 for it; the checkpoint is damaged")
+        else:
+            digest = file_sha256(path)
+            if digest != sums[name]:
+                raise CheckpointError(
+                    f"{path}: sha256 {digest[:12]}… differs from the one in meta.json ({sums[name][:12]}…); "
+                    "the file changed or was damaged after it was written"
+                )
+        self._verified.add(name)
+        return path
 
     def recipe(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "recipe.yaml").read_text(encoding="utf-8"))
+        return read_recipe_file(self._file("recipe.yaml"))
 
     def models(self) -> dict[str, dict[str, torch.Tensor]]:
         return _split(self._load("model.safetensors"))
@@ -228,16 +386,18 @@ class Checkpoint:
         return self._torch("state.pt")
 
     def _load(self, name: str) -> dict[str, torch.Tensor]:
+        path = self._file(name)
         try:
-            return load_file(str(self.path / name))
+            return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{self.path / name}: cannot read ({exc})") from None
+            raise CheckpointError(f"{path}: cannot read ({_one_line(exc)})") from None
 
     def _torch(self, name: str) -> Any:
+        path = self._file(name)
         try:
-            return torch.load(self.path / name, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{self.path / name}: cannot read ({exc})") from None
+            raise CheckpointError(f"{path}: cannot read ({_one_line(exc)})") from None
 
 
 def resolve_checkpoint(target: Path) -> Checkpoint:

@@ -7,9 +7,11 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 import yaml
@@ -18,9 +20,13 @@ from rcm_registry import distributed
 from rcm_registry.atomic import write_text_atomic
 from rcm_registry.engine.checkpoint import (
     Checkpoint,
-    clean_partial,
+    checkpoint_recipe,
+    clean_leftovers,
     full_tensors,
     latest_checkpoint,
+    nonfinite_message,
+    nonfinite_tensors,
+    read_recipe_file,
     save_checkpoint,
     save_sharded_checkpoint,
 )
@@ -31,9 +37,12 @@ from rcm_registry.engine.lr_schedule import apply_lr, lr_factor
 from rcm_registry.engine.progress import Progress
 from rcm_registry.engine.run_layout import METRICS_FILE
 from rcm_registry.engine.tracking import Throughput, Tracker, gpu_memory, learning_rates, sample_picture
-from rcm_registry.errors import CheckpointError, UserError
+from rcm_registry.errors import CheckpointError, NonFiniteCheckpoint, RecipeError, TrainingDiverged, UserError
+from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Parallel, loss_reduction, parallel_layout
 from rcm_registry.recipe.sections import Recipe
+from rcm_registry.recipe.validate import validate_recipe
+from rcm_registry.schema import ComponentSpec
 from rcm_registry.state_dicts import load_strict
 
 #: Recipe keys that may change between a run and its resumption.
@@ -41,9 +50,12 @@ RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "keep_checkpoints", "log_
 #: Top-level recipe sections that may change on resumption (they do not touch what is trained).
 RESUMABLE_SECTIONS = {"loggers"}
 
+#: Optimiser steps in a row a phase may skip for non-finite gradients before the run stops with
+#: TrainingDiverged. An odd bad batch is skipped and training goes on; ten in a row means the network
+#: itself has gone non-finite, and skipping further would only burn compute.
+MAX_CONSECUTIVE_SKIPS = 10
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "Trainer", "TrainingDiverged", "prepare_run_dir"]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -77,6 +89,9 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(run.seed)
         self.step_generator = torch.Generator(device=self.device).manual_seed(run.seed + 1)
         self.iteration = 0
+        #: Optimiser steps skipped for non-finite gradients, by phase: in all, and in a row until now.
+        self.skipped: dict[str, int] = dict.fromkeys(self.graph.phases, 0)
+        self.skipped_in_row: dict[str, int] = dict.fromkeys(self.graph.phases, 0)
 
     @staticmethod
     def _seed(seed: int) -> None:
@@ -93,6 +108,8 @@ class Trainer:
             "rng_data": self.data_generator.get_state(),
             "rng_step": self.step_generator.get_state(),
             "dataset": self.graph.dataset.state_dict(),
+            "skipped_steps": dict(self.skipped),
+            "skipped_in_row": dict(self.skipped_in_row),
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -110,6 +127,7 @@ class Trainer:
         """Write a checkpoint of the current iteration (every rank calls it)."""
         run = self.recipe.body.run
         graph = self.graph
+        self._check_finite_before_save()
         if self.parallel.sharded_checkpoints:
             sharded = self._sharded_state({name for name, p in graph.phases.items() if p.steps > 0})
             models = {role: full_tensors(sd, keep=self.main) for role, sd in sharded["model"].items()}
@@ -146,8 +164,20 @@ class Trainer:
             self.log.info("checkpoint written", path=str(path), iteration=self.iteration)
         return path
 
+    def _check_finite_before_save(self) -> None:
+        """Raise :class:`NonFiniteCheckpoint` on every rank when any rank holds a non-finite value in what
+        it would write: networks, EMAs, optimiser states (its shards of them under a sharding strategy).
+        A collective, so no rank is left waiting in the write while another refuses."""
+        models, emas = self._trained_states()
+        optimizers = {name: p.optimizer.state_dict() for name, p in self.graph.phases.items()}
+        bad = nonfinite_tensors({"model.safetensors": models, "ema.safetensors": emas, "optim.pt": optimizers})
+        count = self.parallel.all_reduce_sum(torch.tensor([float(len(bad))], device=self.device))
+        if float(count.item()) > 0:
+            name = f"iter_{self.iteration:08d}"
+            raise NonFiniteCheckpoint(f"at iteration {self.iteration}: " + nonfinite_message(self.run_dir / name, bad))
+
     def restore(self, ckpt: Checkpoint) -> None:
-        _check_same_recipe(ckpt.recipe(), self.recipe.data, ckpt.path)
+        check_same_recipe(ckpt, self.recipe)
         state = ckpt.state()
         if ckpt.sharded:
             self._restore_sharded(ckpt, {name for name, n in state["phase_steps"].items() if int(n) > 0})
@@ -169,6 +199,8 @@ class Trainer:
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.graph.dataset.load_state_dict(state["dataset"])
+        for counts, key in ((self.skipped, "skipped_steps"), (self.skipped_in_row, "skipped_in_row")):
+            counts.update({name: int(n) for name, n in state.get(key, {}).items() if name in counts})
         self.iteration = int(state["iteration"])
         if self.main:
             self.log.info("resumed", checkpoint=str(ckpt.path), iteration=self.iteration)
@@ -217,6 +249,10 @@ class Trainer:
 
         Every micro-batch starts from the same step-generator state and draws the randomness of the
         whole batch, keeping its own rows; the generator ends where one process's would.
+
+        A non-finite loss is :class:`TrainingDiverged`. Non-finite gradients (on any rank) skip the
+        optimiser and EMA step; the iteration still counts, ``skipped_steps/PHASE`` counts the skips, and
+        :data:`MAX_CONSECUTIVE_SKIPS` in a row are :class:`TrainingDiverged`.
         """
         graph = self.graph
         par = self.parallel
@@ -276,17 +312,25 @@ class Trainer:
                 (total * par.data_size).backward()
             add("loss", total)
         keys = sorted(sums)
-        reduced = par.all_reduce_sum(torch.stack([sums[k] for k in keys]).to(self.device)).cpu()
+        # The count of non-finite gradients rides along in the same reduction, so every rank skips alike.
+        local = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), _nonfinite_grads(net, self.device)])
+        *reduced, bad_grads = par.all_reduce_sum(local).cpu().tolist()
         values: dict[str, float] = {}
-        for key, value in zip(keys, reduced.tolist(), strict=True):
+        for key, value in zip(keys, reduced, strict=True):
             # Losses: sum of the parts (each context-parallel rank holds a copy); metrics: mean over ranks.
             is_loss = key == "loss" or key.startswith("loss/")
             values[key] = value / (par.context_size if is_loss else par.world_size)
         for entry in active:
             if not math.isfinite(values[f"loss/{entry.name}"]):
                 raise TrainingDiverged(
-                    f"loss {entry.name!r} of phase {phase.name!r} is {values[f'loss/{entry.name}']} at iteration {it}"
+                    f"loss {entry.name!r} of phase {phase.name!r} is {values[f'loss/{entry.name}']} at iteration "
+                    f"{it}; lower phases.{phase.name}.optimizer.lr or set grad_clip"
                 )
+        if bad_grads > 0:
+            self._skip_step(phase, values, int(bad_grads))
+            return values
+        self.skipped_in_row[phase.name] = 0
+        values[f"skipped_steps/{phase.name}"] = float(self.skipped[phase.name])
         factor = lr_factor(
             it, warmup=cfg.lr_warmup, decay=cfg.lr_decay, total=run.iterations, min_ratio=cfg.min_lr_ratio
         )
@@ -297,12 +341,41 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
         full_norm = getattr(norm, "full_tensor", None)  # a DTensor when the gradients are sharded
         values[f"{phase.name}/grad_norm"] = float(full_norm() if full_norm is not None else norm)
-        phase.optimizer.step()
+        try:
+            phase.optimizer.step()
+        except RuntimeError as exc:
+            if "without overflow" not in str(exc):  # torch's words for a step size the parameters cannot hold
+                raise
+            lr = max(group["lr"] for group in phase.optimizer.param_groups)
+            raise TrainingDiverged(
+                f"the optimiser step of phase {phase.name!r} overflows the parameters' dtype at iteration {it} "
+                f"(learning rate {lr:g}); lower phases.{phase.name}.optimizer.lr"
+            ) from None
         if phase.ema is not None:
             phase.ema.update(graph.module(phase.trains), phase.steps)
         phase.steps += 1
         self.iteration += 1
         return values
+
+    def _skip_step(self, phase: PhaseRuntime, values: dict[str, float], bad: int) -> None:
+        """Drop this step's gradients (non-finite in ``bad`` parameters, over all ranks): no optimiser or
+        EMA update, the iteration still counts. Too many in a row is :class:`TrainingDiverged`."""
+        phase.optimizer.zero_grad(set_to_none=True)
+        it = self.iteration
+        self.skipped[phase.name] += 1
+        self.skipped_in_row[phase.name] += 1
+        values[f"skipped_steps/{phase.name}"] = float(self.skipped[phase.name])
+        in_row = self.skipped_in_row[phase.name]
+        if in_row >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingDiverged(
+                f"gradients of phase {phase.name!r} were non-finite (NaN or infinity) in {in_row} steps in a row "
+                f"up to iteration {it}; lower phases.{phase.name}.optimizer.lr or set grad_clip"
+            )
+        if self.main:
+            self.log.warning(
+                "skipped step: non-finite gradients", phase=phase.name, iteration=it, parameters=bad, in_row=in_row
+            )
+        self.iteration += 1
 
     def run(self) -> Path | None:
         """Train until ``run.iterations``; returns the final checkpoint folder."""
@@ -356,23 +429,75 @@ _NO_PARALLEL = (
 )
 
 
-def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    a = json.loads(json.dumps(saved))
-    b = json.loads(json.dumps(current))
-    for d in (a, b):
-        run = d.get("run")
-        if isinstance(run, dict):
-            for key in RESUMABLE_CHANGES:
-                run.pop(key, None)
-        for key in RESUMABLE_SECTIONS:
-            d.pop(key, None)
-    if a != b:
-        diff = _first_difference(a, b, "")
-        raise CheckpointError(
-            f"{where}: the recipe differs from the one this run was started with ({diff}); only "
-            f"run.{', run.'.join(sorted(RESUMABLE_CHANGES))} and {', '.join(sorted(RESUMABLE_SECTIONS))} may change "
-            "on --resume"
+def _nonfinite_grads(net: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """(1,) float64 on the gradients' device: how many of this rank's gradients (its shards, under a
+    sharding strategy) hold a NaN or an infinity. One device tensor, so no host sync per parameter."""
+    flags = []
+    for param in net.parameters():
+        grad = param.grad
+        if grad is not None:
+            local = grad.to_local() if hasattr(grad, "to_local") else grad
+            flags.append(torch.isfinite(local).all())
+    if not flags:
+        return torch.zeros(1, dtype=torch.float64, device=device)
+    return (~torch.stack(flags)).sum().to(device=device, dtype=torch.float64).reshape(1)
+
+
+def recipe_value(recipe: Recipe) -> dict[str, Any]:
+    """The validated recipe as plain values, defaults filled in and types converted, without the run keys
+    that may change on resume: two recipes with equal values written differently (``1.0e-3`` and
+    ``0.001``, a default left out or spelt out) give equal results."""
+    value = _plain_value(
+        {"networks": recipe.networks, **{f.name: getattr(recipe.body, f.name) for f in attrs.fields(type(recipe.body))}}
+    )
+    for key in RESUMABLE_CHANGES:
+        value["run"].pop(key, None)
+    for key in RESUMABLE_SECTIONS:
+        value.pop(key, None)
+    return value
+
+
+def _plain_value(obj: Any) -> Any:
+    if isinstance(obj, ComponentSpec):
+        config = _plain_value(obj.config) if obj.config is not None else {}
+        return {"use": obj.name, **(config if isinstance(config, dict) else {"config": config})}
+    if attrs.has(type(obj)):
+        return {f.name: _plain_value(getattr(obj, f.name)) for f in attrs.fields(type(obj))}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_value(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def recipe_difference(saved: Recipe, current: Recipe) -> str | None:
+    """Where ``current`` differs from ``saved`` by value (:func:`recipe_value`), or None when it does not."""
+    a, b = recipe_value(saved), recipe_value(current)
+    return None if a == b else _first_difference(a, b, "")
+
+
+def check_same_recipe(ckpt: Checkpoint, current: Recipe) -> None:
+    """Refuse to resume ``ckpt`` with a recipe whose values differ from the one it was written with."""
+    _refuse_changed_recipe(checkpoint_recipe(ckpt), current, ckpt.path / "recipe.yaml")
+
+
+def _refuse_changed_recipe(saved: Recipe, current: Recipe, where: Path, *, started: bool = True) -> None:
+    diff = recipe_difference(saved, current)
+    if diff is None:
+        return
+    if started:
+        rule = (
+            f"only run.{', run.'.join(sorted(RESUMABLE_CHANGES))} and {', '.join(sorted(RESUMABLE_SECTIONS))} "
+            "may change on --resume"
         )
+    else:
+        rule = (
+            "the run has no checkpoint yet, and starts again in this directory only with the recipe it was "
+            "started with; remove the directory or choose another --out"
+        )
+    raise CheckpointError(f"{where}: the recipe differs from the one this run was started with ({diff}); {rule}")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str:
@@ -380,12 +505,26 @@ def _first_difference(a: Any, b: Any, path: str) -> str:
         for key in sorted(set(a) | set(b), key=str):
             if a.get(key, object) != b.get(key, object):
                 return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
     return f"{path or '<top>'}: {a!r} then, {b!r} now"
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
-    """Create ``run_dir`` (after validation), or find the checkpoint to resume from. With ``create=False``
-    a new run's folder is only checked; :func:`start_run_dir` creates it once the run can start.
+    """Create ``run_dir`` (after validation), or find the checkpoint to resume from (None: start at 0). With
+    ``create=False`` a new run's folder is only checked; :func:`start_run_dir` creates it once the run can
+    start.
+
+    The rules, with or without ``resume``:
+
+    * leftovers of killed checkpoint writes and prunes are removed first (:func:`clean_leftovers`);
+    * a run with a complete checkpoint continues from it with ``resume`` (its files verified and its
+      recipe compared by value, :func:`recipe_value`); without ``resume`` it is an error;
+    * a run with no checkpoint yet (killed before its first) starts again from iteration 0 when its
+      ``recipe.yaml`` has this recipe's values, saying so, and is an error naming the first difference
+      otherwise; ``resume`` of a directory that does not exist starts a new run there, saying so.
 
     Under torchrun this joins the process group; rank 0 prepares the folder and every rank gets its
     answer (or its error).
@@ -409,20 +548,45 @@ def _create_run_dir(run_dir: Path, recipe: Recipe) -> None:
 
 
 def _prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, create: bool = True) -> Checkpoint | None:
+    log = get_logger("rcm.run")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: is a file, not a run directory")
-    existing = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if resume:
-        if existing is None:
-            raise UserError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
-        clean_partial(run_dir)
-        _trim_metrics(run_dir / METRICS_FILE, Checkpoint(existing).iteration)
-        return Checkpoint(existing)
-    if existing is not None or (run_dir / METRICS_FILE).exists():
-        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    for path in clean_leftovers(run_dir) if run_dir.is_dir() else []:
+        log.info("removed a leftover of an interrupted write", path=str(path))
+    existing = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if existing is not None:
+        if not resume:
+            raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+        ckpt = Checkpoint(existing)
+        ckpt.verify()
+        check_same_recipe(ckpt, recipe)
+        _trim_metrics(run_dir / METRICS_FILE, ckpt.iteration)
+        return ckpt
+    saved = run_dir / "recipe.yaml"
+    if saved.is_file():
+        _refuse_changed_recipe(_saved_recipe(saved), recipe, saved, started=False)
+        log.warning("no checkpoint yet: starting the run again from iteration 0", run_dir=str(run_dir))
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    elif (run_dir / METRICS_FILE).exists():
+        raise UserError(
+            f"{run_dir / 'metrics.jsonl'}: a run's metrics without its recipe.yaml; choose another --out or remove it"
+        )
+    elif resume:
+        log.warning("--resume: no run here yet, starting a new one", run_dir=str(run_dir))
     if create:  # already on rank 0 alone (prepare_run_dir): not through on_main again
         _create_run_dir(run_dir, recipe)
     return None
+
+
+def _saved_recipe(path: Path) -> Recipe:
+    """The validated ``recipe.yaml`` a run directory was started with."""
+    data = read_recipe_file(path)
+    try:
+        return validate_recipe(data, registry(), str(path))
+    except RecipeError as exc:
+        raise UserError(
+            f"{path}: the recipe this run was started with no longer validates ({exc.problems[0]})"
+        ) from None
 
 
 def _trim_metrics(path: Path, iteration: int) -> None:

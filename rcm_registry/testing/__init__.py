@@ -15,6 +15,8 @@
 * :mod:`rcm_registry.testing.fixtures`: tiny networks, step and sample contexts the contracts run on.
 * :func:`run_cli` / :func:`run_cli_subprocess`: the ``rcm`` command in this process or a child.
   :func:`rcm_registry.testing.cli_cases.assert_user_error`: a command refused as a user error, nothing created.
+* :mod:`rcm_registry.testing.runs`: a run that trains in about a second (the quickstart teacher shrunk by
+  ``--set`` overrides), for tests of run directories.
 * :mod:`rcm_registry.testing.rcm_release_tars`: tiny datasets in the rCM release's tar-shard layout, and
   one damage function per kind of bad input.
 

@@ -194,6 +194,24 @@ def test_scm_masks_and_counts_nan_samples() -> None:
     _compare_grads(grads, _grads(clean["student"], ref), 1e-9)
 
 
+def test_scm_masks_a_nan_data_sample_without_poisoning_the_gradients() -> None:
+    """A NaN in the data reaches the student's input; masking its loss term alone left every gradient
+    NaN (0·NaN in the backward pass), so the input is zeroed for that sample too."""
+    x0, nets, wrapper = _setup(3)
+    t = torch.tensor(TIMES, dtype=torch.float64)
+    poisoned = x0.clone()
+    poisoned[0, 0] = float("nan")
+    ctx = step_context(poisoned, nets, teacher=wrapper, time={"student": FixedTimes(t)})
+    out = ScmLoss(ScmConfig(reduction="sum"))(ctx)
+    assert out.metrics["nan_masked"] == 1.0 and torch.isfinite(out.loss)
+    grads = _grads(nets["student"], out.loss)
+    assert all(torch.isfinite(g).all() for g in grads)
+    clean = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)})
+    ref = _scm_reference(clean, nets, t, 0, 0)[1:].sum()
+    assert_close(out.loss, ref, 1e-10, "masked loss = sum over the other samples")
+    _compare_grads(grads, _grads(nets["student"], ref), 1e-9)
+
+
 def test_scm_guidance_without_null_condition_is_an_error() -> None:
     x0, nets, wrapper = _setup()
     ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(TIMES)}, null=False)
@@ -276,6 +294,22 @@ def test_dmd_masks_nan_samples() -> None:
     out = DmdLoss(DmdConfig())(ctx)
     assert out.metrics["nan_masked"] == 1.0 and torch.isfinite(out.loss)
     assert all(torch.isfinite(g).all() for g in _grads(nets["student"], out.loss))
+
+
+@pytest.mark.parametrize("which", ["dcm", "fake_score_dsm"])
+def test_a_nan_input_sample_is_masked_with_finite_gradients(which: str) -> None:
+    x0, nets, wrapper = _setup(6)
+    if which == "dcm":
+        x0[0, 1] = float("nan")  # from the data
+        trained, loss = "student", DcmLoss(DcmConfig(steps=4))
+    else:
+        nets = {**nets, "student": NanForFirst(nets["student"])}  # the student's sample 0 is NaN
+        trained, loss = "fake_score", FakeScoreDsmLoss(FakeScoreDsmConfig())
+    rollout = _rollout_stub(nets["student"])
+    ctx = step_context(x0, nets, teacher=wrapper, time={"critic": FixedTimes(TIMES)}, rollout=rollout, trained=trained)
+    out = loss(ctx)
+    assert out.metrics["nan_masked"] == 1.0 and torch.isfinite(out.loss)
+    assert all(torch.isfinite(g).all() for g in _grads(nets[trained], out.loss))
 
 
 def test_fake_score_dsm_matches_reference() -> None:

@@ -51,7 +51,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("weights-empty-run", run_case(QUICK, "networks.teacher.weights={TMP}/empty_run"), "no complete checkpoint"),
     ("weights-role-unknown", run_case(QUICK, "networks.teacher.weights={path: {RUN}, role: studnt}"), "weights.role: 'studnt'"),
     ("weights-role-on-file", run_case(QUICK, "networks.teacher.weights={path: {TMP}/w.safetensors, role: teacher}"), "weights.role: applies to a run"),
-    ("weights-run-no-recipe", run_case(QUICK, "networks.teacher.weights={TMP}/bare_run"), "cannot read the run's recipe.yaml"),
+    ("weights-run-no-recipe", run_case(QUICK, "networks.teacher.weights={TMP}/bare_run"), "bare_run/checkpoints/iter_00000001/recipe.yaml: missing"),
     ("weights-format-run", run_case(QUICK, "networks.teacher.weights={path: {TMP}/folder, format: run}"), "is not a run directory"),
     ("batch-accumulation", run_case(QUICK, "parallel={use: single, gradient_accumulation: 3}"), "run.batch_size 512 is not divisible"),
     ("batch-ddp-accumulation", run_case(QUICK, "parallel={use: ddp, gradient_accumulation: 5}"), "run.batch_size 512"),
@@ -98,7 +98,6 @@ CASES: list[tuple[str, list[str], str]] = [
     ("digits-channels", run_case(DIGITS, "networks.teacher.in_channels=3", "networks.teacher.out_channels=3"), "takes in_channels = 3"),
     # -- command lines ----------------------------------------------------------------------------------------
     ("run-out-file", ["run", QUICK, "--out", "{TMP}/notes.txt", *SMALL], "--out {TMP}/notes.txt: is a file"),
-    ("run-resume-nothing", ["run", QUICK, "--out", "{TMP}/folder", "--resume", *SMALL], "--resume"),
     ("run-out-existing-run", ["run", QUICK, "--out", "{RUN}", *SMALL], "already holds a run"),
     ("sample-steps-0", ["sample", "{RUN}", "--steps", "0", "--out", "s.png"], "--steps 0: must be at least 1"),
     ("sample-num-0", ["sample", "{RUN}", "--num", "0", "--out", "s.png"], "--num 0"),
@@ -146,7 +145,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (tmp / "empty_run" / "checkpoints").mkdir(parents=True)
     bare = tmp / "bare_run" / "checkpoints" / "iter_00000001"
     bare.mkdir(parents=True)
-    (bare / "meta.json").write_text("{}")
+    (bare / "meta.json").write_text('{"iteration": 1}')
     return {"TMP": tmp, "RUN": run, "CODECS": tmp / "codecs", "SHARDS": shards}
 
 

@@ -135,11 +135,6 @@ def test_resume_with_a_different_recipe_is_refused(reference_run: Path) -> None:
     assert "recipe differs" in result.err and "phases.teacher.optimizer.lr" in result.err
 
 
-def test_resume_without_checkpoint_is_a_user_error(tmp_path: Path) -> None:
-    result = run_cli("run", RECIPE, *SMALL, "--out", str(tmp_path / "nothing"), "--resume")
-    assert result.code == 2 and "no complete checkpoint" in result.err
-
-
 def test_resume_may_extend_iterations(reference_run: Path, tmp_path: Path) -> None:
     import shutil
 
