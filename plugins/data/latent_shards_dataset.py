@@ -197,10 +197,12 @@ class LatentShards(ShardStream):
         return _Reader(self._layout, open_files=self.config.shuffle_window + 1)
 
     def _null(self) -> tuple[Tensor | None, Tensor | None]:
-        mode = self.config.null
+        mode = self.config.null_condition
         path = self.index.negative
         if mode == "negative" and path is None:
-            raise ShardError(f"{self.index.root}: null: negative, but the dataset stores no negative-prompt embedding")
+            raise ShardError(
+                f"{self.index.root}: null_condition: negative, but the dataset stores no negative-prompt embedding"
+            )
         if mode in ("negative", "auto") and path is not None:
             from safetensors.torch import load_file
 

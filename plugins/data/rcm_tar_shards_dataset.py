@@ -9,7 +9,7 @@ Batches are those of ``latent_shards`` (:mod:`rcm_plugins.data.shard_stream`: se
 rank split, read-ahead thread, bitwise resume): ``x0`` the latents as float32, ``text`` the embeddings
 as float32 (already zero past each prompt: the release pads to 512 tokens), the text mask (with
 ``mask_key``) the embedding's non-zero rows. The null condition is the ``negative`` file's embedding
-(the release's ``umT5_wan_negative_emb.pt``), all zeros, or none (``null``).
+(the release's ``umT5_wan_negative_emb.pt``), all zeros, or none (``null_condition``).
 
 Before training, ``rcm validate`` and ``rcm run`` ask the config's :meth:`RcmTarShardsConfig.check_data`,
 which indexes every shard and reports every problem at once (the dataset checks again when it is built,
@@ -55,7 +55,7 @@ class RcmTarShardsConfig(ShardStreamConfig):
     dataset's (:class:`rcm_plugins.data.shard_stream.ShardStreamConfig`), ``negative`` and ``frames``."""
 
     #: The negative prompt's umT5 embedding, a torch file of (L, D) or (1, L, D) (the release's
-    #: ``umT5_wan_negative_emb.pt``): the null condition with ``null: negative`` or ``auto``.
+    #: ``umT5_wan_negative_emb.pt``): the null condition with ``null_condition: negative`` or ``auto``.
     negative: str | None = None
     #: Keep the first ``frames`` latent frames of each sample (the release trains Wan2.1 at 480p on the first
     #: 20 of the 21 it stores: its ``state_t``); unset: all of them.
@@ -98,8 +98,10 @@ def _option_problems(config: RcmTarShardsConfig, index: TarIndex) -> list[str]:
     problems = []
     if config.negative is not None:
         problems += read_negative(config.negative, index.embed)[1]
-    elif config.null == "negative":
-        problems.append(f"{index.source}: null: negative needs the negative-prompt embedding file (negative: PATH)")
+    elif config.null_condition == "negative":
+        problems.append(
+            f"{index.source}: null_condition: negative needs the negative-prompt embedding file (negative: PATH)"
+        )
     latent = index.latent
     if config.frames is not None and latent is not None and len(latent.shape) == LATENT_DIMS:
         if config.frames > latent.shape[1]:
@@ -212,7 +214,7 @@ class RcmTarShards(ShardStream):
         self._layout = _Layout(self.index.shards, self.starts, self.ends, latent, self.index.embed, config.frames)
 
     def _null(self, negative: Tensor | None, embed: TensorSpec) -> tuple[Tensor | None, Tensor | None]:
-        mode = self.config.null
+        mode = self.config.null_condition
         if mode in ("negative", "auto") and negative is not None:
             return negative.float(), None
         if mode == "zeros":

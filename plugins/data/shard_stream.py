@@ -70,7 +70,8 @@ class ShardStreamConfig:
     #: Null condition for classifier-free guidance: ``negative`` (the dataset's negative-prompt embedding;
     #: an error when there is none), ``zeros`` (an all-zero text embedding), ``none``, or ``auto`` (the
     #: negative prompt when there is one, else none).
-    null: NullMode = "auto"
+    #: (``null_condition``: a key named ``null`` would read as YAML's null.)
+    null_condition: NullMode = "auto"
     #: Also pass the text mask to the network under this condition key (Wan and Cosmos take none: their
     #: embeddings are already zero past each prompt).
     mask_key: str | None = None

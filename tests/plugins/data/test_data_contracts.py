@@ -31,7 +31,7 @@ class TestLatentShardsDataset(LatentShardsContract):
 
 
 class TestLatentShardsDatasetPrefetching(LatentShardsContract):
-    config: ClassVar[dict[str, Any]] = {"prefetch": 2, "shuffle_window": 2, "null": "zeros"}
+    config: ClassVar[dict[str, Any]] = {"prefetch": 2, "shuffle_window": 2, "null_condition": "zeros"}
 
 
 class TestRcmTarShardsDataset(DatasetContract):

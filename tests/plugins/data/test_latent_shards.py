@@ -184,11 +184,11 @@ def test_null_modes(tmp_path: Path) -> None:
     without = make_dataset(tmp_path / "b", negative=False)
     g = torch.Generator()
     assert open_dataset(without, prefetch=0).next_batch(2, g).null_condition is None
-    assert open_dataset(with_neg, prefetch=0, null="none").next_batch(2, g).null_condition is None
-    zeros = open_dataset(without, prefetch=0, null="zeros").next_batch(2, g).null_condition
+    assert open_dataset(with_neg, prefetch=0, null_condition="none").next_batch(2, g).null_condition is None
+    zeros = open_dataset(without, prefetch=0, null_condition="zeros").next_batch(2, g).null_condition
     assert zeros is not None and torch.all(zeros["text"] == 0)
     with pytest.raises(ShardError, match="stores no negative-prompt embedding"):
-        open_dataset(without, null="negative")
+        open_dataset(without, null_condition="negative")
 
 
 def test_conditions_and_captions(data: Path) -> None:

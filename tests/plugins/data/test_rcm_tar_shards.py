@@ -127,12 +127,12 @@ def test_null_condition_from_the_negative_file_or_zeros(tmp_path: Path, data: Pa
         batch = open_tar_dataset(data, prefetch=0, negative=str(tmp_path / name)).next_batch(3, torch.Generator())
         assert batch.null_condition is not None and batch.null_condition["text"].shape == (3, 6, 8)
         assert torch.all(batch.null_condition["text"] == -1.0)
-    zeros = open_tar_dataset(data, prefetch=0, null="zeros").next_batch(2, torch.Generator()).null_condition
+    zeros = open_tar_dataset(data, prefetch=0, null_condition="zeros").next_batch(2, torch.Generator()).null_condition
     assert zeros is not None and torch.all(zeros["text"] == 0) and zeros["text"].shape == (2, 6, 8)
-    with_file = open_tar_dataset(data, prefetch=0, negative=str(tmp_path / "neg.pt"), null="none")
+    with_file = open_tar_dataset(data, prefetch=0, negative=str(tmp_path / "neg.pt"), null_condition="none")
     assert with_file.next_batch(2, torch.Generator()).null_condition is None
-    with pytest.raises(TarShardError, match=r"null: negative needs the negative-prompt embedding file"):
-        open_tar_dataset(data, null="negative")
+    with pytest.raises(TarShardError, match=r"null_condition: negative needs the negative-prompt embedding file"):
+        open_tar_dataset(data, null_condition="negative")
     (tmp_path / "short.pt").write_bytes(torch_bytes(torch.zeros(5, 8)))
     with pytest.raises(TarShardError, match=r"short\.pt: negative-prompt embedding \[5, 8\], the shards' .* \[6, 8\]"):
         open_tar_dataset(data, negative=str(tmp_path / "short.pt"))
