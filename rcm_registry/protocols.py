@@ -758,6 +758,18 @@ def head_dim_problem(config: object, head_dim: int) -> str | None:
 
 
 @runtime_checkable
+class InferenceOnly(Protocol):
+    """Optional on an attention config: the backend cannot train (no backward); says why and what to do."""
+
+    def inference_only(self) -> str: ...
+
+
+def inference_only(config: object) -> str | None:
+    """``config.inference_only()`` (:class:`InferenceOnly`), or None for a backend that trains."""
+    return config.inference_only() if isinstance(config, InferenceOnly) else None
+
+
+@runtime_checkable
 class LogsImages(Protocol):
     """Optional on a :class:`Logger`: it takes pictures.
 

@@ -40,6 +40,10 @@ class Int8SageAttentionConfig:
     #: Subtract K's mean over the sequence before quantising (SageAttention's smoothing; off only to compare).
     smooth_k: bool = True
 
+    def inference_only(self) -> str:
+        """Validation refuses it on a network a phase trains (the kernel has no backward and no JVP)."""
+        return "INT8 attention has no backward: sample with it (`inference: {attention: {use: int8_sage}}`)"
+
     def head_dim_problem(self, head_dim: int) -> str | None:
         """The kernel pads the head dim to one block of 32 to 256 lanes (rcm_kernels.attention_int8)."""
         if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:

@@ -11,7 +11,7 @@ import attrs
 
 from rcm_registry.engine.run_layout import names_a_run
 from rcm_registry.errors import RecipeError
-from rcm_registry.protocols import recipe_problems
+from rcm_registry.protocols import inference_only, recipe_problems
 from rcm_registry.recipe.graph_check import graph_problems
 from rcm_registry.recipe.load import merge
 from rcm_registry.recipe.sections import ENGINE_WEIGHTS_FORMATS, NetworkRole, Recipe, RecipeBody, WeightsRef
@@ -163,6 +163,20 @@ def _weights(
     return _FamilyWeights({"path": ref.path, "format": ref.format, **chosen})
 
 
+def _inference_only_attention(role: str, spec: ComponentSpec) -> list[str]:
+    """A trained network's attention backends that cannot train (:class:`~rcm_registry.protocols.InferenceOnly`)."""
+    if not attrs.has(type(spec.config)):
+        return []
+    problems = []
+    for field in attrs.fields(type(spec.config)):
+        value = getattr(spec.config, field.name)
+        if isinstance(value, ComponentSpec) and value.kind == "attention":
+            why = inference_only(value.config)
+            if why is not None:
+                problems.append(f"networks.{role}.{field.name}: {value.name} cannot train network {role!r} ({why})")
+    return problems
+
+
 def _cross_check(recipe: Recipe, problems: list[str]) -> None:
     """Checks that span sections: phase targets, the output network, component requirements."""
     roles = list(recipe.networks)
@@ -184,6 +198,8 @@ def _cross_check(recipe: Recipe, problems: list[str]) -> None:
     out = recipe.body.output_network
     if out is not None and out not in recipe.networks:
         problems.append(f"output_network: unknown network {out!r}{suggest(out, roles)}")
+    for role in sorted(recipe.trained_roles() & set(recipe.networks)):
+        problems += _inference_only_attention(role, recipe.networks[role].spec)
     for name, phase in recipe.body.phases.items():
         for i, loss in enumerate(phase.losses):
             for problem in recipe_problems(loss.spec.config, recipe, name):

@@ -45,3 +45,22 @@ def test_refused_with_the_option_named_and_nothing_written(
     result = run_cli(*filled)
     assert_user_error(result, named, tmp_path, before_tmp)
     assert_user_error(result, named, files["TMP"], before_files)
+
+
+def test_an_inference_only_backend_on_a_trained_network_is_a_validation_error(tmp_path: Path) -> None:
+    """int8_sage has no backward: on the critic's network (which no JVP check looks at) validation refuses it,
+    naming the YAML path; on the teacher, which no phase trains, it is allowed."""
+    recipe = str(ROOT / "recipes/wan2.1/t2v_tiny_rcm.yaml")
+    out = tmp_path / "run"
+    bad = ("--set", "networks.fake_score.attention={use: int8_sage}")
+    for command in (["validate", recipe, *bad], ["run", recipe, *bad, "--out", str(out), "--no-progress"]):
+        assert_user_error(run_cli(*command), "networks.fake_score.attention: int8_sage cannot train", absent=[out])
+    # The fake score is initialised from the teacher and would inherit its backend: it names its own here.
+    teacher_only = (
+        "--set",
+        "networks.teacher.attention={use: int8_sage}",
+        "--set",
+        "networks.fake_score.attention={use: math}",
+    )
+    result = run_cli("validate", recipe, *teacher_only)
+    assert result.code == 0, result.err
