@@ -61,6 +61,11 @@ EOF
     "$ckpt/ema.safetensors" "$ckpt/meta.json" "$ckpt/recipe.yaml" $classifiers | split -b 15M - "$out/teacher.tar.part-"
 }
 
+rows() {  # rows METHOD NAME: METHOD's table rows (saved for `table`), its table and strips as OUT/*-NAME.*
+  "${table[@]}" --no-train --no-reference --methods "$1" "${extra[@]}" --save-rows "$out/rows-$2.json" \
+    --out "$out/table-$2.md" --strips "$out/strips-$2.png"
+}
+
 case ${1:-} in
   teacher)
     # The feature networks train beside the teacher (the digit classifier on the CPU).
@@ -77,8 +82,7 @@ case ${1:-} in
     [[ $# -eq 1 ]] || { echo "student: name one method (rcm, scm, dcm or dmd)" >&2; exit 2; }
     need_teacher
     timed "train-$1" "${table[@]}" --methods "$1" --train-only
-    timed "rows-$1" "${table[@]}" --no-train --no-reference --methods "$1" "${extra[@]}" \
-      --save-rows "$out/rows-$1.json" --out "$out/table-$1.md" --strips "$out/strips-$1.png"
+    timed "rows-$1" rows "$1" "$1"
     ;;
   students)
     # Several students side by side on the one GPU (each alone leaves it mostly idle: these networks are small
@@ -97,8 +101,7 @@ case ${1:-} in
     for m in "$@"; do
       n=${m//\//_}
       [[ -d $runs/$m/checkpoints ]] || continue
-      ("${table[@]}" --no-train --no-reference --methods "$m" "${extra[@]}" --save-rows "$out/rows-$n.json" \
-        --out "$out/table-$n.md" --strips "$out/strips-$n.png" > "$out/rows-$n.log" 2>&1) &
+      (rows "$m" "$n" > "$out/rows-$n.log" 2>&1) &
     done
     wait
     ;;
