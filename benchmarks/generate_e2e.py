@@ -22,7 +22,12 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
    (b) the negative-prompt embedding encoded every time → from the per-process cache;
    (c) the text encoder kept on the GPU → offloaded to the CPU after encoding (peak memory of the later
        stages);
-   (d) eager → ``torch.compile`` of the network (the compiling call timed on its own).
+   (d) eager → ``torch.compile`` of the network (the compiling call timed on its own);
+   (e) the low-precision inference options: ``int8_sage`` attention, FP8 linears, both (after a warm-up
+       generation each);
+   and end to end with every exact option on (bf16 channels-last chunked decode with cuDNN's algorithm search,
+   cached negative prompt, offloaded text encoder, compiled network), then with int8 attention and FP8
+   linears on top.
 
 Prints markdown tables; ``--json`` writes every profile. Times are single runs (after the warm-up), with CUDA
 synchronised around each stage; peak memory is ``torch.cuda.max_memory_allocated`` reset at each stage.
@@ -101,6 +106,9 @@ WAN_VAE: dict[str, Any] = dict(
     base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
     temperal_downsample=[False, True, True], dropout=0.0,
 )  # fmt: skip
+#: The decode options that the speed section found fastest (bf16, channels-last convolutions, cuDNN's timed
+#: algorithm choice); the chunk length comes from --chunk-frames.
+FAST_DECODE: dict[str, Any] = {"decode_dtype": "bf16", "decode_channels_last": True, "decode_cudnn_benchmark": True}
 TINY_VAE: dict[str, Any] = dict(base_dim=8, z_dim=16, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True])
 
 
@@ -202,6 +210,23 @@ class Bench:
         result = generate(gen, PROMPT, shape, steps=steps, negative_prompt=NEGATIVE, profiler=profiler, **options)
         return result, profiler
 
+    def lowprec_network(self, recipe: Any, base: torch.nn.Module, attention: str | None, fp8: bool) -> Any:
+        """``base``'s weights in a network that samples with the ``attention`` backend and/or FP8 linears,
+        as ``rcm generate --attention NAME --fp8-linear`` loads it."""
+        from rcm_registry.engine.graph import build_network
+        from rcm_registry.engine.inference import apply_after_loading, inference_options, with_attention
+
+        options = inference_options(recipe, attention, fp8)
+        entry = recipe.networks["student"]
+        if options.attention is not None:
+            entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, "student"))
+        with self.building():
+            net = build_network(entry)
+        net.load_state_dict(base.state_dict())
+        net.eval().requires_grad_(False)
+        apply_after_loading(net, options)
+        return net
+
     def report(self, label: str, profiler: Any, per_stage: bool = False) -> dict[str, Any]:
         log(f"\n#### {label}\n")
         log(profiler.table(per_stage=per_stage))
@@ -255,6 +280,8 @@ class Bench:
             "fp32 frame by frame (diffusers)": {},
             "bf16 frame by frame": {"decode_dtype": "bf16"},
             f"bf16 in chunks of {self.chunk}": {"decode_dtype": "bf16", "decode_chunk_frames": self.chunk},
+            f"bf16 in chunks of {self.chunk}, channels last": {**FAST_DECODE, "decode_cudnn_benchmark": False},
+            f"bf16 in chunks of {self.chunk}, channels last, cuDNN benchmark": FAST_DECODE,
         }
         decode: dict[str, Any] = {}
         latents = None
@@ -309,16 +336,53 @@ class Bench:
                      fmt(off.totals()["transformer"]), fmt(on.totals()["transformer"])))  # fmt: skip
         rows.append(("torch.compile: the compiling call", "transformer s", "", fmt(first_call.totals()["transformer"])))
 
+        # (e) low-precision inference (their quality cost: benchmarks/moving_digits_table.py --lowprec)
+        lowprec = {"int8_sage attention": ("int8_sage", False), "FP8 linear": (None, True),
+                   "int8_sage attention + FP8 linear": ("int8_sage", True)}  # fmt: skip
+        for label, (attention, fp8) in lowprec.items():
+            try:  # one failing option should not cost the rest of the run
+                student.net = self.lowprec_network(recipe, eager, attention, fp8)
+                self.generate(student, steps)  # warm-up: the kernels' compilation and autotuning
+                _, on = self.generate(student, steps)
+            except Exception as exc:  # reported in the table
+                log(f"{label} failed: {type(exc).__name__}: {exc}")
+                rows.append(
+                    (label, "transformer s", fmt(off.totals()["transformer"]), f"failed ({type(exc).__name__})")
+                )
+                continue
+            finally:
+                student.net = eager
+            opts[label] = on.as_dict()
+            rows.append((label, "transformer s", fmt(off.totals()["transformer"]), fmt(on.totals()["transformer"])))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
         # all together: bf16 chunked decode, cached negative prompt, offloaded text encoder, compiled network
-        compile_network(student, backend=self.compile_backend, mode=self.compile_mode)
-        student.codecs["vae"] = self.vae_codec(recipe, base_vae, decode_dtype="bf16", decode_chunk_frames=self.chunk)
-        _, all_on = self.generate(student, steps, offload_text_encoder=True)
-        student.net, student.codecs["vae"] = eager, vae
-        text.to(self.device)
-        opts["all options"] = {"off": off.as_dict(), "on": all_on.as_dict()}
-        rows.append(
-            ("end to end: every option on", "all stages s", f"{off.total_seconds:.3f}", f"{all_on.total_seconds:.3f}")
-        )
+        fast_vae = self.vae_codec(recipe, base_vae, **FAST_DECODE, decode_chunk_frames=self.chunk)
+        for label, lowprec_on in (
+            ("every exact option on", False),
+            ("every option on, int8_sage attention + FP8 linear", True),
+        ):
+            try:
+                network = self.lowprec_network(recipe, eager, "int8_sage", True) if lowprec_on else eager
+                student.net, student.codecs["vae"] = network, fast_vae
+                compile_network(student, backend=self.compile_backend, mode=self.compile_mode)
+                self.generate(student, steps, offload_text_encoder=True)  # compiles
+                text.to(self.device)
+                _, all_on = self.generate(student, steps, offload_text_encoder=True)
+            except Exception as exc:  # reported in the table
+                log(f"{label} failed: {type(exc).__name__}: {exc}")
+                rows.append((f"end to end: {label}", "all stages s", f"{off.total_seconds:.3f}", "failed"))
+                continue
+            finally:
+                student.net, student.codecs["vae"] = eager, vae
+                text.to(self.device)
+            opts[label] = {"off": off.as_dict(), "on": all_on.as_dict()}
+            log(f"\n#### {name}: {steps}-step student, {label}\n")
+            log(all_on.table(per_stage=False))
+            rows.append(
+                (f"end to end: {label}", "all stages s", f"{off.total_seconds:.3f}", f"{all_on.total_seconds:.3f}")
+            )
 
         log(f"\n#### {name}: speed options, off → on ({steps}-step student)\n")
         log("| option | measured | off | on |\n|---|---|---:|---:|")

@@ -232,6 +232,81 @@ def step_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[
     return lines, ms
 
 
+# -- 2b. activation checkpointing ---------------------------------------------------------------------------
+def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The student's forward + backward with each ``activation_checkpointing`` mode (fused token ops), its
+    peak memory, and the sCM student step it makes with the CFG target and the JVP pass (timed here too)."""
+    reg = rr.registry()
+    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
+    cond, null = {"text": inp.text}, {"text": inp.null_text}
+    t, x_t = inp.t, inp.x_t
+    cs = torch.cos(t) * torch.sin(t)
+    results: dict[str, Any] = {}
+    with fused_kernels(True):
+        with torch.no_grad():
+            f_teacher = wrapper.denoise(net.eval(), x_t, t, cond, guidance=5.0, null_condition=null)[1]
+        dx = (cs.to(torch.float64) * f_teacher.double()).bfloat16()
+
+        def forward() -> None:
+            with torch.no_grad():
+                wrapper.denoise(net.eval(), x_t, t, cond)
+
+        def teacher_cfg() -> None:
+            with torch.no_grad():
+                wrapper.denoise(net.eval(), x_t, t, cond, guidance=5.0, null_condition=null)
+
+        def tangent() -> None:
+            jvp(lambda a, b: wrapper.denoise(net.eval(), a, b, cond)[1], (x_t, t), (dx, cs))
+
+        def student_fwd_bwd() -> None:
+            f = wrapper.denoise(net.train(), x_t, t, cond)[1]
+            (f.float() - inp.target).square().sum().backward()
+            net.zero_grad(set_to_none=True)
+
+        base = {name: time_ms(fn, args.warmup, args.reps) for name, fn in
+                (("forward", forward), ("cfg", teacher_cfg), ("jvp", tangent))}  # fmt: skip
+        results["passes"] = base
+        for mode in ("none", "selective", "block", "auto"):
+            net.activation_checkpointing = mode
+            empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            row: dict[str, Any] = {}
+            try:
+                row["fwd_bwd_ms"] = time_ms(student_fwd_bwd, args.warmup, args.reps)
+            except torch.cuda.OutOfMemoryError:
+                row["fwd_bwd_ms"] = math.nan
+                net.zero_grad(set_to_none=True)
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else math.nan
+            decision = net.checkpointing.decision
+            row["decision"] = None if decision is None else {"mode": decision.mode, "reason": decision.reason}
+            row["step_ms"] = base["cfg"] + base["jvp"] + row["fwd_bwd_ms"]
+            results[mode] = row
+            print(
+                f"  {mode}: forward + backward {row['fwd_bwd_ms']:.1f} ms, peak {row['peak_gib']:.1f} GiB", flush=True
+            )
+    net.activation_checkpointing = "block"
+    empty_cache()
+    unit = base["forward"]
+    lines = [
+        f"forward {unit:.1f} ms, CFG target {base['cfg']:.1f} ms ({base['cfg'] / unit:.2f}×), "
+        f"JVP pass {base['jvp']:.1f} ms ({base['jvp'] / unit:.2f}×)",
+        "",
+        "| activation_checkpointing | forward + backward ms | × forward | peak GiB | sCM student step ms | × forward |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("none", "selective", "block", "auto"):
+        row = results[mode]
+        label = mode if row["decision"] is None else f"auto → {row['decision']['mode']}"
+        lines.append(
+            f"| {label} | {row['fwd_bwd_ms']:.1f} | {row['fwd_bwd_ms'] / unit:.2f} | {row['peak_gib']:.1f} "
+            f"| {row['step_ms']:.1f} | {row['step_ms'] / unit:.2f} |"
+        )
+    if results["auto"]["decision"] is not None:
+        lines += ["", f"auto's decision: {results['auto']['decision']['reason']}"]
+    return lines, results
+
+
 # -- 3. fused pass --------------------------------------------------------------------------------------
 def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     torch.manual_seed(0)
@@ -379,7 +454,9 @@ def main() -> None:
     parser.add_argument("--fused-blocks", type=int, default=2)
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument("--sample-reps", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["attention", "steps", "fused", "sampling"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["attention", "steps", "checkpointing", "fused", "sampling"]
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="check the script on the CPU with a tiny Wan")
     args = parser.parse_args()
@@ -417,10 +494,11 @@ def main() -> None:
     section("Attention kernel", "attention", lambda: attention_section(args.attention_reps))
     torch.manual_seed(0)
     net = None
-    if {"steps", "sampling"} - set(args.skip):
+    if {"steps", "checkpointing", "sampling"} - set(args.skip):
         net = build_wan(None, checkpointing=True)
         inp = Inputs(net, args, seed=1)
     section("rCM step breakdown", "steps", lambda: step_section(net, inp, args))
+    section("Activation checkpointing", "checkpointing", lambda: checkpointing_section(net, inp, args))
     section("Sampling", "sampling", lambda: sampling_section(net, inp, args))
     net = inp = None  # the full-depth network's memory goes back before the fused section builds its own
     empty_cache()

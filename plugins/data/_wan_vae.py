@@ -9,6 +9,8 @@ for Cosmos-Predict2's pipelines. Decoding inverts it: ``z = x/sigma_data · std 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +42,12 @@ class WanVaeConfig:
     #: Latent frames per decoder call after the first (see ``rcm_plugins.data._wan_vae_decode``); the
     #: decode's memory grows with it, the number of calls shrinks. Default: diffusers' frame-by-frame decode.
     decode_chunk_frames: int | None = attrs.field(default=None, validator=schema.positive)
+    #: Run the decoder's convolutions in channels-last layout (NDHWC): on a GPU cuDNN's fastest 3-D
+    #: convolution kernels take that layout; the result is the same up to the dtype's rounding.
+    decode_channels_last: bool = False
+    #: Let cuDNN time its convolution algorithms for the decoder's shapes on first use (``torch.backends.cudnn
+    #: .benchmark``, switched on for the decode only); the first decode of a new size pays the search.
+    decode_cudnn_benchmark: bool = False
 
     def sample_shapes(self) -> SampleShapes:
         """Latents of the VAE's ``z_dim`` channels (its config.json; diffusers' default 16), read without
@@ -47,6 +55,30 @@ class WanVaeConfig:
         config = codec_config(self.path, type(self).__name__)
         channels = int(config.get("z_dim", 16))
         return SampleShapes(x0=(channels, None, None, None), source=str(Path(self.path) / CONFIG_NAME))
+
+
+def to_channels_last(module: nn.Module) -> None:
+    """Every 5-D parameter of ``module`` in channels_last_3d and every 4-D one in channels_last, in place (the
+    2-D convolutions of the Wan decoder's upsamplers run on frames folded into the batch)."""
+    for param in module.parameters():
+        if param.dim() == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+        elif param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` on inside the block when ``enabled``, restored after."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 class WanVideoCodec:
@@ -66,6 +98,9 @@ class WanVideoCodec:
         # The decoder alone in its own dtype: encoder and decoder share no parameters.
         self.vae.decoder.to(self.decode_dtype)
         self.vae.post_quant_conv.to(self.decode_dtype)
+        if config.decode_channels_last:
+            to_channels_last(self.vae.decoder)
+            to_channels_last(self.vae.post_quant_conv)
         self.latent_channels = int(vae.config.z_dim)
         # The scale factors follow from the architecture (config's scale_factor_* can be stale defaults).
         self.temporal_factor = 2 ** sum(bool(d) for d in vae.temperal_downsample)
@@ -126,12 +161,15 @@ class WanVideoCodec:
         dev = self.device
         z = latents.to(dev, torch.float32) / self.config.sigma_data * self.std.to(dev) + self.mean.to(dev)
         z = z.to(self.decode_dtype)
+        if self.config.decode_channels_last:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
         chunk = self.config.decode_chunk_frames
-        if chunk is None:
-            video = self.vae.decode(z).sample
-        else:
-            video = decode_in_chunks(self.vae, z, chunk, self.temporal_factor)
-        return video.float().clamp(-1.0, 1.0)
+        with cudnn_benchmark(self.config.decode_cudnn_benchmark):
+            if chunk is None:
+                video = self.vae.decode(z).sample
+            else:
+                video = decode_in_chunks(self.vae, z, chunk, self.temporal_factor)
+        return video.float().clamp(-1.0, 1.0).contiguous()
 
     def __repr__(self) -> str:
         factors = f"×{self.temporal_factor} frames, ×{self.spatial_factor} pixels"

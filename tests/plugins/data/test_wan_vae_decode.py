@@ -96,3 +96,18 @@ def test_codec_decode_options(vae_path: Path) -> None:
 def test_decode_chunk_frames_must_be_positive(vae_path: Path) -> None:
     with pytest.raises((rr.UserError, ValueError), match="decode_chunk_frames"):
         rr.registry().build("codec", "wan_vae", path=str(vae_path), decode_chunk_frames=0)
+
+
+def test_channels_last_and_cudnn_benchmark_decode_the_same(vae_path: Path) -> None:
+    latents = torch.randn(1, 16, 4, 3, 5, generator=torch.Generator().manual_seed(5))
+    reference = rr.registry().build("codec", "wan_vae", path=str(vae_path), decode_chunk_frames=2).decode(latents)
+    for options in ({"decode_channels_last": True}, {"decode_channels_last": True, "decode_chunk_frames": 2}):
+        codec = rr.registry().build("codec", "wan_vae", path=str(vae_path), decode_cudnn_benchmark=True, **options)
+        weight = codec.vae.decoder.conv_in.weight
+        assert weight.dim() == 5 and weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert not codec.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        before = torch.backends.cudnn.benchmark
+        decoded = codec.decode(latents)
+        assert torch.backends.cudnn.benchmark == before  # switched on for the decode only
+        assert decoded.is_contiguous()
+        torch.testing.assert_close(decoded, reference, rtol=1e-5, atol=1e-5)
