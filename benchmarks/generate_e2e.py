@@ -137,11 +137,13 @@ class Bench:
         from rcm_registry.recipe.load import load_recipe
         from rcm_registry.recipe.validate import validate_recipe
 
-        attention = "math" if self.smoke else "sdpa"
+        # The student's attention must take JVPs (the recipe's sCM term checks it); triton_jvp runs primal-only
+        # calls, which is all that sampling makes, through SDPA.
+        attention, student_attention = ("math", "math") if self.smoke else ("sdpa", "triton_jvp")
         sets = [
             "networks.teacher.weights=null",
             f"networks.teacher.attention={{use: {attention}}}",
-            f"networks.student.attention={{use: {attention}}}",
+            f"networks.student.attention={{use: {student_attention}}}",
             "codecs.text.path=random-weights",
             "codecs.vae.path=random-weights",
             "data.path=unused",
