@@ -94,8 +94,8 @@ case ${1:-} in
     need_teacher
     for m in "$@"; do
       n=${m//\//_}
-      (timeout "${CAP:-540}" "${table[@]}" --methods "$m" --train-only > "$out/train-$n.log" 2>&1
-       echo "train-$n: exit $?" >> "$out/times.txt") &
+      (rc=0; timeout "${CAP:-540}" "${table[@]}" --methods "$m" --train-only > "$out/train-$n.log" 2>&1 || rc=$?
+       echo "train-$n: exit $rc (124: stopped by CAP)" >> "$out/times.txt") &
     done
     wait
     for m in "$@"; do
