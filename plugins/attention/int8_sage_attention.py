@@ -65,6 +65,9 @@ class Int8SageAttention:
     def __init__(self, config: Int8SageAttentionConfig) -> None:
         self.config = config
 
+    # torch.compile leaves the kernel alone (a graph break): Inductor re-generating the hand-written Triton
+    # kernel from its source fails on the int8 dot's accumulator type (seen with torch 2.11, Triton 3.6).
+    @torch.compiler.disable
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:
         if has_tangent(q, k, v):
             raise InferenceOnlyError(
