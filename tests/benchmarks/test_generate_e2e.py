@@ -39,8 +39,12 @@ def test_smoke_run_records_every_stage_and_option(tmp_path: Path) -> None:
         assert student[2:] == [f"transformer call {i} (step {i})" for i in range(1, 5)] + ["vae decode"]
         options = model["options"]
         assert set(options["vae decode"]) == {
-            "fp32 frame by frame (diffusers)", "bf16 frame by frame", "bf16 in chunks of 4"
+            "fp32 frame by frame (diffusers)", "bf16 frame by frame", "bf16 in chunks of 4",
+            "bf16 in chunks of 4, channels last", "bf16 in chunks of 4, channels last, cuDNN benchmark",
         }  # fmt: skip
+        for lowprec in ("int8_sage attention", "FP8 linear"):
+            assert options[lowprec]["totals"]["transformer"]["name"] == "transformer (4 calls)"
+        assert options["every exact option on"]["on"]["totals"]["transformer"]["name"] == "transformer (4 calls)"
         off = [s["name"] for s in options["negative cache"]["off"]["stages"]]
         on = [s["name"] for s in options["negative cache"]["on"]["stages"]]
         assert "text encoding (negative prompt)" in off and "text encoding (negative prompt, cached)" in on
