@@ -44,7 +44,7 @@ from torch.autograd import forward_ad
 
 import rcm_registry as rr
 from rcm_registry.engine.context import SampleContext
-from rcm_registry.jvp import jvp
+from rcm_registry.jvp import jvp, jvp_with_graph
 
 HERE = Path(__file__).resolve().parent
 
@@ -285,6 +285,27 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
             print(
                 f"  {mode}: forward + backward {row['fwd_bwd_ms']:.1f} ms, peak {row['peak_gib']:.1f} GiB", flush=True
             )
+        # sCM's tangent_pass: fused: the student's forward with grad and its tangent in one dual pass, then the
+        # backward (no checkpointing: it cannot recompute dual tensors).
+        net.activation_checkpointing = "none"
+
+        def fused_pass() -> None:
+            f, _ = jvp_with_graph(lambda a, b: wrapper.denoise(net.train(), a, b, cond)[1], (x_t, t), (dx, cs))
+            (f.float() - inp.target).square().sum().backward()
+            net.zero_grad(set_to_none=True)
+
+        empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        fused: dict[str, Any] = {"decision": None}
+        try:
+            fused["fwd_bwd_ms"] = time_ms(fused_pass, args.warmup, args.reps)
+        except torch.cuda.OutOfMemoryError:
+            fused["fwd_bwd_ms"] = math.nan
+            net.zero_grad(set_to_none=True)
+        fused["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else math.nan
+        fused["step_ms"] = base["cfg"] + fused["fwd_bwd_ms"]
+        results["none, fused tangent pass"] = fused
     net.activation_checkpointing = "block"
     empty_cache()
     unit = base["forward"]
@@ -295,9 +316,11 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
         "| activation_checkpointing | forward + backward ms | × forward | peak GiB | sCM student step ms | × forward |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for mode in ("none", "selective", "block", "auto"):
+    for mode in ("none", "selective", "block", "auto", "none, fused tangent pass"):
         row = results[mode]
         label = mode if row["decision"] is None else f"auto → {row['decision']['mode']}"
+        if mode.endswith("fused tangent pass"):
+            label = "none, `tangent_pass: fused` (forward + JVP + backward in the first two columns)"
         lines.append(
             f"| {label} | {row['fwd_bwd_ms']:.1f} | {row['fwd_bwd_ms'] / unit:.2f} | {row['peak_gib']:.1f} "
             f"| {row['step_ms']:.1f} | {row['step_ms'] / unit:.2f} |"

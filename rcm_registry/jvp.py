@@ -22,7 +22,7 @@ from torch.autograd import forward_ad
 
 from rcm_registry.errors import UserError
 
-__all__ = ["JVPUnsupportedError", "check_jvp_support", "jvp"]
+__all__ = ["JVPUnsupportedError", "check_jvp_support", "jvp", "jvp_with_graph"]
 
 
 class JVPUnsupportedError(UserError, RuntimeError):
@@ -51,9 +51,28 @@ def jvp(
     their primal's dtype (forward AD requires it). An output that does not depend on any primal gets
     a zero tangent. Nothing is recorded for backward: both outputs are plain (detached) tensors.
     """
+    with torch.no_grad():
+        return _dual_pass(fn, primals, tangents, keep_graph=False)
+
+
+def jvp_with_graph(
+    fn: Callable[..., Any],
+    primals: Sequence[Tensor],
+    tangents: Sequence[Tensor | None],
+) -> tuple[Any, Any]:
+    """As :func:`jvp`, but the primal output keeps its autograd graph (for a backward through ``fn``'s
+    parameters) while the tangent output is detached: a network's output with grad and its JVP from one
+    forward, where :func:`jvp` and a separate forward take two. Activation checkpointing cannot recompute
+    dual tensors, so ``fn`` must run without it."""
+    return _dual_pass(fn, primals, tangents, keep_graph=True)
+
+
+def _dual_pass(
+    fn: Callable[..., Any], primals: Sequence[Tensor], tangents: Sequence[Tensor | None], *, keep_graph: bool
+) -> tuple[Any, Any]:
     if len(primals) != len(tangents):
         raise ValueError(f"jvp: {len(primals)} primals but {len(tangents)} tangents")
-    with torch.no_grad(), forward_ad.dual_level():
+    with forward_ad.dual_level():
         duals = []
         for p, t in zip(primals, tangents, strict=True):
             if t is None:
@@ -65,11 +84,12 @@ def jvp(
         out = fn(*duals)
 
         def primal(x: Tensor) -> Tensor:
-            return forward_ad.unpack_dual(x).primal.detach()
+            value = forward_ad.unpack_dual(x).primal
+            return value if keep_graph else value.detach()
 
         def tangent(x: Tensor) -> Tensor:
             tan = forward_ad.unpack_dual(x).tangent
-            return torch.zeros_like(primal(x)) if tan is None else tan.detach()
+            return torch.zeros_like(forward_ad.unpack_dual(x).primal.detach()) if tan is None else tan.detach()
 
         return _map(primal, out), _map(tangent, out)
 

@@ -29,7 +29,10 @@ from typing import Any, Literal
 import attrs
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from rcm_registry.errors import UserError
 
 Mode = Literal["none", "selective", "block"]
 #: What a network config takes.
@@ -168,7 +171,16 @@ class BlockCheckpointing:
         with ``args`` (the first block's inputs) and logged."""
         if not (net.training and torch.is_grad_enabled()):
             return "none"
+        dual = any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
+        if dual:  # a forward that keeps its graph on dual tensors (sCM's tangent_pass: fused)
+            args = [forward_ad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args]
         if self.setting != "auto":
+            if dual and self.setting != "none":
+                raise UserError(
+                    f"activation_checkpointing: {self.setting} cannot recompute a forward on dual tensors (the "
+                    "sCM loss's tangent_pass: fused): use activation_checkpointing none or auto, or "
+                    "tangent_pass: separate"
+                )
             return self.setting  # type: ignore[return-value]
         if self.decision is None:
             self.decision = self._decide(net, blocks, args)
@@ -181,6 +193,11 @@ class BlockCheckpointing:
                 mode=d.mode,
                 reason=d.reason,
                 per_block_bytes=d.per_block,
+            )
+        if dual and self.decision.mode != "none":
+            raise UserError(
+                f"activation_checkpointing auto chose {self.decision.reason}, but a forward on dual tensors (the "
+                "sCM loss's tangent_pass: fused) cannot be recomputed: use tangent_pass: separate on this device"
             )
         return self.decision.mode
 

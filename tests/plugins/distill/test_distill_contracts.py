@@ -13,6 +13,12 @@ class TestScmLoss(LossContract):
     iteration = 5  # inside the warmup: both terms of g
 
 
+class TestScmLossFusedPass(LossContract):
+    name = "scm"
+    config: ClassVar[dict[str, Any]] = {"tangent_warmup": 10, "tangent_pass": "fused"}
+    iteration = 5
+
+
 class TestScmLossSemiContinuous(LossContract):
     name = "scm"
     config: ClassVar[dict[str, Any]] = {"semi_continuous": True}

@@ -85,13 +85,16 @@ def _scm_reference(
     return ((F_theta - F_theta.detach() - g) ** 2).sum(dim=1)
 
 
+@pytest.mark.parametrize("tangent_pass", ["separate", "fused"])
 @pytest.mark.parametrize("warmup_scales", ["tangent", "x_t_term"])
 @pytest.mark.parametrize(("iteration", "reduction"), [(0, "mean"), (40, "sum"), (500, "mean")])
-def test_scm_matches_reference(iteration: int, reduction: str, warmup_scales: str) -> None:
+def test_scm_matches_reference(iteration: int, reduction: str, warmup_scales: str, tangent_pass: str) -> None:
     x0, nets, wrapper = _setup()
     t = torch.tensor(TIMES, dtype=torch.float64)
     ctx = step_context(x0, nets, teacher=wrapper, time={"student": FixedTimes(t)}, iteration=iteration)
-    config = ScmConfig(weight=2.0, reduction=reduction, tangent_warmup=100, warmup_scales=warmup_scales)
+    config = ScmConfig(
+        weight=2.0, reduction=reduction, tangent_warmup=100, warmup_scales=warmup_scales, tangent_pass=tangent_pass
+    )
     out = ScmLoss(config)(ctx)
     per = _scm_reference(ctx, nets, t, iteration, 100, warmup_scales=warmup_scales)
     ref = 2.0 * (per.mean() if reduction == "mean" else per.sum())
