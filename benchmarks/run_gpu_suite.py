@@ -233,6 +233,20 @@ def step_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[
 
 
 # -- 2b. activation checkpointing ---------------------------------------------------------------------------
+def timed_with_peak(fn: Callable[[], None], net: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``fn``'s median ms (nan when it runs out of memory) and the peak device memory over its runs."""
+    empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        ms = time_ms(fn, args.warmup, args.reps)
+    except torch.cuda.OutOfMemoryError:
+        ms = math.nan
+        net.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else math.nan
+    return {"fwd_bwd_ms": ms, "peak_gib": peak}
+
+
 def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """The student's forward + backward with each ``activation_checkpointing`` mode (fused token ops), its
     peak memory, and the sCM student step it makes with the CFG target and the JVP pass (timed here too)."""
@@ -268,16 +282,7 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
         results["passes"] = base
         for mode in ("none", "selective", "block", "auto"):
             net.activation_checkpointing = mode
-            empty_cache()
-            if DEVICE == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            row: dict[str, Any] = {}
-            try:
-                row["fwd_bwd_ms"] = time_ms(student_fwd_bwd, args.warmup, args.reps)
-            except torch.cuda.OutOfMemoryError:
-                row["fwd_bwd_ms"] = math.nan
-                net.zero_grad(set_to_none=True)
-            row["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else math.nan
+            row = timed_with_peak(student_fwd_bwd, net, args)
             decision = net.checkpointing.decision
             row["decision"] = None if decision is None else {"mode": decision.mode, "reason": decision.reason}
             row["step_ms"] = base["cfg"] + base["jvp"] + row["fwd_bwd_ms"]
@@ -294,16 +299,7 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
             (f.float() - inp.target).square().sum().backward()
             net.zero_grad(set_to_none=True)
 
-        empty_cache()
-        if DEVICE == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        fused: dict[str, Any] = {"decision": None}
-        try:
-            fused["fwd_bwd_ms"] = time_ms(fused_pass, args.warmup, args.reps)
-        except torch.cuda.OutOfMemoryError:
-            fused["fwd_bwd_ms"] = math.nan
-            net.zero_grad(set_to_none=True)
-        fused["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else math.nan
+        fused = {**timed_with_peak(fused_pass, net, args), "decision": None}
         fused["step_ms"] = base["cfg"] + fused["fwd_bwd_ms"]
         results["none, fused tangent pass"] = fused
     net.activation_checkpointing = "block"
