@@ -64,11 +64,15 @@ class Int8SageAttention:
 
     def __init__(self, config: Int8SageAttentionConfig) -> None:
         self.config = config
+        # torch.compile leaves the kernel alone (a graph break): Inductor re-generating the hand-written Triton
+        # kernel from its source fails on the int8 dot's accumulator type (seen with torch 2.11, Triton 3.6).
+        # Wrapped here, not as a decorator, since torch.compiler.disable imports torch._dynamo.
+        self._attend = torch.compiler.disable(self._attend_eager)
 
-    # torch.compile leaves the kernel alone (a graph break): Inductor re-generating the hand-written Triton
-    # kernel from its source fails on the int8 dot's accumulator type (seen with torch 2.11, Triton 3.6).
-    @torch.compiler.disable
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:
+        return self._attend(q, k, v, scale=scale)  # type: ignore[no-any-return]
+
+    def _attend_eager(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:
         if has_tangent(q, k, v):
             raise InferenceOnlyError(
                 "attention backend 'int8_sage' is for sampling only and does not support forward-mode AD "

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import attrs
 import torch
 from torch import nn
-from torch.autograd import forward_ad
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from rcm_registry.errors import UserError
@@ -171,6 +170,8 @@ class BlockCheckpointing:
         with ``args`` (the first block's inputs) and logged."""
         if not (net.training and torch.is_grad_enabled()):
             return "none"
+        from torch.autograd import forward_ad  # here: importing it at start-up pulls in torch._dynamo
+
         dual = any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
         if dual:  # a forward that keeps its graph on dual tensors (sCM's tangent_pass: fused)
             args = [forward_ad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args]
