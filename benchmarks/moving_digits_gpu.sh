@@ -11,12 +11,14 @@
 #   OUT=o3 bash benchmarks/moving_digits_gpu.sh student rcm    # train one student, then its rows: o3/rows-rcm.json
 #   OUT=o4 bash benchmarks/moving_digits_gpu.sh student scm    # ... and dcm, dmd, one machine each
 #   OUT=o5 bash benchmarks/moving_digits_gpu.sh students scm dcm dmd rcm   # or side by side on one machine
+#   AT=1000 OUT=o6 bash benchmarks/moving_digits_gpu.sh rows scm rcm   # rows again, at iteration 1000
 #   bash benchmarks/moving_digits_gpu.sh table o2/rows-reference.json o3/rows-rcm.json ...   # the table (any machine)
 #
 # `table` writes benchmarks/moving_digits_table.md and benchmarks/moving_digits_strips.png. TABLE_ARGS adds
 # moving_digits_table.py options to the sampling stages (e.g. "--num 250 --seeds 0 1"), SETS `rcm run` overrides
 # to the training ones (e.g. "--set run.iterations=3000"). SIZE=tiny DEVICE=cpu runs the same stages with the
-# CPU-sized recipes (a check of this script; with SETS="--set run.iterations=10" in a few minutes).
+# CPU-sized recipes (a check of this script; with SETS="--set run.iterations=10" in a few minutes). RESUME=1
+# continues students' runs that a CAP stopped; AT=N samples each student's checkpoint of iteration N.
 set -euo pipefail
 out=${OUT:-runs/moving_digits_out}
 size=${SIZE:-gpu}
@@ -27,6 +29,10 @@ mkdir -p "$out" "$runs"
 read -ra sets <<< "${SETS:-}"
 read -ra extra <<< "${TABLE_ARGS:-}"
 table=(python benchmarks/moving_digits_table.py --size "$size" --device "$device" --runs "$runs")
+[[ -n ${RESUME:-} ]] && table+=(--resume)
+# AT=N: rows from each student's checkpoint of iteration N (files named *-atN), not its newest.
+at=${AT:+-at$AT}
+[[ -n ${AT:-} ]] && table+=(--iteration "$AT")
 for s in "${sets[@]}"; do [[ $s == --set ]] || table+=(--set "$s"); done
 
 timed() {  # timed NAME COMMAND...: run, log to OUT/NAME.log, append the wall time to OUT/times.txt
@@ -66,6 +72,16 @@ rows() {  # rows METHOD NAME: METHOD's table rows (saved for `table`), its table
     --out "$out/table-$2.md" --strips "$out/strips-$2.png"
 }
 
+sample_rows() {  # sample_rows METHOD...: the rows of each that has a checkpoint, side by side
+  local m n
+  for m in "$@"; do
+    n=${m//\//_}$at
+    [[ -d $runs/$m/checkpoints ]] || continue
+    (rows "$m" "$n" > "$out/rows-$n.log" 2>&1) &
+  done
+  wait
+}
+
 case ${1:-} in
   teacher)
     # The feature networks train beside the teacher (the digit classifier on the CPU).
@@ -82,7 +98,7 @@ case ${1:-} in
     [[ $# -eq 1 ]] || { echo "student: name one method (rcm, scm, dcm or dmd)" >&2; exit 2; }
     need_teacher
     timed "train-$1" "${table[@]}" --methods "$1" --train-only
-    timed "rows-$1" rows "$1" "$1"
+    timed "rows-$1$at" rows "$1" "$1$at"
     ;;
   students)
     # Several students side by side on the one GPU (each alone leaves it mostly idle: these networks are small
@@ -98,12 +114,12 @@ case ${1:-} in
        echo "train-$n: exit $rc (124: stopped by CAP)" >> "$out/times.txt") &
     done
     wait
-    for m in "$@"; do
-      n=${m//\//_}
-      [[ -d $runs/$m/checkpoints ]] || continue
-      (rows "$m" "$n" > "$out/rows-$n.log" 2>&1) &
-    done
-    wait
+    sample_rows "$@"
+    ;;
+  rows)
+    # Rows of students trained earlier on this machine, side by side (e.g. again with AT=N).
+    shift
+    sample_rows "$@"
     ;;
   table)
     shift
@@ -111,7 +127,8 @@ case ${1:-} in
     python benchmarks/moving_digits_table.py --from-rows "$@"
     ;;
   *)
-    echo "usage: moving_digits_gpu.sh teacher | reference | student METHOD | students METHOD... | table ROWS.json..." >&2
+    echo "usage: moving_digits_gpu.sh teacher | reference | student METHOD | students METHOD... | rows METHOD..." \
+      "| table ROWS.json..." >&2
     exit 2
     ;;
 esac

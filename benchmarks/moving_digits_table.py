@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from digits_table import Row, labelled_pictures, load_rows, sample_with_sdpa, save_rows, summary
@@ -44,6 +45,7 @@ from safetensors import safe_open
 
 from rcm_registry import registry
 from rcm_registry.engine.pictures import video_strips_png
+from rcm_registry.engine.run_layout import checkpoint_at
 from rcm_registry.engine.sampling import LoadedRun, draw, open_checkpoint
 from rcm_registry.recipe.load import load_recipe
 from rcm_registry.recipe.validate import validate_recipe
@@ -109,10 +111,13 @@ def train_missing(args: argparse.Namespace) -> None:
     if not (args.runs / "teacher").is_dir():
         rcm("run", str(recipe(args.size, "teacher")), "--out", str(args.runs / "teacher"), "--no-progress", *sets)
     for method in args.methods:
-        if not (args.runs / method).is_dir():
+        out = args.runs / method
+        # --resume continues a run a time cap stopped, from its newest checkpoint (none yet: from the start).
+        resume = args.resume and out.is_dir()
+        if resume or not out.is_dir():
             teacher = f"networks.teacher.weights.path={args.runs / 'teacher'}"
-            rcm("run", str(recipe(args.size, method)), "--out", str(args.runs / method), "--no-progress", *sets,
-                "--set", teacher)  # fmt: skip
+            rcm("run", str(recipe(args.size, method)), "--out", str(out), "--no-progress", *sets,
+                "--set", teacher, *(["--resume"] if resume else []))  # fmt: skip
     for weights, job in jobs:
         if job.wait() != 0:
             raise SystemExit(f"training the feature network {weights} failed (exit code {job.returncode})")
@@ -172,23 +177,36 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(teacher)
         measure(teacher, f"teacher (Euler, CFG {guidance:g})", args.teacher_steps, 2 * args.teacher_steps)
     for method in args.methods:
-        run = open_checkpoint(args.runs / method, device=args.device)
+        run, name = open_student(args, method)
         sample_with_sdpa(run)
         for steps in args.steps:
-            measure(run, NAMES.get(method, method), steps, steps)
+            measure(run, name, steps, steps)
     if args.lowprec:
         method, steps = args.lowprec_method, args.lowprec_steps
-        run = open_checkpoint(args.runs / method, device=args.device)
+        run, name = open_student(args, method)
         sample_with_sdpa(run)
-        name = NAMES.get(method, method)
         full = measure(run, f"{name}, own precision", steps, steps)
         for choice in args.lowprec:
             label, attention, fp8 = LOWPREC[choice]
-            run = open_checkpoint(args.runs / method, device=args.device, attention=attention, fp8_linear=fp8)
+            run, _ = open_student(args, method, attention=attention, fp8_linear=fp8)
             if attention is None:
                 sample_with_sdpa(run)
             measure(run, f"{name}, {label}", steps, steps, against=full)
     return table, pictures
+
+
+def open_student(args: argparse.Namespace, method: str, **options: Any) -> tuple[LoadedRun, str]:
+    """A student's run at ``--iteration`` (else its newest checkpoint) and its row label, which names the
+    iteration: rows of runs of different lengths stay told apart in a joined table."""
+    target = args.runs / method
+    if args.iteration is not None:
+        try:
+            target = checkpoint_at(target, args.iteration)
+        except FileNotFoundError as err:
+            raise SystemExit(f"--iteration: {err}") from None
+    run = open_checkpoint(target, device=args.device, **options)
+    assert run.checkpoint is not None
+    return run, f"{NAMES.get(method, method)} ({run.checkpoint.iteration} it.)"
 
 
 def video_fd_between(run: LoadedRun, clips: torch.Tensor, reference: torch.Tensor) -> float:
@@ -281,8 +299,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where runs train and sample (cuda for the GPU size)")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="for every `rcm run`")
     parser.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
+    parser.add_argument("--resume", action="store_true", help="continue students' runs that stopped early")
     parser.add_argument("--no-train", dest="train", action="store_false", help="sample existing runs only")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="no data and teacher rows")
+    parser.add_argument(
+        "--iteration", type=int, help="sample each student's checkpoint of this iteration (default: its newest)"
+    )
     parser.add_argument("--lowprec", nargs="*", default=[], choices=sorted(LOWPREC), help="low-precision rows")
     parser.add_argument("--lowprec-method", default="rcm", help="the student the --lowprec rows sample")
     parser.add_argument("--lowprec-steps", type=int, default=4, help="its sampler steps in those rows")

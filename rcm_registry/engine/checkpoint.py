@@ -56,7 +56,15 @@ from rcm_registry.atomic import (
 )
 from rcm_registry.checksum import file_sha256
 from rcm_registry.engine.logs import get_logger
-from rcm_registry.engine.run_layout import LATEST, META, PREFIX, checkpoint_root, is_complete, latest_checkpoint
+from rcm_registry.engine.run_layout import (
+    LATEST,
+    META,
+    PREFIX,
+    checkpoint_name,
+    checkpoint_root,
+    is_complete,
+    latest_checkpoint,
+)
 from rcm_registry.errors import CheckpointError, NonFiniteCheckpoint, UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.recipe.load import apply_overrides
@@ -85,7 +93,7 @@ def save_checkpoint(
     nothing is written.
     """
     root = checkpoint_root(run_dir)
-    name = f"{PREFIX}{iteration:08d}"
+    name = checkpoint_name(iteration)
     final = root / name
     check_finite({"model.safetensors": models, "ema.safetensors": emas, "optim.pt": optimizers}, final)
     # overwrite: re-writing the same iteration (e.g. a resumed run ending where it stopped)
@@ -174,7 +182,7 @@ def save_sharded_checkpoint(
     import torch.distributed.checkpoint as dcp
 
     root = checkpoint_root(run_dir)
-    name = f"{PREFIX}{iteration:08d}"
+    name = checkpoint_name(iteration)
     final = root / name
     tmp = root / f".{name}{TMP_MARK}sharded"  # one name for every rank (their pids differ)
     if main:

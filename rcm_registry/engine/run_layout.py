@@ -38,6 +38,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def checkpoint_name(iteration: int) -> str:
+    """The folder name of checkpoint ``iteration`` under ``checkpoints/``."""
+    return f"{PREFIX}{iteration:08d}"
+
+
+def checkpoint_at(run_dir: Path, iteration: int) -> Path:
+    """The complete checkpoint of iteration ``iteration`` of a run; a FileNotFoundError naming the
+    iterations there are otherwise (a run keeps only its newest ``run.keep_checkpoints``)."""
+    path = checkpoint_root(run_dir) / checkpoint_name(iteration)
+    if is_complete(path):
+        return path
+    root = checkpoint_root(run_dir)
+    have = sorted(int(p.name[len(PREFIX) :]) for p in root.iterdir() if is_complete(p)) if root.is_dir() else []
+    listed = ", ".join(map(str, have)) or "none"
+    raise FileNotFoundError(f"{run_dir}: no complete checkpoint of iteration {iteration} (complete ones: {listed})")
+
+
 def names_a_run(path: Path) -> bool:
     """Whether ``path`` is a run directory (it has ``checkpoints/``) or one of its checkpoint folders."""
     return checkpoint_root(path).is_dir() or (path / META).is_file()
