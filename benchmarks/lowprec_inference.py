@@ -8,15 +8,20 @@ Shapes (Wan2.1-T2V-1.3B at 480p, 81 frames: 21×30×52 = 32760 tokens, width 153
 * attention: ``int8_sage`` (``rcm_kernels.attention_int8.int8_attention``, quantisation included) against
   ``F.scaled_dot_product_attention`` (flash) on B1 H12 N32760 D128 bf16, with the relative error of the INT8
   output against SDPA's;
-* linear: ``Fp8Linear`` (``torch._scaled_mm``, per-token activation quantisation included) against a bf16
-  ``nn.Linear`` at the FFN's two shapes and the attention projection, 32760 tokens;
+* linear: ``Fp8Linear`` (the fused quantisation kernel ``rcm_kernels.fp8_quantize`` into ``torch._scaled_mm``
+  with the bias in its epilogue) against a bf16 ``nn.Linear`` at the FFN's two shapes and the attention
+  projection, 32760 tokens; on CUDA also the layer's previous path (torch ``quantize_rows``, a padded copy of
+  the FP8 operand, a separate bias add) as ``fp8_torch_quant_ms``;
+* activation quantisation alone: torch ``quantize_rows`` plus the padding copy against the fused kernel, on
+  32760 tokens of width 1536 and 8960, and whether the kernel's e4m3 bytes and scales equal the torch ones;
 * one forward of the 1.3B network (random weights, bf16) with its own ``sdpa`` attention, with ``int8_sage``,
   with FP8 linears, and with both.
 
 Times are medians of CUDA-event timings (``--reps`` samples of back-to-back calls); TFLOP/s counts 2·M·K·N
 for a linear and 4·B·H·N²·D for attention. ``--smoke`` runs the same code on CPU at tiny shapes, timed with
 the wall clock (attention through the backend's CPU route, the torch reference of the kernel's quantisation;
-linears through the FP8 reference path), to check the script, not to measure anything.
+linears through the FP8 reference path; the quantisation's torch side only, the kernel needing CUDA), to
+check the script, not to measure anything.
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from attention_jvp import time_ms as cuda_time_ms
 from torch import nn
 
 from rcm_registry import registry
-from rcm_registry.engine.fp8_linear import Fp8Linear, fp8_linear_blocks
+from rcm_registry.engine.fp8_linear import FP8, Fp8Linear, fp8_linear_blocks, quantize_rows, scaled_mm_possible
 
 #: (B, H, N, D) of the attention, linear (in, out) shapes and the token count, per size.
 SHAPES: dict[str, dict[str, Any]] = {
     "wan1.3b": {
         "attention": (1, 12, 32760, 128),
         "linears": {"ffn up": (1536, 8960), "ffn down": (8960, 1536), "projection": (1536, 1536)},
+        "quantize": (1536, 8960),
         "tokens": 32760,
         "network": {"size": "1.3B"},
         "latent": (1, 16, 21, 60, 104),
@@ -50,6 +56,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "smoke": {
         "attention": (1, 2, 200, 64),
         "linears": {"ffn up": (64, 96), "ffn down": (96, 64)},
+        "quantize": (64, 96),
         "tokens": 40,
         "network": {"size": "tiny"},
         "latent": (1, 16, 2, 4, 4),
@@ -96,15 +103,37 @@ def bench_attention(shape: tuple[int, int, int, int], dtype: torch.dtype, device
     }
 
 
+def torch_quantize_padded(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fp8Linear's previous activation quantisation: torch quantize_rows, then a copy padding the rows to 16."""
+    x8, scale = quantize_rows(x)
+    pad = -x.shape[0] % 16
+    if pad:
+        x8 = F.pad(x8.view(torch.uint8), (0, 0, 0, pad)).view(FP8)
+        scale = F.pad(scale, (0, 0, 0, pad), value=1.0)
+    return x8, scale
+
+
+def torch_quant_fp8_linear(layer: Fp8Linear, x: torch.Tensor) -> torch.Tensor:
+    """Fp8Linear's previous CUDA path: torch_quantize_padded, ``torch._scaled_mm``, a separate bias add."""
+    x8, scale = torch_quantize_padded(x)
+    y = torch._scaled_mm(
+        x8, layer.weight_fp8.T, scale_a=scale, scale_b=layer.weight_scale.view(1, -1), out_dtype=torch.bfloat16
+    )[: x.shape[0]].to(x.dtype)
+    return y if layer.bias is None else y + layer.bias.to(y.dtype)
+
+
 def bench_linear(tokens: int, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
     torch.manual_seed(0)
     layer = nn.Linear(n_in, n_out).to(device, dtype)
     fp8 = Fp8Linear.from_linear(layer)
     x = torch.randn(tokens, n_in, device=device, dtype=dtype)
+    previous_ms = None
     with torch.no_grad():
         base_ms = time_ms(lambda: layer(x), reps, device)
         fp8_ms = time_ms(lambda: fp8(x), reps, device)
         err = rel_err(fp8(x), layer(x))
+        if scaled_mm_possible(x):
+            previous_ms = time_ms(lambda: torch_quant_fp8_linear(fp8, x), reps, device)
     flops = 2.0 * tokens * n_in * n_out
     return {
         "shape": [tokens, n_in, n_out],
@@ -114,7 +143,31 @@ def bench_linear(tokens: int, n_in: int, n_out: int, dtype: torch.dtype, device:
         "bf16_tflops": flops / base_ms / 1e9,
         "fp8_tflops": flops / fp8_ms / 1e9,
         "rel_err_vs_bf16": err,
+        "fp8_torch_quant_ms": previous_ms,
     }
+
+
+def bench_quantize(tokens: int, width: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    """The activation quantisation alone: torch (quantize_rows and the padding copy) against the fused kernel."""
+    x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    torch_ms = time_ms(lambda: torch_quantize_padded(x), reps, device)
+    # Read and written once by the kernel: the input, the e4m3 bytes and the scales.
+    moved = x.numel() * (x.element_size() + 1) + 4 * x.shape[0]
+    entry: dict[str, Any] = {"shape": [tokens, width], "torch_ms": torch_ms, "kernel_ms": None}
+    if device.type == "cuda":
+        from rcm_kernels.fp8_quantize import quantize_rows_fp8
+
+        kernel_ms = time_ms(lambda: quantize_rows_fp8(x), reps, device)
+        want8, want_scale = torch_quantize_padded(x)
+        got8, got_scale = quantize_rows_fp8(x)
+        entry.update(
+            kernel_ms=kernel_ms,
+            speedup=torch_ms / kernel_ms,
+            kernel_tb_per_s=moved / kernel_ms / 1e9,
+            bit_identical=torch.equal(got8.view(torch.uint8), want8.view(torch.uint8))
+            and torch.equal(got_scale, want_scale),
+        )
+    return entry
 
 
 def bench_network(size: dict[str, Any], dtype: torch.dtype, device: torch.device, reps: int) -> dict:
@@ -172,6 +225,9 @@ def main() -> None:
         "linear": {
             name: bench_linear(size["tokens"], n_in, n_out, dtype, device, reps)
             for name, (n_in, n_out) in size["linears"].items()
+        },
+        "quantize": {
+            f"K={width}": bench_quantize(size["tokens"], width, dtype, device, reps) for width in size["quantize"]
         },
     }
     if args.network:

@@ -2,14 +2,20 @@
 
 Weights are stored in ``float8_e4m3fn`` with one fp32 scale per output channel (amax/448); activations are
 quantised per token (per row of the flattened input) when the layer is called, with the scale amax/448 of
-that row. The product then runs as
+that row (1 for an all-zero row). The product then runs as
 
-* ``torch._scaled_mm`` (FP8 tensor cores, fp32 accumulation, row-wise scales) on CUDA devices of compute
-  capability 8.9 and newer (Ada, Hopper);
-* elsewhere, the reference: the same FP8 values dequantised to the compute dtype (fp32 for half-precision
-  inputs, as the project's layers compute) and an ordinary matmul. It
-  gives what the FP8 kernel computes (up to accumulation order), so the quality cost measured on the CPU is
-  the GPU's, without its speed.
+* on CUDA devices of compute capability 8.9 and newer (Ada, Hopper), when both feature counts are multiples
+  of 16: one Triton kernel (``rcm_kernels.fp8_quantize.quantize_rows_fp8``) reads each row once and writes
+  its e4m3 bytes and scale, the rows already padded to the multiple of 16 that cuBLASLt needs, and
+  ``torch._scaled_mm`` multiplies (FP8 tensor cores, fp32 accumulation, row-wise scales, bf16 output) with
+  the bias, in bf16, added to the fp32 sums in its epilogue. The kernel's e4m3 values and scales are
+  bit-identical to :func:`quantize_rows` on the same device; the result is cast to the input's dtype.
+  Triton is imported on the first such call, not with this module, and torch.compile leaves the kernel
+  out of its graphs (a graph break);
+* elsewhere, the reference: :func:`quantize_rows` in torch, the same FP8 values dequantised to the compute
+  dtype (fp32 for half-precision inputs, as the project's layers compute), an ordinary matmul, then the
+  bias. It gives what the FP8 kernel computes (up to accumulation order and the bias's rounding), so the
+  quality cost measured on the CPU is the GPU's, without its speed.
 
 Only linears inside a network's transformer blocks (every ``nn.ModuleList`` named ``blocks``, as Wan, Cosmos
 and the digits networks have) are swapped: embeddings, the time path and the output head keep their
@@ -18,8 +24,10 @@ precision. Inference only: the FP8 weights are buffers, not parameters, so nothi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcm_registry.errors import UserError
@@ -37,6 +45,17 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     amax = xf.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     return (xf / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+@functools.cache
+def _fused_quantize() -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
+    """rcm_kernels.fp8_quantize.quantize_rows_fp8, imported on the first call (loading this module, as
+    ``rcm list`` and ``rcm validate`` do, never imports Triton)."""
+    from rcm_kernels.fp8_quantize import quantize_rows_fp8
+
+    # torch.compile leaves the hand-written kernel alone (a graph break), as the INT8 attention backend does;
+    # wrapped here, not as a decorator, since torch.compiler.disable imports torch._dynamo.
+    return torch.compiler.disable(quantize_rows_fp8)  # type: ignore[no-any-return]
 
 
 def scaled_mm_possible(x: Tensor) -> bool:
@@ -75,36 +94,36 @@ class Fp8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp8Linear takes {self.in_features} input features, got shape {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features)
-        x8, x_scale = quantize_rows(rows)
         if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
-            y = self._scaled_mm(x8, x_scale, x.dtype)
+            y = self._scaled_mm(rows)
         else:
+            x8, x_scale = quantize_rows(rows)
             # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
             compute = torch.promote_types(x.dtype, torch.float32)
             y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         """The FP8 weight times its scales, in ``dtype`` (what the reference path multiplies by)."""
         return self.weight_fp8.to(dtype) * self.weight_scale[:, None].to(dtype)
 
-    def _scaled_mm(self, x8: Tensor, x_scale: Tensor, dtype: torch.dtype) -> Tensor:
-        # cuBLASLt wants the row count a multiple of 16 too, and row-wise scales with a bf16 output.
-        m = x8.shape[0]
-        pad = -m % 16
-        if pad:
-            x8 = F.pad(x8.view(torch.uint8), (0, 0, 0, pad)).view(FP8)
-            x_scale = F.pad(x_scale, (0, 0, 0, pad), value=1.0)
+    def _scaled_mm(self, rows: Tensor) -> Tensor:
+        # cuBLASLt wants the row count a multiple of 16 too: the kernel writes the padded operand directly.
+        m = rows.shape[0]
+        x8, x_scale = _fused_quantize()(rows, 16)
+        # Row-wise scales take a bf16 output, and then a bf16 bias, which the epilogue adds to the fp32 sum.
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         y = torch._scaled_mm(
             x8,
             self.weight_fp8.T,
             scale_a=x_scale,
             scale_b=self.weight_scale.view(1, -1),
+            bias=bias,
             out_dtype=torch.bfloat16,
         )
-        return y[:m].to(dtype)
+        return y[:m].to(rows.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, e4m3"

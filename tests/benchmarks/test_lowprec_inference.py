@@ -23,6 +23,11 @@ def test_the_smoke_run_reports_every_option(tmp_path: Path) -> None:
     assert set(results["linear"]) == {"ffn up", "ffn down"}
     for entry in results["linear"].values():
         assert 0 < entry["rel_err_vs_bf16"] <= 5e-2
+        assert entry["fp8_torch_quant_ms"] is None, "the previous CUDA path is timed on CUDA only"
+    # The activation quantisation alone: its torch side on the CPU, the fused kernel on CUDA only.
+    assert set(results["quantize"]) == {"K=64", "K=96"}
+    for entry in results["quantize"].values():
+        assert entry["torch_ms"] > 0 and entry["kernel_ms"] is None
     network = results["network"]
     assert set(network) == {"sdpa", "int8_sage", "fp8_linear", "int8_sage+fp8_linear"}
     assert network["sdpa"]["rel_err_vs_sdpa"] == 0
