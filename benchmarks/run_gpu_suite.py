@@ -27,6 +27,7 @@ warm-up step). Prints markdown tables; ``--json`` also writes the numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -36,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rcm_plugins.common.fused_ops import fused_kernels
@@ -149,57 +150,103 @@ class Inputs:
         self.target = randn(*self.shape).float()
 
 
+def cfg_teacher() -> Any:
+    """The ``rectified_flow`` teacher wrapper (t_scale 1000, guidance 5) every section calls the network through."""
+    return rr.registry().build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
+
+
+def student_loss(f: torch.Tensor, inp: Inputs) -> torch.Tensor:
+    """A squared error against a random target: the backward costs the same whatever the loss's target is."""
+    return (f.float() - inp.target).square().sum()
+
+
+# -- the sCM step's passes ----------------------------------------------------------------------------
+class StepPasses:
+    """The sCM student step's passes over one network and one set of inputs, each a callable without
+    arguments for ``time_ms``, so that the step breakdown and the checkpointing section time the same code.
+
+    The tangent on x_t is the teacher's CFG output times cos t sin t; it is computed once, here, with the
+    ``fused_kernels`` setting the caller builds under."""
+
+    def __init__(self, net: Any, inp: Inputs) -> None:
+        self.net, self.inp = net, inp
+        self.wrapper = cfg_teacher()
+        self.cond, self.null = {"text": inp.text}, {"text": inp.null_text}
+        self.cs = torch.cos(inp.t) * torch.sin(inp.t)
+        with torch.no_grad():
+            f_teacher = self._cfg_target()
+        self.dx = (self.cs.to(torch.float64) * f_teacher.double()).bfloat16()
+
+    def _student_F(self, x: torch.Tensor, t: torch.Tensor, *, train: bool) -> torch.Tensor:
+        return self.wrapper.denoise(self.net.train(train), x, t, self.cond)[1]
+
+    def _cfg_target(self) -> torch.Tensor:
+        x_t, t = self.inp.x_t, self.inp.t
+        return self.wrapper.denoise(self.net.eval(), x_t, t, self.cond, guidance=5.0, null_condition=self.null)[1]
+
+    def forward(self) -> None:
+        """One network call without grad."""
+        with torch.no_grad():
+            self._student_F(self.inp.x_t, self.inp.t, train=False)
+
+    def teacher_cfg(self) -> None:
+        """The teacher's CFG target: two network calls without grad."""
+        with torch.no_grad():
+            self._cfg_target()
+
+    def tangent(self) -> None:
+        """sCM's JVP pass: the student's tangent along (dx, cos t sin t), no graph."""
+        student_F = functools.partial(self._student_F, train=False)
+        jvp(student_F, (self.inp.x_t, self.inp.t), (self.dx, self.cs))
+
+    def student(
+        self, *, checkpointing: str | None = None, tangent_pass: Literal["separate", "fused"] = "separate"
+    ) -> Callable[[], None]:
+        """The student's forward + backward, as a callable. ``checkpointing`` (none, selective, block, auto),
+        when given, becomes the network's ``activation_checkpointing`` now rather than in each call: setting
+        it resets auto's decision, which every timed call would then make again. ``tangent_pass="fused"`` is
+        sCM's fused pass: the forward runs on dual tensors and gives the tangent with the graph kept on the
+        output (``jvp_with_graph``), so the JVP pass is folded in; it needs checkpointing none."""
+        if checkpointing is not None:
+            self.net.activation_checkpointing = checkpointing
+        inp, student_F = self.inp, functools.partial(self._student_F, train=True)
+
+        def call() -> None:
+            if tangent_pass == "fused":
+                f, _ = jvp_with_graph(student_F, (inp.x_t, inp.t), (self.dx, self.cs))
+            else:
+                f = student_F(inp.x_t, inp.t)
+            student_loss(f, inp).backward()
+            self.net.zero_grad(set_to_none=True)
+
+        return call
+
+
 # -- 2. step breakdown --------------------------------------------------------------------------------
 def step_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     reg = rr.registry()
-    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
-    cond, null = {"text": inp.text}, {"text": inp.null_text}
-    t, x_t = inp.t, inp.x_t
-    cs = torch.cos(t) * torch.sin(t)
+    p = StepPasses(net, inp)
+    t = inp.t
     optimizer = reg.build("optimizer", "adamw", lr=1e-7, betas=[0.0, 0.999], weight_decay=0.01)(net.parameters())
-
-    def forward() -> None:
-        net.eval()
-        with torch.no_grad():
-            wrapper.denoise(net, x_t, t, cond)
-
-    def teacher_cfg() -> None:
-        net.eval()
-        with torch.no_grad():
-            wrapper.denoise(net, x_t, t, cond, guidance=5.0, null_condition=null)
-
-    with torch.no_grad():
-        f_teacher = wrapper.denoise(net.eval(), x_t, t, cond, guidance=5.0, null_condition=null)[1]
-    dx = (cs.to(torch.float64) * f_teacher.double()).bfloat16()
-
-    def tangent() -> None:
-        net.eval()
-        jvp(lambda a, b: wrapper.denoise(net, a, b, cond)[1], (x_t, t), (dx, cs))
-
-    def student_fwd_bwd() -> None:
-        net.train()
-        f = wrapper.denoise(net, x_t, t, cond)[1]
-        (f.float() - inp.target).square().sum().backward()
-        net.zero_grad(set_to_none=True)
 
     def critic_step() -> None:
         start = torch.full((1,), math.atan(80.0), dtype=torch.float64, device=DEVICE)
         net.eval()
         with torch.no_grad():
-            x_hat = wrapper.denoise(net, inp.eps, start, cond)[0]
+            x_hat = p.wrapper.denoise(net, inp.eps, start, p.cond)[0]
         c, s = torch.cos(t), torch.sin(t)
         x_c = (c * x_hat.double() + s * inp.x0.double()).bfloat16()  # x0 serves as the fresh noise here
         net.train()
-        x0_fake = wrapper.denoise(net, x_c, t, cond)[0]
+        x0_fake = p.wrapper.denoise(net, x_c, t, p.cond)[0]
         ((x_hat.float() - x0_fake.float()).square().sum() / s.square()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     passes = [
-        ("forward (one network call)", forward),
-        ("teacher forward with CFG (two calls)", teacher_cfg),
-        ("sCM JVP pass (tangents on x_t and t)", tangent),
-        ("student forward + backward (activation checkpointing)", student_fwd_bwd),
+        ("forward (one network call)", p.forward),
+        ("teacher forward with CFG (two calls)", p.teacher_cfg),
+        ("sCM JVP pass (tangents on x_t and t)", p.tangent),
+        ("student forward + backward (activation checkpointing)", p.student()),
         ("critic step (1-step rollout, fake forward + backward, AdamW)", critic_step),
     ]
     # Every pass twice, side by side: token-wise ops (norms, modulation, gated residuals, q/k norm + RoPE)
@@ -250,39 +297,14 @@ def timed_with_peak(fn: Callable[[], None], net: Any, args: argparse.Namespace) 
 def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """The student's forward + backward with each ``activation_checkpointing`` mode (fused token ops), its
     peak memory, and the sCM student step it makes with the CFG target and the JVP pass (timed here too)."""
-    reg = rr.registry()
-    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
-    cond, null = {"text": inp.text}, {"text": inp.null_text}
-    t, x_t = inp.t, inp.x_t
-    cs = torch.cos(t) * torch.sin(t)
     results: dict[str, Any] = {}
     with fused_kernels(True):
-        with torch.no_grad():
-            f_teacher = wrapper.denoise(net.eval(), x_t, t, cond, guidance=5.0, null_condition=null)[1]
-        dx = (cs.to(torch.float64) * f_teacher.double()).bfloat16()
-
-        def forward() -> None:
-            with torch.no_grad():
-                wrapper.denoise(net.eval(), x_t, t, cond)
-
-        def teacher_cfg() -> None:
-            with torch.no_grad():
-                wrapper.denoise(net.eval(), x_t, t, cond, guidance=5.0, null_condition=null)
-
-        def tangent() -> None:
-            jvp(lambda a, b: wrapper.denoise(net.eval(), a, b, cond)[1], (x_t, t), (dx, cs))
-
-        def student_fwd_bwd() -> None:
-            f = wrapper.denoise(net.train(), x_t, t, cond)[1]
-            (f.float() - inp.target).square().sum().backward()
-            net.zero_grad(set_to_none=True)
-
+        p = StepPasses(net, inp)
         base = {name: time_ms(fn, args.warmup, args.reps) for name, fn in
-                (("forward", forward), ("cfg", teacher_cfg), ("jvp", tangent))}  # fmt: skip
+                (("forward", p.forward), ("cfg", p.teacher_cfg), ("jvp", p.tangent))}  # fmt: skip
         results["passes"] = base
         for mode in ("none", "selective", "block", "auto"):
-            net.activation_checkpointing = mode
-            row = timed_with_peak(student_fwd_bwd, net, args)
+            row = timed_with_peak(p.student(checkpointing=mode), net, args)
             decision = net.checkpointing.decision
             row["decision"] = None if decision is None else {"mode": decision.mode, "reason": decision.reason}
             row["step_ms"] = base["cfg"] + base["jvp"] + row["fwd_bwd_ms"]
@@ -292,13 +314,7 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
             )
         # sCM's tangent_pass: fused: the student's forward with grad and its tangent in one dual pass, then the
         # backward (no checkpointing: it cannot recompute dual tensors).
-        net.activation_checkpointing = "none"
-
-        def fused_pass() -> None:
-            f, _ = jvp_with_graph(lambda a, b: wrapper.denoise(net.train(), a, b, cond)[1], (x_t, t), (dx, cs))
-            (f.float() - inp.target).square().sum().backward()
-            net.zero_grad(set_to_none=True)
-
+        fused_pass = p.student(checkpointing="none", tangent_pass="fused")
         fused = {**timed_with_peak(fused_pass, net, args), "decision": None}
         fused["step_ms"] = base["cfg"] + fused["fwd_bwd_ms"]
         results["none, fused tangent pass"] = fused
@@ -331,7 +347,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
     torch.manual_seed(0)
     net = build_wan(args.fused_blocks, checkpointing=False).train()
     inp = Inputs(net, args, seed=2)
-    wrapper = rr.registry().build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
+    wrapper = cfg_teacher()
     cond = {"text": inp.text}
     t, x_t = inp.t, inp.x_t
     cs = torch.cos(t) * torch.sin(t)
@@ -345,7 +361,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
 
     def separate() -> torch.Tensor:
         f = student_F(x_t, t)
-        (f.float() - inp.target).square().sum().backward()
+        student_loss(f, inp).backward()
         _, tangent = jvp(student_F, (x_t, t), (dx, cs))
         return tangent
 
@@ -354,7 +370,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
             out = student_F(forward_ad.make_dual(x_t, dx), forward_ad.make_dual(t, cs))
             primal, tangent = forward_ad.unpack_dual(out)
             tangent = tangent.detach()
-            loss = (primal.float() - inp.target).square().sum()
+            loss = student_loss(primal, inp)
         loss.backward()
         return tangent
 
@@ -381,7 +397,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
         return call
 
     def fwd_bwd() -> None:
-        (student_F(x_t, t).float() - inp.target).square().sum().backward()
+        student_loss(student_F(x_t, t), inp).backward()
 
     ms: dict[str, dict[str, float]] = {}
     for mode in ("eager", "fused"):
@@ -417,7 +433,7 @@ def fused_section(args: argparse.Namespace) -> tuple[list[str], dict[str, float]
 def sampling_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     reg = rr.registry()
     net.eval()
-    wrapper = reg.build("teacher", "rectified_flow", t_scale=1000.0, guidance=5.0)
+    wrapper = cfg_teacher()
     schedule = reg.build("schedule", "rectified_flow", time_scale=1000.0, shift=5.0)
 
     def context(seed: int) -> SampleContext:
