@@ -11,12 +11,17 @@ that row. The product then runs as
   gives what the FP8 kernel computes (up to accumulation order), so the quality cost measured on the CPU is
   the GPU's, without its speed.
 
+Under autocast the layer returns what the ``nn.Linear`` it replaces would (autocast's dtype) but computes as
+above: autocast is off inside it, so the FP8 product is the same with and without it.
+
 Only linears inside a network's transformer blocks (every ``nn.ModuleList`` named ``blocks``, as Wan, Cosmos
 and the digits networks have) are swapped: embeddings, the time path and the output head keep their
 precision. Inference only: the FP8 weights are buffers, not parameters, so nothing of this can be trained.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,26 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     amax = xf.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     return (xf / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is on for x's device (devices autocast does not know, such as meta, never have it)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def linear_output_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``nn.Linear`` returns for input x: autocast's where it is on (it casts every floating input
+    but float64), else x's own.
+
+    Keeping x's dtype under autocast instead would hand the layers after an FP8 linear a mix of dtypes: a
+    network with fp32 weights (as bf16 training keeps them) sampled under autocast has bf16 video tokens but
+    fp32 text tokens at its cross-attention's projections, and backends that take one dtype (int8_sage)
+    refuse the fp32 keys next to the bf16 queries.
+    """
+    if x.is_floating_point() and x.dtype != torch.float64 and autocast_on(x):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def scaled_mm_possible(x: Tensor) -> bool:
@@ -74,16 +99,20 @@ class Fp8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp8Linear takes {self.in_features} input features, got shape {tuple(x.shape)}")
-        rows = x.reshape(-1, self.in_features)
-        x8, x_scale = quantize_rows(rows)
-        if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
-            y = self._scaled_mm(x8, x_scale, x.dtype)
-        else:
-            # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
-            compute = torch.promote_types(x.dtype, torch.float32)
-            y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+        out_dtype = linear_output_dtype(x)
+        # The layer sets its own precision: under autocast the reference matmul would run in autocast's dtype
+        # and round the dequantised FP8 operands, which are exact in fp32 only.
+        with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
+            rows = x.reshape(-1, self.in_features)
+            x8, x_scale = quantize_rows(rows)
+            if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+                y = self._scaled_mm(x8, x_scale, out_dtype)
+            else:
+                # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
+                compute = torch.promote_types(x.dtype, torch.float32)
+                y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(out_dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
