@@ -9,13 +9,17 @@ that row (1 for an all-zero row). The product then runs as
   its e4m3 bytes and scale, the rows already padded to the multiple of 16 that cuBLASLt needs, and
   ``torch._scaled_mm`` multiplies (FP8 tensor cores, fp32 accumulation, row-wise scales, bf16 output) with
   the bias, in bf16, added to the fp32 sums in its epilogue. The kernel's e4m3 values and scales are
-  bit-identical to :func:`quantize_rows` on the same device; the result is cast to the input's dtype.
+  bit-identical to :func:`quantize_rows` on the same device; the result is cast to the layer's output dtype
+  (below).
   Triton is imported on the first such call, not with this module, and torch.compile leaves the kernel
   out of its graphs (a graph break);
 * elsewhere, the reference: :func:`quantize_rows` in torch, the same FP8 values dequantised to the compute
   dtype (fp32 for half-precision inputs, as the project's layers compute), an ordinary matmul, then the
   bias. It gives what the FP8 kernel computes (up to accumulation order and the bias's rounding), so the
   quality cost measured on the CPU is the GPU's, without its speed.
+
+Under autocast the layer returns what the ``nn.Linear`` it replaces would (autocast's dtype) but computes as
+above: autocast is off inside it, so the FP8 product is the same with and without it.
 
 Only linears inside a network's transformer blocks (every ``nn.ModuleList`` named ``blocks``, as Wan, Cosmos
 and the digits networks have) are swapped: embeddings, the time path and the output head keep their
@@ -24,6 +28,7 @@ precision. Inference only: the FP8 weights are buffers, not parameters, so nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -56,6 +61,26 @@ def _fused_quantize() -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
     # torch.compile leaves the hand-written kernel alone (a graph break), as the INT8 attention backend does;
     # wrapped here, not as a decorator, since torch.compiler.disable imports torch._dynamo.
     return torch.compiler.disable(quantize_rows_fp8)  # type: ignore[no-any-return]
+
+
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is on for x's device (devices autocast does not know, such as meta, never have it)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def linear_output_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``nn.Linear`` returns for input x: autocast's where it is on (it casts every floating input
+    but float64), else x's own.
+
+    Keeping x's dtype under autocast instead would hand the layers after an FP8 linear a mix of dtypes: a
+    network with fp32 weights (as bf16 training keeps them) sampled under autocast has bf16 video tokens but
+    fp32 text tokens at its cross-attention's projections, and backends that take one dtype (int8_sage)
+    refuse the fp32 keys next to the bf16 queries.
+    """
+    if x.is_floating_point() and x.dtype != torch.float64 and autocast_on(x):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def scaled_mm_possible(x: Tensor) -> bool:
@@ -93,23 +118,27 @@ class Fp8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp8Linear takes {self.in_features} input features, got shape {tuple(x.shape)}")
-        rows = x.reshape(-1, self.in_features)
-        if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
-            y = self._scaled_mm(rows)
-        else:
-            x8, x_scale = quantize_rows(rows)
-            # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
-            compute = torch.promote_types(x.dtype, torch.float32)
-            y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(x.dtype)
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)
+        out_dtype = linear_output_dtype(x)
+        # The layer sets its own precision: under autocast the reference matmul would run in autocast's dtype
+        # and round the dequantised FP8 operands, which are exact in fp32 only.
+        with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
+            rows = x.reshape(-1, self.in_features)
+            if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+                y = self._scaled_mm(rows, out_dtype)
+            else:
+                x8, x_scale = quantize_rows(rows)
+                # The FP8 values and their scales are exact in fp32 (half types compute there, as _scaled_mm does).
+                compute = torch.promote_types(x.dtype, torch.float32)
+                y = ((x8.to(compute) * x_scale.to(compute)) @ self.dequantized_weight(compute).T).to(out_dtype)
+                if self.bias is not None:
+                    y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         """The FP8 weight times its scales, in ``dtype`` (what the reference path multiplies by)."""
         return self.weight_fp8.to(dtype) * self.weight_scale[:, None].to(dtype)
 
-    def _scaled_mm(self, rows: Tensor) -> Tensor:
+    def _scaled_mm(self, rows: Tensor, out_dtype: torch.dtype) -> Tensor:
         # cuBLASLt wants the row count a multiple of 16 too: the kernel writes the padded operand directly.
         m = rows.shape[0]
         x8, x_scale = _fused_quantize()(rows, 16)
@@ -123,7 +152,7 @@ class Fp8Linear(nn.Module):
             bias=bias,
             out_dtype=torch.bfloat16,
         )
-        return y[:m].to(rows.dtype)
+        return y[:m].to(out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, e4m3"

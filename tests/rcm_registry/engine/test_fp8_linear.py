@@ -1,5 +1,5 @@
-"""FP8 (e4m3) linear layers: the quantisation's error bounds, the reference path against float64, the swap on a
-tiny Wan network, and (``gpu``) ``torch._scaled_mm`` against the reference path."""
+"""FP8 (e4m3) linear layers: the quantisation's error bounds, the reference path against float64, the layer under
+autocast, the swap on a tiny Wan network, and (``gpu``) ``torch._scaled_mm`` against the reference path."""
 
 from __future__ import annotations
 
@@ -71,6 +71,23 @@ def test_weight_reads_back_the_dequantised_weight_in_the_layers_dtype() -> None:
     assert not list(fp8.parameters()), "FP8 layers hold buffers only (nothing to train)"
     with pytest.raises(ValueError, match="takes 32 input features"):
         fp8(torch.zeros(2, 31))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_under_autocast_it_returns_the_linears_dtype_and_the_same_fp8_product(dtype: torch.dtype) -> None:
+    # No bias: the product alone, so that the two results below are one rounding of the same numbers.
+    layer = _linear(64, 32, seed=4, bias=False).to(dtype)
+    fp8 = Fp8Linear.from_linear(layer)
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        plain = fp8(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear_dtype = layer(x).dtype
+            got = fp8(x)
+    # What the nn.Linear it replaces returns: bf16 for fp32 and bf16 inputs, float64 (autocast leaves it) ...
+    assert got.dtype == linear_dtype
+    # ... from the FP8 product computed as without autocast (in fp32, or float64), rounded once to that dtype.
+    assert torch.equal(got, plain.to(linear_dtype))
 
 
 def _tiny_wan() -> nn.Module:
