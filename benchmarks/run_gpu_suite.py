@@ -333,6 +333,11 @@ def checkpointing_section(net: Any, inp: Inputs, args: argparse.Namespace) -> tu
         label = mode if row["decision"] is None else f"auto → {row['decision']['mode']}"
         if mode.endswith("fused tangent pass"):
             label = "none, `tangent_pass: fused` (forward + JVP + backward in the first two columns)"
+        if math.isnan(row["fwd_bwd_ms"]) and DEVICE == "cuda":
+            # Out of memory (timed_with_peak): the peak is where the allocator gave up.
+            oom = f"out of memory at {row['peak_gib']:.1f} GiB"
+            lines.append(f"| {label} | {oom} | – | ≥ {row['peak_gib']:.1f} | – | – |")
+            continue
         lines.append(
             f"| {label} | {row['fwd_bwd_ms']:.1f} | {row['fwd_bwd_ms'] / unit:.2f} | {row['peak_gib']:.1f} "
             f"| {row['step_ms']:.1f} | {row['step_ms'] / unit:.2f} |"
