@@ -147,6 +147,36 @@ def probe_block(block: nn.Module, args: Sequence[Any], mode: Mode) -> int:
     return max(0, int(kept))
 
 
+def probe_dual_block(block: nn.Module, args: Sequence[Any]) -> int:
+    """As :func:`probe_block` without recomputation, for a forward on dual tensors (sCM's ``tangent_pass:
+    fused``; called inside its dual level): forward-mode AD records the tangent's own products with the
+    parameters for the backward too, so such a forward keeps more than a plain one (about 2.3× for a Wan
+    block, ``benchmarks/tangent_pass_memory.py``)."""
+    from torch.autograd import forward_ad
+
+    probe_args: list[Any] = []
+    for a in args:
+        if not isinstance(a, torch.Tensor):
+            probe_args.append(a)
+            continue
+        unpacked = forward_ad.unpack_dual(a)
+        primal = unpacked.primal.detach().requires_grad_(a.is_floating_point())
+        tangent = unpacked.tangent
+        probe_args.append(primal if tangent is None else forward_ad.make_dual(primal, tangent.detach()))
+    device = next(t.device for t in probe_args if isinstance(t, torch.Tensor))
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    out = forward_ad.unpack_dual(block(*probe_args))
+    torch.cuda.synchronize(device)
+    outputs = sum(t.numel() * t.element_size() for t in (out.primal, out.tangent) if t is not None)
+    kept = torch.cuda.memory_allocated(device) - before - outputs
+    out.primal.float().square().mean().backward()
+    del out
+    for p in block.parameters():
+        p.grad = None
+    return max(0, int(kept))
+
+
 def training_state_bytes(net: nn.Module) -> int:
     """Gradients (parameter dtype) and two float32 optimizer moments (AdamW) of ``net``'s trainable parameters."""
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -161,9 +191,12 @@ class BlockCheckpointing:
         if self.setting not in (*ORDER, "auto"):
             raise ValueError(f"activation_checkpointing must be one of none, selective, block, auto; got {setting!r}")
         self.decision: Decision | None = None
+        #: Whether ``auto`` has checked that a forward on dual tensors fits as well (once, at the first one).
+        self.dual_checked = False
         #: Hooks for tests: how free memory and one block's activations are measured.
         self.free_memory: Callable[[torch.device], int | None] = free_device_memory
         self.probe: Callable[[nn.Module, Sequence[Any], Mode], int] = probe_block
+        self.probe_dual: Callable[[nn.Module, Sequence[Any]], int] = probe_dual_block
 
     def mode(self, net: nn.Module, blocks: Sequence[nn.Module], args: Sequence[Any]) -> Mode:
         """The mode for this forward: none without a graph; ``auto`` decided on the first training forward
@@ -173,6 +206,7 @@ class BlockCheckpointing:
         from torch.autograd import forward_ad  # here: importing it at start-up pulls in torch._dynamo
 
         dual = any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
+        dual_args = args
         if dual:  # a forward that keeps its graph on dual tensors (sCM's tangent_pass: fused)
             args = [forward_ad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args]
         if self.setting != "auto":
@@ -200,7 +234,38 @@ class BlockCheckpointing:
                 f"activation_checkpointing auto chose {self.decision.reason}, but a forward on dual tensors (the "
                 "sCM loss's tangent_pass: fused) cannot be recomputed: use tangent_pass: separate on this device"
             )
+        if dual and not self.dual_checked:
+            self.dual_checked = True
+            self._check_dual_fits(net, blocks, dual_args)
         return self.decision.mode
+
+    def _check_dual_fits(self, net: nn.Module, blocks: Sequence[nn.Module], args: Sequence[Any]) -> None:
+        """``auto`` chose none from a plain forward's probe; a dual forward keeps more, so it is probed too
+        and refused before it runs the device out of memory."""
+        device = next(t.device for t in args if isinstance(t, torch.Tensor))
+        free = self.free_memory(device)
+        if free is None or not blocks:
+            return
+        per_block = self.probe_dual(blocks[0], args)
+        need = training_state_bytes(net) + len(blocks) * per_block
+        budget = int(free * (1.0 - MARGIN))
+        gib = 1024**3
+        if need > budget:
+            raise UserError(
+                f"the sCM loss's tangent_pass: fused keeps {per_block / gib:.2f} GiB a block for the backward "
+                f"on {type(net).__name__} at this shape: it needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB "
+                f"free (after a {MARGIN:.0%} margin), and a forward on dual tensors cannot be recomputed: use "
+                "tangent_pass: separate"
+            )
+        from rcm_registry.engine.logs import get_logger
+
+        get_logger("rcm.run").info(
+            "activation checkpointing, fused tangent pass",
+            network=type(net).__name__,
+            mode="none",
+            reason=f"needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB free",
+            per_block_bytes=per_block,
+        )
 
     def _decide(self, net: nn.Module, blocks: Sequence[nn.Module], args: Sequence[Any]) -> Decision:
         device = next(t.device for t in args if isinstance(t, torch.Tensor))

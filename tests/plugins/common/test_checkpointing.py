@@ -115,3 +115,19 @@ def test_probe_measures_less_for_more_recomputation() -> None:
     assert all(p.grad is None for p in block.parameters())
     out = run_checkpointed(block, "selective", x.requires_grad_())
     assert out.shape == x.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_dual_forward_keeps_more_than_a_plain_one() -> None:
+    from rcm_plugins.common.checkpointing import probe_dual_block
+    from torch.autograd import forward_ad
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 1024)).cuda()
+    x = torch.randn(8, 2048, 1024, device="cuda")
+    plain = probe_block(block, (x,), "none")
+    with forward_ad.dual_level():
+        dual = probe_dual_block(block, (forward_ad.make_dual(x, torch.randn_like(x)),))
+    assert dual > 1.5 * plain, (dual, plain)
+    assert all(p.grad is None for p in block.parameters())

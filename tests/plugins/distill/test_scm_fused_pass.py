@@ -72,6 +72,43 @@ def test_auto_on_the_cpu_runs_the_fused_pass_without_checkpointing() -> None:
     assert tangent.shape == x.shape
 
 
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(("dual_per_block", "fits"), [(2 * GIB, True), (9 * GIB, False)])
+def test_auto_probes_the_fused_pass_once_and_refuses_it_where_it_would_not_fit(dual_per_block: int, fits: bool) -> None:
+    # A fake budget: 20 GiB free (17 after the margin); a plain forward keeps 4 GiB a block, so auto
+    # chooses none (two blocks: 8 GiB); the dual forward keeps dual_per_block, 4 or 18 GiB for the two.
+    net = _wan("auto")
+    ckpt = net.checkpointing
+    ckpt.free_memory = lambda device: 20 * GIB
+    ckpt.probe = lambda block, args, mode: {"none": 4 * GIB, "selective": 2 * GIB, "block": GIB}[mode]
+    dual_probes: list[bool] = []
+
+    def probe_dual(block: nn.Module, args: object) -> int:
+        from torch.autograd import forward_ad
+
+        dual_probes.append(forward_ad.unpack_dual(args[0]).tangent is not None)  # type: ignore[index]
+        return dual_per_block
+
+    ckpt.probe_dual = probe_dual
+    x, dx, t, text = _inputs()
+
+    def fused() -> torch.Tensor:
+        out, _ = jvp_with_graph(lambda a, b: net(a, b, text=text), (x, t), (dx, None))
+        return out
+
+    net(x, t, text=text).sum().backward()  # a plain training forward decides first: none, no dual probe
+    assert ckpt.decision is not None and ckpt.decision.mode == "none" and dual_probes == []
+    if not fits:
+        with pytest.raises(rr.UserError, match=r"tangent_pass: fused keeps 9\.00 GiB a block.*tangent_pass: separate"):
+            fused()
+        return
+    fused().sum().backward()
+    fused().sum().backward()
+    assert dual_probes == [True]  # probed once, on the block's dual inputs
+
+
 def test_fused_pass_with_the_finite_difference_is_a_recipe_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
