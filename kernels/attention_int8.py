@@ -139,6 +139,14 @@ def int8_attention_reference(
     """
     check_inputs(q, k, v)
     n_q, n_k, d = q.shape[2], k.shape[2], q.shape[3]
+    device = q.device.type
+    # Autocast would run the products below in its dtype (bf16 on the CPU), where the integer products are
+    # no longer exact: the reference computes in ``compute`` whatever the caller's autocast, as the kernel does.
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return int8_attention_reference(
+                q, k, v, scale, block_m=block_m, block_n=block_n, smooth_k=smooth_k, compute=compute
+            )
     qq = quantize_qk(q, k, block_m, block_n, smooth_k=smooth_k)
     # The integer products first (exact in fp32 and fp64), then the two scales and the softmax scale.
     ints = qq.q8[:, :, :n_q].to(compute) @ qq.k8[:, :, :n_k].to(compute).transpose(-2, -1)

@@ -173,3 +173,14 @@ def test_wan_self_attention_shape_against_sdpa() -> None:
     qs, ks, vs = (t[:, :1, :4096] for t in (q, k, v))
     want = K.int8_attention_reference(qs, ks, vs, block_m=cfg.block_m, block_n=cfg.block_n, compute=torch.float32)
     assert rel_err(K.int8_attention(qs, ks, vs), want) <= 5e-3
+
+
+def test_the_reference_under_autocast_computes_as_without_it() -> None:
+    # A network sampled under bf16 autocast calls the reference on the CPU: its products stay in `compute`.
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 40, 32, generator=g) for _ in range(3))
+    plain = K.int8_attention_reference(q, k, v, block_m=16, block_n=16, compute=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = K.int8_attention_reference(q, k, v, block_m=16, block_n=16, compute=torch.float32)
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, plain, rtol=0, atol=0)
