@@ -18,6 +18,7 @@ import attrs
 import torch
 from rcm_plugins.common.weights import CONFIG_NAME
 from rcm_plugins.data._t5_text import DTYPES, codec_config, require
+from rcm_plugins.data._wan_vae_conv import frames_as_2d
 from rcm_plugins.data._wan_vae_decode import decode_in_chunks
 from torch import Tensor, nn
 
@@ -48,6 +49,10 @@ class WanVaeConfig:
     #: Let cuDNN time its convolution algorithms for the decoder's shapes on first use (``torch.backends.cudnn
     #: .benchmark``, switched on for the decode only); the first decode of a new size pays the search.
     decode_cudnn_benchmark: bool = False
+    #: Run the decoder's causal 3-D convolutions as 2-D convolutions over frames, each output frame's kt input
+    #: frames stacked along channels (``rcm_plugins.data._wan_vae_conv``): the same sums, through cuDNN's 2-D
+    #: kernels; the stacked input (3× a layer's input for the 3×3×3 kernels) is the memory it costs.
+    decode_conv3d_as_2d: bool = False
 
     def sample_shapes(self) -> SampleShapes:
         """Latents of the VAE's ``z_dim`` channels (its config.json; diffusers' default 16), read without
@@ -101,6 +106,9 @@ class WanVideoCodec:
         if config.decode_channels_last:
             to_channels_last(self.vae.decoder)
             to_channels_last(self.vae.post_quant_conv)
+        if config.decode_conv3d_as_2d:
+            frames_as_2d(self.vae.decoder)
+            frames_as_2d(self.vae.post_quant_conv)
         self.latent_channels = int(vae.config.z_dim)
         # The scale factors follow from the architecture (config's scale_factor_* can be stale defaults).
         self.temporal_factor = 2 ** sum(bool(d) for d in vae.temperal_downsample)

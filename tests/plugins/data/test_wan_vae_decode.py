@@ -1,5 +1,6 @@
 """The chunked Wan VAE decode equals diffusers' frame-by-frame decode (float32 and float64, Wan2.1 and the
-residual Wan2.2 layout); the codec's decode_chunk_frames / decode_dtype options."""
+residual Wan2.2 layout), and so do its 3-D convolutions run as 2-D ones over frames; the codec's
+decode_chunk_frames / decode_dtype / decode_channels_last / decode_conv3d_as_2d options."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from rcm_plugins.data._wan_vae_conv import conv3d_as_conv2d, frames_as_2d
 from rcm_plugins.data._wan_vae_decode import decode_in_chunks
 from rcm_plugins.data.tiny import write_tiny_codecs
 
@@ -111,3 +114,60 @@ def test_channels_last_and_cudnn_benchmark_decode_the_same(vae_path: Path) -> No
         assert torch.backends.cudnn.benchmark == before  # switched on for the decode only
         assert decoded.is_contiguous()
         torch.testing.assert_close(decoded, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride"),
+    [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 1, 1)), ((1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 1, 1)),
+     ((3, 3, 3), (2, 1, 1)), ((3, 3, 3), (1, 2, 2))],
+)  # fmt: skip
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3d_as_conv2d_equals_conv3d_in_float64(
+    kernel: tuple[int, int, int], stride: tuple[int, int, int], channels_last: bool
+) -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 7, 6, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 5, *kernel, generator=g, dtype=torch.float64)
+    bias = torch.randn(4, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    out = conv3d_as_conv2d(x, weight, bias, stride)
+    torch.testing.assert_close(out, F.conv3d(x, weight, bias, stride), rtol=1e-12, atol=1e-12)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout)  # the layout the next layer expects
+
+
+def test_conv3d_as_conv2d_refuses_mismatched_channels() -> None:
+    with pytest.raises(ValueError, match="3 channels, the kernel takes 5"):
+        conv3d_as_conv2d(torch.zeros(1, 3, 3, 4, 4), torch.zeros(2, 5, 3, 3, 3), None, (1, 1, 1))
+
+
+@pytest.mark.parametrize(("build", "ft"), CASES, ids=["wan2.1", "wan2.2"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_2d_frame_convolutions_decode_as_diffusers_in_float64(build, ft: int, channels_last: bool) -> None:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    vae = build().double()
+    randomise(vae)
+    z = torch.randn(1, 4, 5, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = vae.decode(z).sample
+    convs = sum(type(m) is WanCausalConv3d for m in vae.decoder.modules())
+    assert frames_as_2d(vae.decoder) == convs > 0 and frames_as_2d(vae.post_quant_conv) == 1
+    # Still WanCausalConv3d to the decoder's checks that decide what it caches between frames.
+    assert all(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv3d))
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decode(z).sample, full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(decode_in_chunks(vae, z, 3, ft), full, rtol=1e-12, atol=1e-12)
+
+
+def test_codec_decodes_the_same_with_2d_frame_convolutions(vae_path: Path) -> None:
+    latents = torch.randn(1, 16, 4, 3, 5, generator=torch.Generator().manual_seed(8))
+    reference = rr.registry().build("codec", "wan_vae", path=str(vae_path)).decode(latents)
+    for options in ({}, {"decode_channels_last": True, "decode_chunk_frames": 2}):
+        codec = rr.registry().build("codec", "wan_vae", path=str(vae_path), decode_conv3d_as_2d=True, **options)
+        assert type(codec.vae.decoder.conv_in).__name__ == "FramewiseCausalConv3d"
+        assert type(codec.vae.encoder.conv_in).__name__ == "WanCausalConv3d"  # the encoder is left as it is
+        torch.testing.assert_close(codec.decode(latents), reference, rtol=1e-5, atol=1e-5)
