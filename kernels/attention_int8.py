@@ -36,8 +36,8 @@ from rcm_kernels.triton_common import (
     empty_bhsd,
     head_block,
     head_rows,
-    interpreter_active,
     load_rows,
+    require_kernel_device,
     softmax_scale,
 )
 from torch import Tensor
@@ -260,16 +260,6 @@ def _int8_attn_fwd_kernel(
     tl.store(ptrs, o.to(Out.dtype.element_ty), mask=mask)
 
 
-def check_device(q: Tensor) -> None:
-    """Raise a RuntimeError unless the kernel can run on q's device (CUDA, or CPU in Triton's interpreter)."""
-    if q.is_cuda or (q.device.type == "cpu" and interpreter_active()):
-        return
-    raise RuntimeError(
-        f"the INT8 attention kernel needs CUDA tensors, got a tensor on {q.device}; on CPU it runs only in "
-        "Triton's interpreter (TRITON_INTERPRET=1 before importing rcm_kernels), or use int8_attention_reference"
-    )
-
-
 def int8_attention(
     q: Tensor,
     k: Tensor,
@@ -284,7 +274,7 @@ def int8_attention(
     The output has q's dtype and shape, as a (B, H, S, D) view of (B, S, H, D) memory.
     """
     check_inputs(q, k, v)
-    check_device(q)
+    require_kernel_device(q, "INT8 attention", ", or use int8_attention_reference")
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     cfg = config or default_config(d, q.device)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, interpreter_active
+from rcm_kernels.triton_common import device_context, require_kernel_device
 from torch import Tensor
 
 FP8 = torch.float8_e4m3fn
@@ -105,16 +105,6 @@ def launch_config(k: int, max_block: int = MAX_BLOCK) -> dict[str, int | bool]:
     return {"BLOCK": block, "CHUNKED": chunked, "num_warps": max(1, min(16, block // 256))}
 
 
-def check_device(x: Tensor) -> None:
-    """Raise a RuntimeError unless the kernel can run on x's device (CUDA, or CPU in Triton's interpreter)."""
-    if x.is_cuda or (x.device.type == "cpu" and interpreter_active()):
-        return
-    raise RuntimeError(
-        f"the FP8 quantisation kernel needs a CUDA tensor, got one on {x.device}; on CPU it runs only in "
-        "Triton's interpreter (TRITON_INTERPRET=1 before importing rcm_kernels)"
-    )
-
-
 def quantize_rows_fp8(
     x: Tensor, pad_rows_to: int = 16, *, max_block: int = MAX_BLOCK, out_dtype: torch.dtype = FP8
 ) -> tuple[Tensor, Tensor]:
@@ -134,7 +124,7 @@ def quantize_rows_fp8(
         raise TypeError(f"out_dtype must be torch.float8_e4m3fn or torch.float32, got {out_dtype}")
     if pad_rows_to < 1:
         raise ValueError(f"pad_rows_to must be at least 1, got {pad_rows_to}")
-    check_device(x)
+    require_kernel_device(x, "FP8 quantisation")
     m, k = x.shape
     if k == 0:
         raise ValueError("cannot quantise rows of zero features")

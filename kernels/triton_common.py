@@ -98,6 +98,17 @@ def interpreter_active() -> bool:
     return type(dot).__name__ == "InterpretedFunction"
 
 
+def require_kernel_device(x: Tensor, kernel: str, otherwise: str = "") -> None:
+    """Raise a RuntimeError unless ``kernel`` can run on x's device: CUDA, or the CPU in Triton's interpreter;
+    ``otherwise`` names what to use instead there."""
+    if x.is_cuda or (x.device.type == "cpu" and interpreter_active()):
+        return
+    raise RuntimeError(
+        f"the {kernel} kernel needs CUDA tensors, got one on {x.device}; on CPU it runs only in Triton's "
+        f"interpreter (TRITON_INTERPRET=1 before importing rcm_kernels){otherwise}"
+    )
+
+
 class ScratchAllocator:
     """Triton's launch-time scratch memory from PyTorch's caching allocator, on one device.
 

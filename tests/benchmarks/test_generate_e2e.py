@@ -3,31 +3,19 @@ what the GPU run will: each stage of the teacher and student generations and eve
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 
 @pytest.mark.slow
-def test_smoke_run_records_every_stage_and_option(tmp_path: Path) -> None:
-    out = tmp_path / "e2e.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/generate_e2e.py"), "--smoke", "--json", str(out)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_smoke_run_records_every_stage_and_option(smoke: Callable[..., Any]) -> None:
+    proc, data = smoke("generate_e2e.py")
     assert "speed options, off → on" in proc.stdout
-    data = json.loads(out.read_text())
     assert set(data["models"]) == {"wan2.1-1.3b", "cosmos-predict2-2b"}
     for model in data["models"].values():
         runs = model["runs"]

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lowprec_inference.py"
+from collections.abc import Callable
+from typing import Any
 
 
-def test_the_smoke_run_reports_every_option(tmp_path: Path) -> None:
-    out = tmp_path / "lowprec.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--json", str(out)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    results = json.loads(out.read_text())
+def test_the_smoke_run_reports_every_option(smoke: Callable[..., Any]) -> None:
+    _, results = smoke("lowprec_inference.py")
     attention = results["attention"]
     assert attention["sdpa_ms"] > 0 and attention["int8_ms"] > 0
     assert 0 < attention["rel_err_vs_sdpa"] <= 2.5e-2

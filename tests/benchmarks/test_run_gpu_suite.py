@@ -3,15 +3,10 @@ the GPU command cannot rot, and records the rows the GPU run will."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 STEP_ROWS = [
     "forward (one network call)",
@@ -32,17 +27,10 @@ FUSED_ROWS = [
 
 
 @pytest.mark.slow
-def test_the_smoke_run_records_every_section_and_row(tmp_path: Path) -> None:
-    out = tmp_path / "suite.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/run_gpu_suite.py"), "--smoke", "--json", str(out)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_the_smoke_run_records_every_section_and_row(smoke: Callable[..., Any]) -> None:
+    proc, data = smoke("run_gpu_suite.py")
     # A section that raises is reported as "failed:" and the run goes on, so the exit status alone says little.
     assert "failed:" not in proc.stdout, proc.stdout[-3000:]
-    data = json.loads(out.read_text())
     assert list(data) == ["header", "steps", "checkpointing", "sampling", "fused"]
     for mode in ("eager", "fused"):
         assert list(data["steps"][mode]) == STEP_ROWS

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vae_decode.py"
+from collections.abc import Callable
+from typing import Any
 
 
-def test_the_smoke_run_reports_every_decode_option(tmp_path: Path) -> None:
-    out = tmp_path / "decode.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--json", str(out)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(out.read_text())["16p"]["rows"]
+def test_the_smoke_run_reports_every_decode_option(smoke: Callable[..., Any]) -> None:
+    rows = smoke("vae_decode.py")[1]["16p"]["rows"]
     assert len(rows) == 5 and any("3-D convolutions as 2-D" in label for label in rows)
     first, *rest = rows.values()
     assert first["max_abs_vs_fp32"] == 0 and first["tflops"] > 0
