@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -145,13 +146,20 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(run)
         for steps in args.steps:
             measure(run, NAMES.get(method, method), steps, steps)
-        if args.alt_mid_times:
-            # The same student with another sampler schedule: the multi-step rows depend on it.
-            label = "/".join(f"{t:g}" for t in args.alt_mid_times)
-            for steps in (s for s in args.steps if 1 < s <= len(args.alt_mid_times) + 1):
-                name = f"{NAMES.get(method, method)}, mid times {label}"
-                measure(run, name, steps, steps, mid_times=list(args.alt_mid_times))
+        alt_schedule_rows(measure, run, NAMES.get(method, method), args.steps, args.alt_mid_times)
     return table, pictures
+
+
+def alt_schedule_rows(
+    measure: Callable[..., object], run: object, name: str, steps: list[int], mid_times: list[float] | None
+) -> None:
+    """The same student's multi-step rows with another sampler schedule (``--alt-mid-times``): those rows
+    depend on it. ``measure(run, name, steps, nfe, mid_times=...)`` samples and scores one row."""
+    if not mid_times:
+        return
+    label = "/".join(f"{t:g}" for t in mid_times)
+    for n in (s for s in steps if 1 < s <= len(mid_times) + 1):
+        measure(run, f"{name}, mid times {label}", n, n, mid_times=list(mid_times))
 
 
 def save_rows(path: Path, meta: dict[str, object], table: list[Row], pictures: list[tuple[str, torch.Tensor]]) -> None:
