@@ -12,6 +12,8 @@ Shapes (Wan2.1-T2V-1.3B at 480p, 81 frames: 21×30×52 = 32760 tokens, width 153
   with the bias in its epilogue) against a bf16 ``nn.Linear`` at the FFN's two shapes and the attention
   projection, 32760 tokens; on CUDA also the layer's previous path (torch ``quantize_rows``, a padded copy of
   the FP8 operand, a separate bias add) as ``fp8_torch_quant_ms``;
+* the feed-forward (FFN up → GELU → FFN down) in bf16, with its two FP8 linears one after the other, and as
+  ``Fp8GeluMlp`` (the GELU inside the hidden activation's quantisation kernel);
 * activation quantisation alone: torch ``quantize_rows`` plus the padding copy against the fused kernel, on
   32760 tokens of width 1536 and 8960, and whether the kernel's e4m3 bytes and scales equal the torch ones;
 * one forward of the 1.3B network (random weights, bf16) with its own ``sdpa`` attention, with ``int8_sage``,
@@ -40,7 +42,14 @@ from attention_jvp import time_ms as cuda_time_ms
 from torch import nn
 
 from rcm_registry import registry
-from rcm_registry.engine.fp8_linear import FP8, Fp8Linear, fp8_linear_blocks, quantize_rows, scaled_mm_possible
+from rcm_registry.engine.fp8_linear import (
+    FP8,
+    Fp8GeluMlp,
+    Fp8Linear,
+    fp8_linear_blocks,
+    quantize_rows,
+    scaled_mm_possible,
+)
 
 #: (B, H, N, D) of the attention, linear (in, out) shapes and the token count, per size.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -147,6 +156,28 @@ def bench_linear(tokens: int, n_in: int, n_out: int, dtype: torch.dtype, device:
     }
 
 
+def bench_mlp(tokens: int, dim: int, hidden: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    """The feed-forward (Linear → GELU tanh → Linear): bf16, its two linears in FP8 one after the other,
+    and the FP8 module whose GELU runs inside the hidden activation's quantisation (``Fp8GeluMlp``)."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)).to(device, dtype)
+    unfused = nn.Sequential(Fp8Linear.from_linear(mlp[0]), mlp[1], Fp8Linear.from_linear(mlp[2]))
+    fused = Fp8GeluMlp(Fp8Linear.from_linear(mlp[0]), mlp[1], Fp8Linear.from_linear(mlp[2]))
+    x = torch.randn(tokens, dim, device=device, dtype=dtype)
+    with torch.no_grad():
+        ms = {name: time_ms(lambda m=m: m(x), reps, device) for name, m in (("bf16", mlp), ("fp8", unfused),
+              ("fp8_fused_gelu", fused))}  # fmt: skip
+        exact = mlp(x)
+        errors = {name: rel_err(m(x), exact) for name, m in (("fp8", unfused), ("fp8_fused_gelu", fused))}
+    return {
+        "shape": [tokens, dim, hidden],
+        **{f"{name}_ms": value for name, value in ms.items()},
+        "speedup_fused_vs_bf16": ms["bf16"] / ms["fp8_fused_gelu"],
+        "speedup_fused_vs_fp8": ms["fp8"] / ms["fp8_fused_gelu"],
+        **{f"rel_err_{name}_vs_bf16": value for name, value in errors.items()},
+    }
+
+
 def bench_quantize(tokens: int, width: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
     """The activation quantisation alone: torch (quantize_rows and the padding copy) against the fused kernel."""
     x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(0)).to(device, dtype)
@@ -236,6 +267,7 @@ def main() -> None:
             name: bench_linear(size["tokens"], n_in, n_out, dtype, device, reps)
             for name, (n_in, n_out) in size["linears"].items()
         },
+        "mlp": bench_mlp(size["tokens"], *size["linears"]["ffn up"], dtype, device, reps),
         "quantize": {
             f"K={width}": bench_quantize(size["tokens"], width, dtype, device, reps) for width in size["quantize"]
         },

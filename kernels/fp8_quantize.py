@@ -56,10 +56,43 @@ def _scaled(x, scale, FP8_MAX: tl.constexpr):
 
 
 @triton.jit
+def _round_to(x, X_DTYPE: tl.constexpr):
+    # fp32 → X_DTYPE → fp32, to nearest even. bf16 by its bits: Triton's interpreter truncates that cast,
+    # and the bits give the hardware's rounding on every device (finite values; a NaN stays a NaN).
+    if X_DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(X_DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _gelu_tanh(x, X_DTYPE: tl.constexpr):
+    # GELU's tanh form, 0.5·x·(1 + tanh u) = x·sigmoid(2u), in fp32 and rounded to the input's dtype as the
+    # unfused layer stores it before it is quantised. With e = exp(−2|u|) ≤ 1 the sigmoid is 1/(1 + e) for
+    # u ≥ 0 and e/(1 + e) below: no overflow, and no cancellation in the negative tail, where 1 + tanh u
+    # computed as a sum loses every digit.
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    e = tl.exp(-2.0 * tl.abs(u))
+    g = x * tl.where(u >= 0, 1.0, e) / (1.0 + e)
+    return _round_to(g, X_DTYPE)
+
+
+@triton.jit
+def _load_row(ptrs, mask, GELU: tl.constexpr, X_DTYPE: tl.constexpr):
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        x = _gelu_tanh(x, X_DTYPE)  # GELU(0) = 0: masked lanes stay zero
+    return x
+
+
+@triton.jit
 def _quantize_rows_kernel(
     X, Q, S,
     M, K, stride_xm,
     FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr, RECIPROCAL_SCALE: tl.constexpr,
+    GELU: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -71,11 +104,11 @@ def _quantize_rows_kernel(
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < k_read, other=0.0).to(tl.float32)
+            x = _load_row(x_row + cols, cols < k_read, GELU, X.dtype.element_ty)
             acc = _max_nan(acc, tl.abs(x))
         amax = tl.reduce(acc, 0, _max_nan)
     else:
-        x = tl.load(x_row + offs, mask=offs < k_read, other=0.0).to(tl.float32)
+        x = _load_row(x_row + offs, offs < k_read, GELU, X.dtype.element_ty)
         amax = tl.reduce(tl.abs(x), 0, _max_nan)
     # torch divides a CUDA tensor by a Python number as a product with the number's fp32 reciprocal, a CPU
     # tensor by a true division; the reference's scale is amax / 448 computed the way of its device.
@@ -88,7 +121,7 @@ def _quantize_rows_kernel(
     if CHUNKED:
         for start in range(0, K, BLOCK):
             cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < k_read, other=0.0).to(tl.float32)
+            x = _load_row(x_row + cols, cols < k_read, GELU, X.dtype.element_ty)
             tl.store(q_row + cols, _scaled(x, scale, FP8_MAX).to(Q.dtype.element_ty), mask=cols < K)
     else:
         tl.store(q_row + offs, _scaled(x, scale, FP8_MAX).to(Q.dtype.element_ty), mask=offs < K)
@@ -106,7 +139,12 @@ def launch_config(k: int, max_block: int = MAX_BLOCK) -> dict[str, int | bool]:
 
 
 def quantize_rows_fp8(
-    x: Tensor, pad_rows_to: int = 16, *, max_block: int = MAX_BLOCK, out_dtype: torch.dtype = FP8
+    x: Tensor,
+    pad_rows_to: int = 16,
+    *,
+    max_block: int = MAX_BLOCK,
+    out_dtype: torch.dtype = FP8,
+    gelu: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(M, K) → e4m3 (M_pad, K) and fp32 scales (M_pad, 1), M_pad = M rounded up to ``pad_rows_to``.
 
@@ -115,6 +153,10 @@ def quantize_rows_fp8(
     1. x is bf16, fp16 or fp32; rows whose values are not contiguous are copied first. ``max_block``: the
     widest row handled as one block (longer ones in chunks). ``out_dtype=torch.float32`` writes the clamped
     fp32 values instead of their e4m3 rounding (tests in Triton's interpreter, whose e4m3 cast is not exact).
+    ``gelu``: quantise GELU(x) (its tanh form, rounded to x's dtype) instead of x, so that a GELU MLP's
+    hidden activation is read once, by this kernel, between the two FP8 products: ``quantize_rows`` of the
+    GELU in float64 rounded to x's dtype, but for the rare value that the last fp32 bit moves across a
+    rounding boundary (torch's own fp32 GELU loses its negative tail to cancellation; this one does not).
     """
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D (rows, features) tensor, got shape {tuple(x.shape)}")
@@ -139,6 +181,6 @@ def quantize_rows_fp8(
         _quantize_rows_kernel[(m_pad,)](
             x, q, scale,
             m, k, x.stride(0),
-            FP8_MAX=FP8_MAX, RECIPROCAL_SCALE=x.is_cuda, **launch_config(k, max_block),
+            FP8_MAX=FP8_MAX, RECIPROCAL_SCALE=x.is_cuda, GELU=gelu, **launch_config(k, max_block),
         )  # fmt: skip
     return q, scale

@@ -21,6 +21,10 @@ that row (1 for an all-zero row). The product then runs as
 Under autocast the layer returns what the ``nn.Linear`` it replaces would (autocast's dtype) but computes as
 above: autocast is off inside it, so the FP8 product is the same with and without it.
 
+A feed-forward of Linear → GELU (tanh) → Linear (Wan's) becomes one :class:`Fp8GeluMlp`: on the fused path
+the GELU runs inside the quantisation of the hidden activation, so that wide activation is not read and
+written again by a GELU kernel of its own.
+
 Only linears inside a network's transformer blocks (every ``nn.ModuleList`` named ``blocks``, as Wan, Cosmos
 and the digits networks have) are swapped: embeddings, the time path and the output head keep their
 precision. Inference only: the FP8 weights are buffers, not parameters, so nothing of this can be trained.
@@ -53,7 +57,7 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.cache
-def _fused_quantize() -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
+def _fused_quantize() -> Callable[..., tuple[Tensor, Tensor]]:
     """rcm_kernels.fp8_quantize.quantize_rows_fp8, imported on the first call (loading this module, as
     ``rcm list`` and ``rcm validate`` do, never imports Triton)."""
     from rcm_kernels.fp8_quantize import quantize_rows_fp8
@@ -123,7 +127,7 @@ class Fp8Linear(nn.Module):
         # and round the dequantised FP8 operands, which are exact in fp32 only.
         with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
             rows = x.reshape(-1, self.in_features)
-            if scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+            if self.fused_path(x):
                 y = self._scaled_mm(rows, out_dtype)
             else:
                 x8, x_scale = quantize_rows(rows)
@@ -138,10 +142,16 @@ class Fp8Linear(nn.Module):
         """The FP8 weight times its scales, in ``dtype`` (what the reference path multiplies by)."""
         return self.weight_fp8.to(dtype) * self.weight_scale[:, None].to(dtype)
 
+    def fused_path(self, x: Tensor) -> bool:
+        """Whether a call with x runs the fused quantisation kernel and ``torch._scaled_mm``."""
+        return scaled_mm_possible(x) and self.in_features % 16 == 0 and self.out_features % 16 == 0
+
     def _scaled_mm(self, rows: Tensor, out_dtype: torch.dtype) -> Tensor:
         # cuBLASLt wants the row count a multiple of 16 too: the kernel writes the padded operand directly.
-        m = rows.shape[0]
-        x8, x_scale = _fused_quantize()(rows, 16)
+        return self.product(*_fused_quantize()(rows, 16), rows.shape[0], out_dtype)
+
+    def product(self, x8: Tensor, x_scale: Tensor, m: int, out_dtype: torch.dtype) -> Tensor:
+        """The layer's output for its first ``m`` rows from activations already quantised (rows padded to 16)."""
         # Row-wise scales take a bf16 output, and then a bf16 bias, which the epilogue adds to the fp32 sum.
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         y = torch._scaled_mm(
@@ -158,8 +168,47 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, e4m3"
 
 
+class Fp8GeluMlp(nn.Sequential):
+    """``Linear → GELU (tanh form) → Linear`` with both linears in FP8, where the hidden activation's GELU runs
+    inside its quantisation (``quantize_rows_fp8(..., gelu=True)``): the wide hidden activation is written
+    once, by the first product, and read once, by that kernel, instead of also by a GELU kernel and again by
+    the quantisation. Kept an ``nn.Sequential`` of the same three children, so names and indices stay.
+
+    Off the fused path (no FP8 tensor cores, feature counts not multiples of 16) it runs its children in
+    turn, as the module it replaced would with FP8 linears.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        up, down = self[0], self[2]
+        if not (up.fused_path(x) and down.fused_path(x)):
+            return super().forward(x)
+        # The first product as the unfused module runs it (its dtype rules under autocast included); the GELU
+        # is then rounded to that hidden activation's dtype, as the unfused GELU would store it.
+        hidden = up(x).reshape(-1, up.out_features)
+        out_dtype = linear_output_dtype(hidden)
+        with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
+            x8, x_scale = _fused_quantize()(hidden, 16, gelu=True)
+            y = down.product(x8, x_scale, hidden.shape[0], out_dtype)
+        return y.reshape(*x.shape[:-1], down.out_features)
+
+
+def is_gelu_mlp(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` of Linear, GELU in its tanh form, Linear (Wan's feed-forward)."""
+    if type(module) is not nn.Sequential or len(module) != 3:
+        return False
+    up, gelu, down = module
+    return (
+        isinstance(up, nn.Linear)
+        and isinstance(gelu, nn.GELU)
+        and gelu.approximate == "tanh"
+        and isinstance(down, nn.Linear)
+        and down.in_features == up.out_features
+    )
+
+
 def fp8_linear_blocks(net: nn.Module) -> int:
-    """Swap every ``nn.Linear`` inside the network's ``blocks`` for an :class:`Fp8Linear`, in place.
+    """Swap every ``nn.Linear`` inside the network's ``blocks`` for an :class:`Fp8Linear`, in place; a
+    Linear → GELU (tanh) → Linear ``nn.Sequential`` becomes an :class:`Fp8GeluMlp` of two.
 
     Returns how many were swapped; a UserError when the network has no ``blocks`` with linear layers.
     """
@@ -167,6 +216,15 @@ def fp8_linear_blocks(net: nn.Module) -> int:
     for name, module in list(net.named_modules()):
         if name.rsplit(".", 1)[-1] != "blocks" or not isinstance(module, nn.ModuleList):
             continue
+        # GELU MLPs first, whole (their GELU then runs in the hidden activation's quantisation), then every
+        # linear left; each pass walks the tree as the one before left it.
+        for parent in list(module.modules()):
+            for child_name, child in list(parent.named_children()):
+                if is_gelu_mlp(child):
+                    up, gelu, down = child
+                    fp8 = Fp8GeluMlp(Fp8Linear.from_linear(up), gelu, Fp8Linear.from_linear(down))
+                    setattr(parent, child_name, fp8)
+                    swapped += 2
         for parent in list(module.modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):

@@ -15,6 +15,9 @@ def test_the_smoke_run_reports_every_option(smoke: Callable[..., Any]) -> None:
     for entry in results["linear"].values():
         assert 0 < entry["rel_err_vs_bf16"] <= 5e-2
         assert entry["fp8_torch_quant_ms"] is None, "the previous CUDA path is timed on CUDA only"
+    mlp = results["mlp"]
+    assert mlp["bf16_ms"] > 0 and mlp["fp8_fused_gelu_ms"] > 0
+    assert 0 < mlp["rel_err_fp8_fused_gelu_vs_bf16"] <= 5e-2
     # The activation quantisation alone: its torch side on the CPU, the fused kernel on CUDA only.
     assert set(results["quantize"]) == {"K=64", "K=96"}
     for entry in results["quantize"].values():

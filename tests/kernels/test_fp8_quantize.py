@@ -12,6 +12,7 @@ in the interpreter only if its cast is found exact. The ``gpu`` tests add the Wa
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -226,3 +227,30 @@ def test_fp8_linear_with_the_kernel_equals_its_previous_path(bias: bool) -> None
     b = layer.bias.float()
     bound = 2.0**-8 * (3 * want.float().abs() + b.abs()) * 1.01 + 1e-30
     assert ((got.float() - want.float()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("m", "k", "max_block"), [(21, 100, 16384), (5, 300, 64)])
+def test_gelu_prologue_quantises_the_gelu_of_each_row(m: int, k: int, max_block: int, dtype: torch.dtype) -> None:
+    # The reference: GELU's tanh form in float64, rounded to x's dtype as the unfused layer stores it, then
+    # quantize_rows. Written as x·sigmoid(2u), its exact equal, since 0.5·x·(1 + tanh u) cancels to zero in
+    # the negative tail even in float64 (F.gelu's GELU(−8) is −0.0, not −3e-21). The kernel computes it in
+    # fp32: for bf16 and fp16 the rounding to x's dtype hides that but for the rare value next to a rounding
+    # boundary (one unit of x's dtype, and the scale with it when that value is a row's amax); for fp32 the
+    # values are within a few fp32 units.
+    gen = torch.Generator().manual_seed(m + k)
+    x = (3.0 * torch.randn(m, k, generator=gen)).to(device=DEVICE, dtype=dtype)
+    x64 = x.double()
+    hidden = (x64 * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3))).to(dtype)
+    torch.testing.assert_close(hidden, F.gelu(x64, approximate="tanh").to(dtype), rtol=0, atol=1e-6)
+    _, want_scale, want = reference_before_cast(hidden)
+    got, scale = quantize_rows_fp8(x, max_block=max_block, out_dtype=torch.float32, gelu=True)
+    unit = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-21}[dtype]
+    torch.testing.assert_close(scale[:m], want_scale, rtol=unit, atol=0)
+    torch.testing.assert_close(got[:m], want, rtol=2 * unit, atol=2 * unit * FP8_MAX)
+    if dtype != torch.float32:
+        assert (got[:m] == want).float().mean() > 0.99  # the same values nearly everywhere, not merely close
+    check_padding(got, scale, m, 16)
+    # GELU is not the identity: without the prologue the kernel quantises x itself.
+    plain, _ = quantize_rows_fp8(x, max_block=max_block, out_dtype=torch.float32)
+    assert not torch.allclose(plain[:m], got[:m])

@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 import rcm_registry as rr
-from rcm_registry.engine.fp8_linear import FP8, FP8_MAX, Fp8Linear, fp8_linear_blocks, quantize_rows
+from rcm_registry.engine.fp8_linear import (
+    FP8,
+    FP8_MAX,
+    Fp8GeluMlp,
+    Fp8Linear,
+    fp8_linear_blocks,
+    is_gelu_mlp,
+    quantize_rows,
+)
 from rcm_registry.testing.fixtures import rel_err
 
 #: e4m3 has 3 mantissa bits: round-to-nearest is within 2⁻⁴ of a normal value, and within half the smallest
@@ -113,6 +121,23 @@ def test_the_swap_covers_the_blocks_only_and_keeps_the_output_close() -> None:
     assert 1e-4 < err <= 5e-2, f"{err:.3e}"
 
 
+def test_the_swap_makes_each_gelu_mlp_one_module_of_two_fp8_linears() -> None:
+    net = _tiny_wan()
+    ffns = [block.ffn for block in net.blocks]
+    assert all(is_gelu_mlp(f) for f in ffns)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, ffns[0][0].in_features, generator=g)
+    with torch.no_grad():
+        unfused = nn.Sequential(Fp8Linear.from_linear(ffns[0][0]), ffns[0][1], Fp8Linear.from_linear(ffns[0][2]))(x)
+        fp8_linear_blocks(net)
+        mlp = net.blocks[0].ffn
+        assert type(mlp) is Fp8GeluMlp and [type(m) for m in mlp] == [Fp8Linear, nn.GELU, Fp8Linear]
+        # Off the fused path (the CPU) it is the three children in turn: the unfused FP8 module's output.
+        torch.testing.assert_close(mlp(x), unfused, rtol=0, atol=0)
+    assert not is_gelu_mlp(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)))  # erf GELU: left alone
+    assert not is_gelu_mlp(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4)))
+
+
 def test_the_swap_finds_nested_blocks_and_refuses_networks_without_them() -> None:
     labels = rr.registry().build(
         "network", "wan2.1-labels", dim=32, num_heads=2, num_layers=2, ffn_dim=64, text_dim=16, freq_dim=16,
@@ -140,3 +165,21 @@ def test_scaled_mm_matches_the_reference_path() -> None:
     assert got.dtype == torch.bfloat16
     assert rel_err(got, want) <= 1e-2  # fp32 accumulation, bf16 output
     assert rel_err(got, layer(x)) <= 5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_the_fused_gelu_mlp_matches_the_unfused_fp8_module(dtype: torch.dtype) -> None:
+    # Wan2.1-1.3B's feed-forward, a token count that is not a multiple of 16; fp32 weights under bf16
+    # autocast as well as bf16 weights.
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(1536, 8960), nn.GELU(approximate="tanh"), nn.Linear(8960, 1536)).cuda().to(dtype)
+    unfused = nn.Sequential(Fp8Linear.from_linear(mlp[0]), mlp[1], Fp8Linear.from_linear(mlp[2]))
+    fused = Fp8GeluMlp(Fp8Linear.from_linear(mlp[0]), mlp[1], Fp8Linear.from_linear(mlp[2]))
+    x = torch.randn(1000, 1536, device="cuda", dtype=dtype)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.float32):
+        got, want, exact = fused(x), unfused(x), mlp(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert rel_err(got, want) <= 1e-2  # the same FP8 products; the GELU's last bits only
+    assert rel_err(got, exact) <= 5e-2
