@@ -163,14 +163,36 @@ class MovingDigits:
         return self.images.shape[0]
 
     # -- drawing and rendering --------------------------------------------------------------------
-    def draw_motion(self, n: int, generator: torch.Generator) -> Motion:
+    def draw_motion(self, n: int, generator: torch.Generator, condition: Mapping[str, Tensor] | None = None) -> Motion:
+        """``n`` clips' motion. With ``condition`` (the keys of :meth:`conditions`, (n,) each) every digit with
+        a label there is an image of that class and moves in its direction where that is given too, so that
+        real clips can be scored under the conditions the model rows are sampled with: a table's data row."""
         cfg, k, device = self.config, self.config.digits_per_clip, generator.device
         index = torch.randint(len(self), (n, k), generator=generator, device=device).cpu()
         start = torch.rand((n, k, 2), generator=generator, device=device, dtype=torch.float64).cpu() * self.room
         u = torch.rand((n, k), generator=generator, device=device, dtype=torch.float64).cpu()
         speed = cfg.speed[0] + (cfg.speed[1] - cfg.speed[0]) * u
         direction = torch.randint(cfg.directions, (n, k), generator=generator, device=device).cpu()
+        if condition is not None:
+            for slot in range(k):
+                suffix = "" if slot == 0 else str(slot + 1)
+                if f"label{suffix}" in condition:
+                    index[:, slot] = self._images_of(condition[f"label{suffix}"].cpu(), generator)
+                if f"direction{suffix}" in condition:
+                    direction[:, slot] = condition[f"direction{suffix}"].cpu()
         return Motion(index=index, start=start, speed=speed, direction=direction)
+
+    def _images_of(self, classes: Tensor, generator: torch.Generator) -> Tensor:
+        """For each class asked, one image index of that class drawn uniformly from the split."""
+        index = torch.empty_like(classes)
+        for c in classes.unique().tolist():
+            pool = (self.image_labels == c).nonzero().flatten()
+            if len(pool) == 0:
+                raise ValueError(f"moving_digits: the {self.config.split} split has no image of class {c}")
+            where = (classes == c).nonzero().flatten()
+            pick = torch.randint(len(pool), (len(where),), generator=generator, device=generator.device).cpu()
+            index[where] = pool[pick]
+        return index
 
     def tracks(self, motion: Motion) -> Tensor:
         """Exact top-left corner positions (B, K, 2, T) in pixels, rows then columns."""

@@ -161,3 +161,16 @@ def test_resumed_teacher_run_is_bitwise_equal(tmp_path: Path) -> None:
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(str(last[whole] / name)), load_file(str(last[part] / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_motion_drawn_for_conditions_has_them_and_is_seeded(registry: rr.Registry) -> None:
+    data = registry.build("dataset", "moving_digits", frames=5, canvas=24, digit_size=8, condition_direction=True)
+    condition, _ = data.conditions(40, torch.Generator())
+    motion = data.draw_motion(40, torch.Generator().manual_seed(3), condition=condition)
+    labels = data.motion_condition(motion)
+    assert torch.equal(labels["label"], condition["label"]) and torch.equal(labels["direction"], condition["direction"])
+    again = data.draw_motion(40, torch.Generator().manual_seed(3), condition=condition)
+    assert torch.equal(again.index, motion.index) and torch.equal(again.start, motion.start)
+    # Without a condition the draw is as it always was: the same starts from the same seed, random classes.
+    plain = data.draw_motion(40, torch.Generator().manual_seed(3))
+    assert torch.equal(plain.start, motion.start) and not torch.equal(plain.index, motion.index)
