@@ -132,10 +132,10 @@ def data_row(teacher: LoadedRun, seeds: list[int], num: int) -> list[dict[str, f
     twice the teacher's (benchmarks/moving_digits_table.md).
     """
     dataset = teacher.dataset
-    condition, _ = dataset.conditions(num, torch.Generator())
+    asked, _ = dataset.conditions(num, torch.Generator())
     rows = []
     for seed in seeds:
-        motion = dataset.draw_motion(num, torch.Generator().manual_seed(10_000 + seed), condition=condition)
+        motion = dataset.draw_motion(num, torch.Generator().manual_seed(10_000 + seed), condition=asked)
         clips, labels = dataset.render(motion), dataset.motion_condition(motion)
         condition = {k: labels[k] for k in dataset.config.label_vocabulary()}
         row: dict[str, float] = {}

@@ -104,16 +104,21 @@ def decide(per_block: dict[str, int], blocks: int, fixed_bytes: int, free_bytes:
     """The first mode of :data:`ORDER` whose ``fixed + blocks × per_block`` fits ``free × (1 − MARGIN)``."""
     if free_bytes is None:
         return Decision("none", "no device memory to budget (CPU): none", per_block, blocks, fixed_bytes, None)
-    budget = int(free_bytes * (1.0 - MARGIN))
+    limit = budget(free_bytes)
     gib = 1024**3
     for mode in ORDER:
         need = fixed_bytes + blocks * per_block[mode]
-        if need <= budget:
-            reason = f"{mode}: needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB free (after a {MARGIN:.0%} margin)"
-            return Decision(mode, reason, per_block, blocks, fixed_bytes, budget)
+        if need <= limit:
+            return Decision(mode, f"{mode}: {needs(need, limit)}", per_block, blocks, fixed_bytes, limit)
     need = fixed_bytes + blocks * per_block["block"]
-    reason = f"block: even it needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB free; the run may not fit"
-    return Decision("block", reason, per_block, blocks, fixed_bytes, budget)
+    reason = f"block: even it needs {need / gib:.2f} GiB of {limit / gib:.2f} GiB free; the run may not fit"
+    return Decision("block", reason, per_block, blocks, fixed_bytes, limit)
+
+
+def needs(need: int, limit: int) -> str:
+    """What a decision's reason says of its estimate against the budget."""
+    gib = 1024**3
+    return f"needs {need / gib:.2f} GiB of {limit / gib:.2f} GiB free (after a {MARGIN:.0%} margin)"
 
 
 def free_device_memory(device: torch.device) -> int | None:
@@ -134,17 +139,7 @@ def probe_block(block: nn.Module, args: Sequence[Any], mode: Mode) -> int:
     between the forward and the backward, which then runs and frees them); the inputs are detached copies
     that require grad, so nothing reaches the caller's graph."""
     probe_args = [a.detach().requires_grad_(a.is_floating_point()) if isinstance(a, torch.Tensor) else a for a in args]
-    device = next(t.device for t in probe_args if isinstance(t, torch.Tensor))
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    out = run_checkpointed(block, mode, *probe_args)
-    torch.cuda.synchronize(device)
-    kept = torch.cuda.memory_allocated(device) - before - out.numel() * out.element_size()
-    out.float().square().mean().backward()
-    del out
-    for p in block.parameters():
-        p.grad = None
-    return max(0, int(kept))
+    return _kept_bytes(block, probe_args, lambda: (run_checkpointed(block, mode, *probe_args), None))
 
 
 def probe_dual_block(block: nn.Module, args: Sequence[Any]) -> int:
@@ -163,18 +158,36 @@ def probe_dual_block(block: nn.Module, args: Sequence[Any]) -> int:
         primal = unpacked.primal.detach().requires_grad_(a.is_floating_point())
         tangent = unpacked.tangent
         probe_args.append(primal if tangent is None else forward_ad.make_dual(primal, tangent.detach()))
-    device = next(t.device for t in probe_args if isinstance(t, torch.Tensor))
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = forward_ad.unpack_dual(block(*probe_args))
+        return out.primal, out.tangent
+
+    return _kept_bytes(block, probe_args, forward)
+
+
+def _kept_bytes(
+    block: nn.Module, args: Sequence[Any], forward: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+) -> int:
+    """Device bytes ``forward`` (the block's output and, for a dual forward, its tangent) leaves allocated
+    beyond its outputs; then the backward from the output frees them and the block's gradients are dropped."""
+    device = next(t.device for t in args if isinstance(t, torch.Tensor))
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
-    out = forward_ad.unpack_dual(block(*probe_args))
+    out, tangent = forward()
     torch.cuda.synchronize(device)
-    outputs = sum(t.numel() * t.element_size() for t in (out.primal, out.tangent) if t is not None)
+    outputs = sum(t.numel() * t.element_size() for t in (out, tangent) if t is not None)
     kept = torch.cuda.memory_allocated(device) - before - outputs
-    out.primal.float().square().mean().backward()
-    del out
+    out.float().square().mean().backward()
+    del out, tangent
     for p in block.parameters():
         p.grad = None
     return max(0, int(kept))
+
+
+def budget(free_bytes: int) -> int:
+    """The device memory a decision may plan for: the free bytes less :data:`MARGIN`."""
+    return int(free_bytes * (1.0 - MARGIN))
 
 
 def training_state_bytes(net: nn.Module) -> int:
@@ -248,14 +261,12 @@ class BlockCheckpointing:
             return
         per_block = self.probe_dual(blocks[0], args)
         need = training_state_bytes(net) + len(blocks) * per_block
-        budget = int(free * (1.0 - MARGIN))
-        gib = 1024**3
-        if need > budget:
+        limit = budget(free)
+        if need > limit:
             raise UserError(
-                f"the sCM loss's tangent_pass: fused keeps {per_block / gib:.2f} GiB a block for the backward "
-                f"on {type(net).__name__} at this shape: it needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB "
-                f"free (after a {MARGIN:.0%} margin), and a forward on dual tensors cannot be recomputed: use "
-                "tangent_pass: separate"
+                f"the sCM loss's tangent_pass: fused keeps {per_block / 1024**3:.2f} GiB a block for the backward "
+                f"on {type(net).__name__} at this shape: it {needs(need, limit)}, and a forward on dual tensors "
+                "cannot be recomputed: use tangent_pass: separate"
             )
         from rcm_registry.engine.logs import get_logger
 
@@ -263,7 +274,7 @@ class BlockCheckpointing:
             "activation checkpointing, fused tangent pass",
             network=type(net).__name__,
             mode="none",
-            reason=f"needs {need / gib:.2f} GiB of {budget / gib:.2f} GiB free",
+            reason=needs(need, limit),
             per_block_bytes=per_block,
         )
 

@@ -16,6 +16,7 @@ see a ``WanCausalConv3d``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -53,11 +54,11 @@ def conv3d_as_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tup
 
 
 def frames_as_2d(decoder: nn.Module) -> int:
-    """Switch every ``WanCausalConv3d`` of ``decoder`` to :class:`FramewiseCausalConv3d`, in place; returns
+    """Switch every ``WanCausalConv3d`` of ``decoder`` to :func:`framewise_class`'s subclass, in place; returns
     how many were switched."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-    cls = framewise_class(WanCausalConv3d)
+    cls = framewise_class()
     switched = 0
     for module in decoder.modules():
         if type(module) is WanCausalConv3d:
@@ -66,22 +67,19 @@ def frames_as_2d(decoder: nn.Module) -> int:
     return switched
 
 
-_CLASSES: dict[type, type] = {}
-
-
-def framewise_class(base: type) -> Any:
+@functools.cache
+def framewise_class() -> Any:
     """The subclass of diffusers' ``WanCausalConv3d`` whose convolution runs through
-    :func:`conv3d_as_conv2d` (built once: diffusers is an optional dependency, imported where used)."""
-    if base not in _CLASSES:
+    :func:`conv3d_as_conv2d` (made on first use: diffusers is an optional dependency)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-        class FramewiseCausalConv3d(base):  # type: ignore[misc, valid-type]
-            """``WanCausalConv3d`` with its convolution over frames as a 2-D convolution."""
+    class FramewiseCausalConv3d(WanCausalConv3d):  # type: ignore[misc]
+        """``WanCausalConv3d`` with its convolution over frames as a 2-D convolution."""
 
-            def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-                plain = self.padding_mode == "zeros" and self.groups == 1
-                if not plain or any(p != 0 for p in self.padding) or any(d != 1 for d in self.dilation):
-                    return super()._conv_forward(input, weight, bias)
-                return conv3d_as_conv2d(input, weight, bias, self.stride)
+        def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+            plain = self.padding_mode == "zeros" and self.groups == 1
+            if not plain or any(p != 0 for p in self.padding) or any(d != 1 for d in self.dilation):
+                return super()._conv_forward(input, weight, bias)
+            return conv3d_as_conv2d(input, weight, bias, self.stride)
 
-        _CLASSES[base] = FramewiseCausalConv3d
-    return _CLASSES[base]
+    return FramewiseCausalConv3d

@@ -26,6 +26,11 @@ from rcm_registry.protocols import Batch, Condition, SampleShapes
 DIGIT_PIXELS = 8
 
 
+def slot_suffix(slot: int) -> str:
+    """The suffix of digit ``slot``'s condition keys: ``label``, ``label2``, … (``direction`` alike)."""
+    return "" if slot == 0 else str(slot + 1)
+
+
 def _check_speed(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
     low, high = value
     if not 0.0 <= low <= high:
@@ -75,7 +80,7 @@ class MovingDigitsConfig:
         if not self.labels:
             return out
         for k in range(self.digits_per_clip):
-            suffix = "" if k == 0 else str(k + 1)
+            suffix = slot_suffix(k)
             out[f"label{suffix}"] = NUM_CLASSES
             if self.condition_direction:
                 out[f"direction{suffix}"] = self.directions
@@ -175,7 +180,7 @@ class MovingDigits:
         direction = torch.randint(cfg.directions, (n, k), generator=generator, device=device).cpu()
         if condition is not None:
             for slot in range(k):
-                suffix = "" if slot == 0 else str(slot + 1)
+                suffix = slot_suffix(slot)
                 if f"label{suffix}" in condition:
                     index[:, slot] = self._images_of(condition[f"label{suffix}"].cpu(), generator)
                 if f"direction{suffix}" in condition:
@@ -206,7 +211,7 @@ class MovingDigits:
         """Every label of the clips (classes and initial directions), whether or not they condition."""
         out = {}
         for k in range(self.config.digits_per_clip):
-            suffix = "" if k == 0 else str(k + 1)
+            suffix = slot_suffix(k)
             out[f"label{suffix}"] = self.image_labels[motion.index[:, k]]
             out[f"direction{suffix}"] = motion.direction[:, k]
         return out

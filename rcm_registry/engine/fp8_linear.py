@@ -73,6 +73,11 @@ def autocast_on(x: Tensor) -> bool:
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
+def autocast_off(x: Tensor) -> contextlib.AbstractContextManager[object]:
+    """A context with autocast off for x's device where it is on: the FP8 layers set their own precision."""
+    return torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext()
+
+
 def linear_output_dtype(x: Tensor) -> torch.dtype:
     """The dtype ``nn.Linear`` returns for input x: autocast's where it is on (it casts every floating input
     but float64), else x's own.
@@ -125,7 +130,7 @@ class Fp8Linear(nn.Module):
         out_dtype = linear_output_dtype(x)
         # The layer sets its own precision: under autocast the reference matmul would run in autocast's dtype
         # and round the dequantised FP8 operands, which are exact in fp32 only.
-        with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
+        with autocast_off(x):
             rows = x.reshape(-1, self.in_features)
             if self.fused_path(x):
                 y = self._scaled_mm(rows, out_dtype)
@@ -186,7 +191,7 @@ class Fp8GeluMlp(nn.Sequential):
         # is then rounded to that hidden activation's dtype, as the unfused GELU would store it.
         hidden = up(x).reshape(-1, up.out_features)
         out_dtype = linear_output_dtype(hidden)
-        with torch.autocast(x.device.type, enabled=False) if autocast_on(x) else contextlib.nullcontext():
+        with autocast_off(x):
             x8, x_scale = _fused_quantize()(hidden, 16, gelu=True)
             y = down.product(x8, x_scale, hidden.shape[0], out_dtype)
         return y.reshape(*x.shape[:-1], down.out_features)
