@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from attention_jvp import time_ms
 
-#: (block_m, block_n, num_warps, num_stages): the default (128, 64, 8, 3) and its neighbours.
+#: (block_m, block_n, num_warps, num_stages): the default (128, 64, 4, 3) and its neighbours.
 CONFIGS = [
     (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 4),
     (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),

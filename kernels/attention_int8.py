@@ -59,13 +59,14 @@ class Int8LaunchConfig(NamedTuple):
 
 
 def default_config(head_dim: int, device: torch.device) -> Int8LaunchConfig:
-    """Tiles for CUDA (the quantisation blocks of SageAttention's kernel: 128 query rows, 64 key rows), smaller
-    query tiles for heads over 128; the interpreter (CPU) gets the same blocks, so that quality measured there
-    is the kernel's."""
+    """Tiles for CUDA (the quantisation blocks of SageAttention's kernel: 128 query rows, 64 key rows; 4 warps
+    and 3 stages, the fastest of benchmarks/int8_attention_sweep.py's grid on an H200 at Wan2.1's shape),
+    smaller query tiles for heads over 128; the interpreter (CPU) gets the same blocks, so that quality
+    measured there is the kernel's."""
     if head_dim > 128:
         return Int8LaunchConfig(64, 64, 4, 2)
     if device.type == "cuda":
-        return Int8LaunchConfig(128, 64, 8, 3)
+        return Int8LaunchConfig(128, 64, 4, 3)
     return Int8LaunchConfig(128, 64, 4, 1)
 
 
@@ -94,7 +95,11 @@ def quantize_blocks(x: Tensor, block: int, block_d: int) -> tuple[Tensor, Tensor
     """
     b, h, n, d = x.shape
     blocks = triton.cdiv(n, block)
-    padded = F.pad(x.float(), (0, block_d - d, 0, blocks * block - n)).view(b, h, blocks, block, block_d)
+    # The kernel reads the result as contiguous (B, H, N', block_d) memory. F.pad with nothing to pad (N a
+    # multiple of the block, D = block_d) keeps its input's strides, and the networks' inputs are (B, H, S, D)
+    # views of (B, S, H, D) memory: without .contiguous() the kernel would read other tokens' rows.
+    padded = F.pad(x.float(), (0, block_d - d, 0, blocks * block - n)).contiguous()
+    padded = padded.view(b, h, blocks, block, block_d)
     amax = padded.abs().amax(dim=(-2, -1))
     scales = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
     quantized = torch.round(padded / scales[..., None, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)

@@ -81,12 +81,24 @@ def test_kernel_and_reference_are_close_to_exact_attention(d: int) -> None:
         assert rel_err(got, want) > 1e-4
 
 
-def test_the_default_blocks_give_the_same_attention() -> None:
-    q, k, v = inputs(1, 1, 200, 150, 128, torch.float32, 7)
-    cfg = K.default_config(128, q.device)
+DEFAULT_BLOCK_CASES = [
+    # (B, H, Nq, Nk, D): a Wan head; the moving-digits network's self-attention (9x8x8 tokens, heads of 32)
+    # and its cross-attention to 8 label tokens, fewer keys than one key block.
+    (1, 1, 200, 150, 128),
+    (1, 2, 576, 576, 32),
+    (2, 2, 576, 8, 32),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", DEFAULT_BLOCK_CASES, ids=lambda s: "x".join(map(str, s)))
+def test_the_default_blocks_give_the_same_attention(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    q, k, v = inputs(*shape, dtype=dtype, seed=7, key_offset=2.0)
+    cfg = K.default_config(shape[-1], q.device)
     got = K.int8_attention(q, k, v)
     want = K.int8_attention_reference(q, k, v, block_m=cfg.block_m, block_n=cfg.block_n)
-    assert rel_err(got, want) <= SAME_QUANTISATION[torch.float32]
+    assert rel_err(got, want) <= SAME_QUANTISATION[dtype], f"{shape} {dtype}: {rel_err(got, want):.2e}"
+    assert rel_err(got, exact(q, k, v)) <= EXACT
 
 
 def test_smoothing_the_keys_removes_the_cost_of_a_common_key_offset() -> None:
@@ -109,6 +121,22 @@ def test_strided_bshd_views_and_an_explicit_scale() -> None:
     assert rel_err(got, want) <= SAME_QUANTISATION[torch.float32]
     assert rel_err(got, exact(q, k, v, 0.2)) <= EXACT
     assert got.transpose(1, 2).is_contiguous(), "the output is a (B, H, S, D) view of (B, S, H, D) memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bshd_memory_with_nothing_to_pad(dtype: torch.dtype) -> None:
+    # The networks' layout, with whole blocks of rows and D = BLOCK_D (the moving-digits self-attention: 576
+    # tokens, heads of 32), so that the quantisation pads nothing and must still hand the kernel contiguous
+    # blocks: quantised keys that kept the (B, S, H, D) strides made the kernel attend to other tokens' keys.
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 128, 3, 32, generator=gen).to(DEVICE, dtype).transpose(1, 2) for _ in "qkv")
+    qq = K.quantize_qk(q, k, SMALL.block_m, SMALL.block_n)
+    assert qq.q8.is_contiguous() and qq.k8.is_contiguous()
+    same = K.quantize_qk(q.contiguous(), k.contiguous(), SMALL.block_m, SMALL.block_n)
+    assert torch.equal(qq.q8, same.q8) and torch.equal(qq.k8, same.k8)
+    got = K.int8_attention(q, k, v, config=SMALL)
+    want = K.int8_attention_reference(q, k, v, block_m=SMALL.block_m, block_n=SMALL.block_n)
+    assert rel_err(got, want) <= SAME_QUANTISATION[dtype], f"{dtype}: {rel_err(got, want):.2e}"
 
 
 def test_quantize_blocks_scales_each_block_by_its_amax() -> None:

@@ -182,4 +182,5 @@ def test_the_fused_gelu_mlp_matches_the_unfused_fp8_module(dtype: torch.dtype) -
         got, want, exact = fused(x), unfused(x), mlp(x)
     assert got.dtype == want.dtype == torch.bfloat16
     assert rel_err(got, want) <= 1e-2  # the same FP8 products; the GELU's last bits only
-    assert rel_err(got, exact) <= 5e-2
+    # Two FP8 products of about 3 % each (one layer: the test above) come to about 5 % (5.3 % on an H200).
+    assert rel_err(got, exact) <= min(8e-2, rel_err(want, exact) + 1e-2)
