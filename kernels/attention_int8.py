@@ -11,9 +11,10 @@ The quantisation (Zhang et al., "SageAttention", ICLR 2025, the per-block varian
 * Scores ``(q8·k8ᵀ)·s_q·s_k·scale`` go through FlashAttention's online softmax in fp32; P is rounded to V's
   dtype and multiplied by V (not quantised) with fp32 accumulation.
 
-:func:`quantize_qk` does the quantisation in torch (three memory-bound passes; the kernel reads its output),
-and :func:`int8_attention_reference` computes the same quantised attention without Triton, for tests and for
-devices the kernel does not run on. The integer products are exact in both (|q8·k8| ≤ 256·127² < 2²⁴, so
+:func:`quantize_qk` does the quantisation (rcm_kernels.int8_quantize: one fused pass over Q and two over K,
+whose mean torch takes; the kernel reads its output), and :func:`int8_attention_reference` computes the same
+quantised attention without Triton (and with the torch quantisation), for tests and for devices the kernel
+does not run on. The integer products are exact in both (|q8·k8| ≤ 256·127² < 2²⁴, so
 even float32 holds them), so the kernel and the reference differ only by softmax rounding and P's rounding.
 
 Inference only: there is no backward and no JVP. Layout is (B, H, S, D) like SDPA, any strides for V; the
@@ -25,9 +26,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+from rcm_kernels.int8_quantize import quantize_blocks, quantize_blocks_reference, sequence_mean
 from rcm_kernels.triton_common import (
     check_attention_shapes,
     device_context,
@@ -45,8 +46,6 @@ from torch import Tensor
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Head dims the kernel takes; the INT8 dot needs at least 32 along D, so smaller heads are padded to 32.
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
-#: Largest INT8 magnitude (symmetric range: −128 is not used, so negation never overflows).
-INT8_MAX = 127.0
 
 
 class Int8LaunchConfig(NamedTuple):
@@ -87,31 +86,6 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError("attention over zero keys is undefined")
 
 
-def quantize_blocks(x: Tensor, block: int, block_d: int) -> tuple[Tensor, Tensor]:
-    """(B, H, N, D) → INT8 (B, H, N', block_d) and fp32 scales (B, H, N'/block), N' = N rounded up to ``block``.
-
-    Each block of ``block`` rows of one (batch, head) gets the scale amax/127 (1 for an all-zero block); the
-    rows and channels added by the padding are zero. The INT8 tensor is contiguous.
-    """
-    b, h, n, d = x.shape
-    blocks = triton.cdiv(n, block)
-    # The kernel reads the result as contiguous (B, H, N', block_d) memory. F.pad with nothing to pad (N a
-    # multiple of the block, D = block_d) keeps its input's strides, and the networks' inputs are (B, H, S, D)
-    # views of (B, S, H, D) memory: without .contiguous() the kernel would read other tokens' rows.
-    padded = F.pad(x.float(), (0, block_d - d, 0, blocks * block - n)).contiguous()
-    padded = padded.view(b, h, blocks, block, block_d)
-    amax = padded.abs().amax(dim=(-2, -1))
-    scales = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
-    quantized = torch.round(padded / scales[..., None, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return quantized.view(b, h, blocks * block, block_d), scales
-
-
-def smooth_keys(k: Tensor) -> Tensor:
-    """k minus its mean over the sequence, per (batch, head), in fp32 (softmax over keys does not see it)."""
-    kf = k.float()
-    return kf - kf.mean(dim=2, keepdim=True)
-
-
 class QuantizedQK(NamedTuple):
     q8: Tensor
     q_scale: Tensor
@@ -119,11 +93,18 @@ class QuantizedQK(NamedTuple):
     k_scale: Tensor
 
 
-def quantize_qk(q: Tensor, k: Tensor, block_m: int, block_n: int, *, smooth_k: bool = True) -> QuantizedQK:
-    """Q in blocks of ``block_m`` rows and (smoothed) K in blocks of ``block_n`` rows, as :func:`quantize_blocks`."""
+def quantize_qk(
+    q: Tensor, k: Tensor, block_m: int, block_n: int, *, smooth_k: bool = True, fused: bool = True
+) -> QuantizedQK:
+    """Q in blocks of ``block_m`` rows and K, less its sequence mean when ``smooth_k``, in blocks of ``block_n``.
+
+    ``fused``: one Triton launch per tensor (:func:`rcm_kernels.int8_quantize.quantize_blocks`); otherwise the
+    bit-identical torch reference, which runs on any device.
+    """
+    quantize = quantize_blocks if fused else quantize_blocks_reference
     block_d = head_dim_block(q.shape[-1])
-    q8, q_scale = quantize_blocks(q, block_m, block_d)
-    k8, k_scale = quantize_blocks(smooth_keys(k) if smooth_k else k, block_n, block_d)
+    q8, q_scale = quantize(q, block_m, block_d)
+    k8, k_scale = quantize(k, block_n, block_d, sequence_mean(k) if smooth_k else None)
     return QuantizedQK(q8, q_scale, k8, k_scale)
 
 
@@ -152,7 +133,7 @@ def int8_attention_reference(
             return int8_attention_reference(
                 q, k, v, scale, block_m=block_m, block_n=block_n, smooth_k=smooth_k, compute=compute
             )
-    qq = quantize_qk(q, k, block_m, block_n, smooth_k=smooth_k)
+    qq = quantize_qk(q, k, block_m, block_n, smooth_k=smooth_k, fused=False)
     # The integer products first (exact in fp32 and fp64), then the two scales and the softmax scale.
     ints = qq.q8[:, :, :n_q].to(compute) @ qq.k8[:, :, :n_k].to(compute).transpose(-2, -1)
     row_scale = qq.q_scale.to(compute).repeat_interleave(block_m, dim=-1)[..., :n_q]

@@ -139,30 +139,6 @@ def test_bshd_memory_with_nothing_to_pad(dtype: torch.dtype) -> None:
     assert rel_err(got, want) <= SAME_QUANTISATION[dtype], f"{dtype}: {rel_err(got, want):.2e}"
 
 
-def test_quantize_blocks_scales_each_block_by_its_amax() -> None:
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(1, 2, 70, 40, generator=gen) * torch.linspace(0.1, 10, 70)[:, None]
-    q8, scales = K.quantize_blocks(x, 32, 64)
-    assert q8.dtype == torch.int8 and q8.shape == (1, 2, 96, 64) and scales.shape == (1, 2, 3)
-    assert (q8[:, :, 70:] == 0).all() and (q8[..., 40:] == 0).all(), "padding must be zero"
-    for i in range(3):
-        block = x[:, :, 32 * i : 32 * (i + 1)]
-        torch.testing.assert_close(scales[:, :, i], block.abs().amax(dim=(-2, -1)) / 127)
-        # Round-to-nearest: every element within half a step, and each block's amax hits ±127.
-        deq = q8[:, :, 32 * i : 32 * i + block.shape[2], :40].float() * scales[:, :, i, None, None]
-        assert ((deq - block).abs() <= scales[:, :, i, None, None] / 2 + 1e-6).all()
-        assert (q8[:, :, 32 * i : 32 * (i + 1)].abs().amax(dim=(-2, -1)) == 127).all()
-    zeros, zero_scales = K.quantize_blocks(torch.zeros(1, 1, 8, 32), 32, 32)
-    assert (zeros == 0).all() and (zero_scales == 1).all(), "an all-zero block must not divide by zero"
-
-
-def test_smooth_keys_has_zero_mean_over_the_sequence() -> None:
-    k = torch.randn(2, 3, 50, 16, generator=torch.Generator().manual_seed(4)) + 5.0
-    smoothed = K.smooth_keys(k.to(torch.bfloat16))
-    assert smoothed.dtype == torch.float32
-    assert smoothed.mean(dim=2).abs().max() < 1e-5
-
-
 @pytest.mark.parametrize(
     ("q_shape", "k_shape", "dtype", "message"),
     [
