@@ -155,9 +155,10 @@ def test_strided_rows_and_other_padding() -> None:
 
 
 def test_launch_config_and_refused_inputs() -> None:
-    assert launch_config(1536) == {"BLOCK": 2048, "CHUNKED": False, "num_warps": 8}
-    assert launch_config(8960) == {"BLOCK": 16384, "CHUNKED": False, "num_warps": 16}
-    assert launch_config(20000) == {"BLOCK": 16384, "CHUNKED": True, "num_warps": 16}
+    assert launch_config(1536) == {"BLOCK": 1024, "CHUNKED": True, "num_warps": 4}
+    assert launch_config(1000) == {"BLOCK": 1024, "CHUNKED": False, "num_warps": 4}
+    assert launch_config(8960, max_block=16384) == {"BLOCK": 16384, "CHUNKED": False, "num_warps": 16}
+    assert launch_config(20000, max_block=16384) == {"BLOCK": 16384, "CHUNKED": True, "num_warps": 16}
     assert launch_config(300, max_block=64) == {"BLOCK": 64, "CHUNKED": True, "num_warps": 1}
     x = torch.zeros(4, 16, device=DEVICE)
     with pytest.raises(ValueError, match="2-D"):

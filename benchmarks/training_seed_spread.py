@@ -1,0 +1,100 @@
+"""One student recipe trained with several seeds: its rows pooled over the training runs, against the teacher.
+
+    python benchmarks/training_seed_spread.py rows-reference.json rows-rcm.json rows-rcm_seeds_seed1.json ...
+
+The first file holds the teacher's rows (``moving_digits_gpu.sh reference``), each next one the rows of one
+training run of the same recipe (``moving_digits_table.py --save-rows``; labels ``NAME (N it.)[, schedule]``).
+Rows of the runs that share their schedule suffix, iteration count and step count are pooled: for each run
+the mean over its sampling seeds, then the mean ± standard deviation of those over the training runs. Beside
+each metric the issue's targets read against the teacher's mean: video FD as a ratio (target ≤ 1.2×),
+recall as a ratio (≥ 0.95×), temporal consistency as a difference (≥ −0.02). Prints a markdown table; `--out`
+writes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+#: ``NAME (N it.)`` and an optional ``, schedule`` after it, as moving_digits_table.py labels student rows.
+_LABEL = re.compile(r"^(?P<name>.+?) \((?P<iterations>\d+) it\.\)(?P<suffix>.*)$")
+METRICS = ("video_fd", "recall", "temporal_consistency")
+#: Suffixes of the low-precision rows (``--lowprec``): not the recipe's own samples, so not pooled.
+LOWPREC = ("own precision", "int8", "fp8")
+
+
+def seed_means(row: list[Any]) -> dict[str, float]:
+    """A row's metrics, each the mean over its sampling seeds."""
+    per_seed = row[3]
+    return {k: statistics.fmean(seed[k] for seed in per_seed) for k in METRICS}
+
+
+def teacher_means(reference: dict[str, Any]) -> dict[str, float]:
+    rows = [row for row in reference["rows"] if str(row[0]).startswith("teacher")]
+    if len(rows) != 1:
+        raise SystemExit(f"the reference file must hold one teacher row, found {len(rows)}")
+    return seed_means(rows[0])
+
+
+def pool(runs: list[dict[str, Any]]) -> dict[tuple[int, str, int], list[dict[str, float]]]:
+    """(iterations, schedule suffix, steps) → the per-run metric means, one per training run that has it."""
+    pooled: dict[tuple[int, str, int], list[dict[str, float]]] = defaultdict(list)
+    for payload in runs:
+        for row in payload["rows"]:
+            match = _LABEL.match(str(row[0]))
+            if match is None or any(word in match["suffix"] for word in LOWPREC):
+                continue  # not a student row, or a low-precision row
+            pooled[(int(match["iterations"]), match["suffix"], int(row[1]))].append(seed_means(row))
+    return pooled
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def render(teacher: dict[str, float], pooled: dict[tuple[int, str, int], list[dict[str, float]]]) -> str:
+    lines = [
+        f"Teacher: video FD {teacher['video_fd']:.3f}, recall {teacher['recall']:.3f}, temporal consistency "
+        f"{teacher['temporal_consistency']:.3f}.",
+        "",
+        "| iterations | schedule | steps | runs | video FD per run | video FD | × teacher | recall "
+        "| × teacher | temporal consistency | − teacher |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (iterations, suffix, steps), runs in sorted(pooled.items()):
+        fd, recall, tc = ([run[k] for run in runs] for k in METRICS)
+        schedule = suffix.lstrip(", ") or "sampler default"
+        lines.append(
+            f"| {iterations} | {schedule} | {steps} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in fd)} "
+            f"| {spread(fd)} | {statistics.fmean(fd) / teacher['video_fd']:.3f} | {spread(recall)} "
+            f"| {statistics.fmean(recall) / teacher['recall']:.3f} | {spread(tc)} "
+            f"| {statistics.fmean(tc) - teacher['temporal_consistency']:+.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference", type=Path, help="rows of the data and the teacher")
+    parser.add_argument("runs", type=Path, nargs="+", help="rows of each training run")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    teacher = teacher_means(json.loads(args.reference.read_text()))
+    pooled = pool([json.loads(path.read_text()) for path in args.runs])
+    if not pooled:
+        raise SystemExit("no student rows (labels 'NAME (N it.)') in the run files")
+    table = render(teacher, pooled)
+    print(table, end="")
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
