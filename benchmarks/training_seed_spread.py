@@ -14,12 +14,12 @@ writes it too.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+
+from digits_table import Row, load_rows, summary
 
 #: ``NAME (N it.)`` and an optional ``, schedule`` after it, as moving_digits_table.py labels student rows.
 _LABEL = re.compile(r"^(?P<name>.+?) \((?P<iterations>\d+) it\.\)(?P<suffix>.*)$")
@@ -28,35 +28,28 @@ METRICS = ("video_fd", "recall", "temporal_consistency")
 LOWPREC = ("own precision", "int8", "fp8")
 
 
-def seed_means(row: list[Any]) -> dict[str, float]:
+def seed_means(row: Row) -> dict[str, float]:
     """A row's metrics, each the mean over its sampling seeds."""
-    per_seed = row[3]
-    return {k: statistics.fmean(seed[k] for seed in per_seed) for k in METRICS}
+    return {k: statistics.fmean(seed[k] for seed in row[3]) for k in METRICS}
 
 
-def teacher_means(reference: dict[str, Any]) -> dict[str, float]:
-    rows = [row for row in reference["rows"] if str(row[0]).startswith("teacher")]
+def teacher_means(reference: list[Row]) -> dict[str, float]:
+    rows = [row for row in reference if str(row[0]).startswith("teacher")]
     if len(rows) != 1:
         raise SystemExit(f"the reference file must hold one teacher row, found {len(rows)}")
     return seed_means(rows[0])
 
 
-def pool(runs: list[dict[str, Any]]) -> dict[tuple[int, str, int], list[dict[str, float]]]:
+def pool(runs: list[list[Row]]) -> dict[tuple[int, str, int], list[dict[str, float]]]:
     """(iterations, schedule suffix, steps) → the per-run metric means, one per training run that has it."""
     pooled: dict[tuple[int, str, int], list[dict[str, float]]] = defaultdict(list)
-    for payload in runs:
-        for row in payload["rows"]:
+    for rows in runs:
+        for row in rows:
             match = _LABEL.match(str(row[0]))
             if match is None or any(word in match["suffix"] for word in LOWPREC):
                 continue  # not a student row, or a low-precision row
             pooled[(int(match["iterations"]), match["suffix"], int(row[1]))].append(seed_means(row))
     return pooled
-
-
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def render(teacher: dict[str, float], pooled: dict[tuple[int, str, int], list[dict[str, float]]]) -> str:
@@ -73,8 +66,8 @@ def render(teacher: dict[str, float], pooled: dict[tuple[int, str, int], list[di
         schedule = suffix.lstrip(", ") or "sampler default"
         lines.append(
             f"| {iterations} | {schedule} | {steps} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in fd)} "
-            f"| {spread(fd)} | {statistics.fmean(fd) / teacher['video_fd']:.3f} | {spread(recall)} "
-            f"| {statistics.fmean(recall) / teacher['recall']:.3f} | {spread(tc)} "
+            f"| {summary(fd)} | {statistics.fmean(fd) / teacher['video_fd']:.3f} | {summary(recall)} "
+            f"| {statistics.fmean(recall) / teacher['recall']:.3f} | {summary(tc)} "
             f"| {statistics.fmean(tc) - teacher['temporal_consistency']:+.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -86,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="rows of each training run")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    teacher = teacher_means(json.loads(args.reference.read_text()))
-    pooled = pool([json.loads(path.read_text()) for path in args.runs])
+    teacher = teacher_means(load_rows([args.reference])[1])
+    pooled = pool([load_rows([path])[1] for path in args.runs])
     if not pooled:
         raise SystemExit("no student rows (labels 'NAME (N it.)') in the run files")
     table = render(teacher, pooled)
