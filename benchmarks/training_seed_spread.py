@@ -21,6 +21,8 @@ from pathlib import Path
 
 from digits_table import Row, load_rows, summary
 
+from rcm_registry.atomic import write_text_atomic
+
 #: ``NAME (N it.)`` and an optional ``, schedule`` after it, as moving_digits_table.py labels student rows.
 _LABEL = re.compile(r"^(?P<name>.+?) \((?P<iterations>\d+) it\.\)(?P<suffix>.*)$")
 METRICS = ("video_fd", "recall", "temporal_consistency")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     table = render(teacher, pooled)
     print(table, end="")
     if args.out:
-        args.out.write_text(table)
+        write_text_atomic(args.out, table)
 
 
 if __name__ == "__main__":
