@@ -18,7 +18,8 @@
 # moving_digits_table.py options to the sampling stages (e.g. "--num 250 --seeds 0 1"), SETS `rcm run` overrides
 # to the training ones (e.g. "--set run.iterations=3000"). SIZE=tiny DEVICE=cpu runs the same stages with the
 # CPU-sized recipes (a check of this script; with SETS="--set run.iterations=10" in a few minutes). RESUME=1
-# continues students' runs that a CAP stopped; AT=N samples each student's checkpoint of iteration N.
+# continues students' runs that a CAP stopped (ROWS=0: the students stage trains and samples nothing); AT=N
+# samples each student's checkpoint of iteration N.
 set -euo pipefail
 out=${OUT:-runs/moving_digits_out}
 size=${SIZE:-gpu}
@@ -104,7 +105,8 @@ case ${1:-} in
     # Several students side by side on the one GPU (each alone leaves it mostly idle: these networks are small
     # enough that kernel launches, not the GPU, set the pace), then their rows side by side. CAP (seconds,
     # default 540) stops training that would overrun a stage; a stopped run keeps its last checkpoint, and
-    # `rcm run ... --resume` continues it on the next machine.
+    # `rcm run ... --resume` continues it on the next machine. ROWS=0 trains only (a stretch that a later
+    # stage continues; its rows would be of a checkpoint no table wants).
     shift
     [[ $# -gt 0 ]] || { echo "students: name the methods (rcm, scm, dcm, dmd, jvp_study/scm_fp32, ...)" >&2; exit 2; }
     need_teacher
@@ -114,7 +116,7 @@ case ${1:-} in
        echo "train-$n: exit $rc (124: stopped by CAP)" >> "$out/times.txt") &
     done
     wait
-    sample_rows "$@"
+    [[ ${ROWS:-1} == 0 ]] || sample_rows "$@"
     ;;
   rows)
     # Rows of students trained earlier on this machine, side by side (e.g. again with AT=N).

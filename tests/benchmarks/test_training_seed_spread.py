@@ -45,10 +45,21 @@ def test_rows_are_pooled_over_runs_and_read_against_the_teacher(tmp_path: Path) 
     lines = {line.split(" | ")[1]: line for line in proc.stdout.splitlines() if line.startswith("| 2000")}
     assert set(lines) == {"sampler default", "mid times 1.5/1.4/1"}, "the low-precision row is not pooled"
     cells = [c.strip() for c in lines["sampler default"].strip("|").split("|")]
-    # Runs' means over sampling seeds: video FD 9 and 11 → 10 ± 1.414, 1.25× the teacher's 8; recall 0.91
-    # both, 0.958×; temporal consistency 0.93 and 0.91 → 0.92, 0.03 below the teacher's 0.95.
-    assert cells[3:] == ["2", "9.00 / 11.00", "10.000 ± 1.414", "1.250", "0.910 ± 0.000", "0.958",
+    # Runs' means over sampling seeds: video FD 9 and 11 → 10 ± 1.414, 1.25× the teacher's 8, and 5 above the
+    # data row's 5 against the teacher's 3 (1.667×); recall 0.91 both, 0.958×; temporal consistency 0.93 and
+    # 0.91 → 0.92, 0.03 below the teacher's 0.95.
+    assert cells[3:] == ["2", "9.00 / 11.00", "10.000 ± 1.414", "1.250", "1.667", "0.910 ± 0.000", "0.958",
                          "0.920 ± 0.014", "-0.030"]  # fmt: skip
+    assert "(3.000 above the data row's 5.000)" in proc.stdout
+
+
+def test_without_a_data_row_the_excess_column_is_empty(tmp_path: Path) -> None:
+    reference = rows_file(tmp_path / "ref.json", [["teacher (Euler, CFG 2)", 50, 100, [metrics(8, 1, 1)], []]])
+    run_file = rows_file(tmp_path / "run.json", [["rCM (10 it.)", 4, 4, [metrics(12, 1, 1)], []]])
+    proc = run(reference, run_file)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| 10 "))
+    assert [c.strip() for c in row.strip("|").split("|")][6:8] == ["1.500", "–"]
 
 
 def test_a_reference_without_one_teacher_row_is_refused(tmp_path: Path) -> None:
