@@ -151,15 +151,29 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
 
 
 def alt_schedule_rows(
-    measure: Callable[..., object], run: object, name: str, steps: list[int], mid_times: list[float] | None
+    measure: Callable[..., object],
+    run: object,
+    name: str,
+    steps: list[int],
+    schedules: list[list[float]] | None,
 ) -> None:
-    """The same student's multi-step rows with another sampler schedule (``--alt-mid-times``): those rows
+    """The same student's multi-step rows with other sampler schedules (each ``--alt-mid-times``): those rows
     depend on it. ``measure(run, name, steps, nfe, mid_times=...)`` samples and scores one row."""
-    if not mid_times:
-        return
-    label = "/".join(f"{t:g}" for t in mid_times)
-    for n in (s for s in steps if 1 < s <= len(mid_times) + 1):
-        measure(run, f"{name}, mid times {label}", n, n, mid_times=list(mid_times))
+    for mid_times in schedules or []:
+        label = "/".join(f"{t:g}" for t in mid_times)
+        for n in (s for s in steps if 1 < s <= len(mid_times) + 1):
+            measure(run, f"{name}, mid times {label}", n, n, mid_times=list(mid_times))
+
+
+def add_alt_mid_times(parser: argparse.ArgumentParser) -> None:
+    """``--alt-mid-times T1 T2 ...``, repeatable: each gives every student another set of multi-step rows."""
+    parser.add_argument(
+        "--alt-mid-times",
+        type=float,
+        nargs="+",
+        action="append",
+        help="extra multi-step rows per student with these sampler mid times (repeatable: one set of rows each)",
+    )
 
 
 def save_rows(path: Path, meta: dict[str, object], table: list[Row], pictures: list[tuple[str, torch.Tensor]]) -> None:
@@ -236,9 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help="leave out the data and teacher rows"
     )
-    parser.add_argument(
-        "--alt-mid-times", type=float, nargs="+", help="extra multi-step rows per student with these sampler mid times"
-    )
+    add_alt_mid_times(parser)
     parser.add_argument("--save-rows", type=Path, help="also write the rows as JSON, for --from-rows")
     parser.add_argument(
         "--from-rows", type=Path, nargs="+", help="sample nothing: join these --save-rows files, in order"

@@ -23,13 +23,15 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
    (b) the negative-prompt embedding encoded every time → from the per-process cache;
    (c) the text encoder kept on the GPU → offloaded to the CPU after encoding (peak memory of the later
        stages);
-   (d) eager → ``torch.compile`` of the network (the compiling call timed on its own);
-   (e) the low-precision inference options: ``int8_sage`` attention, FP8 linears, both (after a warm-up
-       generation each);
+   (d) eager → ``torch.compile`` of the network (the compiling call timed on its own), and eager → CUDA-graph
+       replay (``--cuda-graphs``; the capturing call timed on its own; CUDA only);
+   (e) the low-precision inference options: ``int8_sage`` attention, FP8 linears, both, and ``int8_sage`` with
+       CUDA graphs (after a warm-up generation each; each a copy of the network with the student's weights,
+       the eager network parked on the CPU meanwhile, so that peak memory counts one network);
    and end to end with the options that make it faster together ("fastest exact set": bf16 channels-last
    chunked decode with cuDNN's algorithm search, the cached negative prompt), then with int8 attention, then
-   with FP8 linears on top; the text encoder's offload (memory for seconds) and ``torch.compile`` (no faster
-   here) are left out of those rows.
+   with FP8 linears on top, then int8 attention with CUDA graphs; the text encoder's offload (memory for
+   seconds) and ``torch.compile`` (no faster here) are left out of those rows.
 
 Prints markdown tables; ``--json`` writes every profile. Times are single runs (after the warm-up), with CUDA
 synchronised around each stage; peak memory is ``torch.cuda.max_memory_allocated`` reset at each stage.
@@ -214,13 +216,16 @@ class Bench:
         result = generate(gen, PROMPT, shape, steps=steps, negative_prompt=NEGATIVE, profiler=profiler, **options)
         return result, profiler
 
-    def lowprec_network(self, recipe: Any, base: torch.nn.Module, attention: str | None, fp8: bool) -> Any:
+    def lowprec_network(
+        self, recipe: Any, base: torch.nn.Module, attention: str | None, fp8: bool, graphs: bool = False
+    ) -> Any:
         """``base``'s weights in a network that samples with the ``attention`` backend and/or FP8 linears,
-        as ``rcm generate --attention NAME --fp8-linear`` loads it."""
+        replayed from CUDA graphs with ``graphs``, as ``rcm generate --attention NAME --fp8-linear
+        --cuda-graphs`` loads it."""
         from rcm_registry.engine.graph import build_network
         from rcm_registry.engine.inference import apply_after_loading, inference_options, with_attention
 
-        options = inference_options(recipe, attention, fp8)
+        options = inference_options(recipe, attention, fp8, graphs)
         entry = recipe.networks["student"]
         if options.attention is not None:
             entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, "student"))
@@ -228,8 +233,20 @@ class Bench:
             net = build_network(entry)
         net.load_state_dict(base.state_dict())
         net.eval().requires_grad_(False)
-        apply_after_loading(net, options)
-        return net
+        return apply_after_loading(net, options)
+
+    @contextlib.contextmanager
+    def parked(self, net: torch.nn.Module) -> Iterator[None]:
+        """``net`` on the CPU for the block (a low-precision copy samples meanwhile), then back."""
+        if self.device.type != "cuda":
+            yield
+            return
+        net.to("cpu")
+        torch.cuda.empty_cache()
+        try:
+            yield
+        finally:
+            net.to(self.device)
 
     def report(self, label: str, profiler: Any, per_stage: bool = False) -> dict[str, Any]:
         log(f"\n#### {label}\n")
@@ -343,14 +360,37 @@ class Bench:
                      fmt(off.totals()["transformer"]), fmt(on.totals()["transformer"])))  # fmt: skip
         rows.append(("torch.compile: the compiling call", "transformer s", "", fmt(first_call.totals()["transformer"])))
 
-        # (e) low-precision inference (their quality cost: benchmarks/moving_digits_table.py --lowprec)
-        lowprec = {"int8_sage attention": ("int8_sage", False), "FP8 linear": (None, True),
-                   "int8_sage attention + FP8 linear": ("int8_sage", True)}  # fmt: skip
-        for label, (attention, fp8) in lowprec.items():
-            try:  # one failing option should not cost the rest of the run
-                student.net = self.lowprec_network(recipe, eager, attention, fp8)
-                self.generate(student, steps)  # warm-up: the kernels' compilation and autotuning
+        # (d) CUDA-graph replay of the same network (CUDA only: the rows say so elsewhere)
+        if self.device.type == "cuda":
+            from rcm_registry.engine.cuda_graphs import GraphedNetwork
+
+            student.net = GraphedNetwork(eager)
+            try:
+                _, first_call = self.generate(student, steps)
                 _, on = self.generate(student, steps)
+            finally:
+                student.net = eager
+            torch.cuda.empty_cache()  # the graphs' memory pools
+            opts["cuda graphs"] = {"off": off.as_dict(), "capturing call": first_call.as_dict(), "on": on.as_dict()}
+            eager_s, graphed_s = (fmt(p.totals()["transformer"]) for p in (off, on))
+            rows.append(("CUDA graphs", "transformer s", eager_s, graphed_s))
+            capturing = fmt(first_call.totals()["transformer"])
+            rows.append(("CUDA graphs: the capturing call", "transformer s", "", capturing))
+        else:
+            rows.append(("CUDA graphs", "transformer s", "", "n/a (CUDA only)"))
+
+        # (e) low-precision inference (their quality cost: benchmarks/moving_digits_table.py --lowprec)
+        cuda = self.device.type == "cuda"
+        lowprec = {"int8_sage attention": ("int8_sage", False, False), "FP8 linear": (None, True, False),
+                   "int8_sage attention + FP8 linear": ("int8_sage", True, False)}  # fmt: skip
+        if cuda:
+            lowprec["int8_sage attention + CUDA graphs"] = ("int8_sage", False, True)
+        for label, (attention, fp8, graphs) in lowprec.items():
+            try:  # one failing option should not cost the rest of the run
+                with self.parked(eager):
+                    student.net = self.lowprec_network(recipe, eager, attention, fp8, graphs)
+                    self.generate(student, steps)  # warm-up: the kernels' compilation, the graphs' capture
+                    _, on = self.generate(student, steps)
             except Exception as exc:  # reported in the table
                 log(f"{label} failed: {type(exc).__name__}: {exc}")
                 rows.append(
@@ -368,22 +408,28 @@ class Bench:
         # encoder's offload (a memory option: moving umT5-XXL costs seconds a generation) and torch.compile
         # (measured no faster for Wan, slower for Cosmos) stay out; their rows above say what they do.
         fast_vae = self.vae_codec(recipe, base_vae, **FAST_DECODE, decode_chunk_frames=self.chunk)
-        for label, attention, fp8 in (
-            ("fastest exact set", None, False),
-            ("fastest set + int8_sage attention", "int8_sage", False),
-            ("fastest set + int8_sage attention + FP8 linear", "int8_sage", True),
-        ):
+        sets = [
+            ("fastest exact set", None, False, False),
+            ("fastest set + int8_sage attention", "int8_sage", False, False),
+            ("fastest set + int8_sage attention + FP8 linear", "int8_sage", True, False),
+        ]
+        if cuda:
+            sets.append(("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True))
+        for label, attention, fp8, graphs in sets:
+            copy_needed = bool(attention or fp8 or graphs)
             try:
-                network = self.lowprec_network(recipe, eager, attention, fp8) if attention or fp8 else eager
-                student.net, student.codecs["vae"] = network, fast_vae
-                self.generate(student, steps)  # warm-up: kernels' compilation, cuDNN's algorithm search
-                _, all_on = self.generate(student, steps)
+                with self.parked(eager) if copy_needed else contextlib.nullcontext():
+                    network = self.lowprec_network(recipe, eager, attention, fp8, graphs) if copy_needed else eager
+                    student.net, student.codecs["vae"] = network, fast_vae
+                    self.generate(student, steps)  # warm-up: kernels' compilation, cuDNN's algorithm search
+                    _, all_on = self.generate(student, steps)
             except Exception as exc:  # reported in the table
                 log(f"{label} failed: {type(exc).__name__}: {exc}")
                 rows.append((f"end to end: {label}", "all stages s", f"{off.total_seconds:.3f}", "failed"))
                 continue
             finally:
                 student.net, student.codecs["vae"] = eager, vae
+                network = None  # the copy's memory goes before the next row's
             opts[label] = {"off": off.as_dict(), "on": all_on.as_dict()}
             log(f"\n#### {name}: {steps}-step student, {label}\n")
             log(all_on.table(per_stage=False))

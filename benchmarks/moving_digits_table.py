@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from digits_table import Row, alt_schedule_rows, labelled_pictures, load_rows, sample_with_sdpa, save_rows, summary
+from digits_table import (
+    Row,
+    add_alt_mid_times,
+    alt_schedule_rows,
+    labelled_pictures,
+    load_rows,
+    sample_with_sdpa,
+    save_rows,
+    summary,
+)
 from PIL import Image
 from rcm_plugins.digits._video_common import VideoClassifierConfig, video_features
 from rcm_plugins.digits.features import frechet_distance
@@ -302,9 +311,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["scm", "dcm", "dmd", "rcm"], help="students, in --runs")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--teacher-steps", type=int, default=50)
-    parser.add_argument(
-        "--alt-mid-times", type=float, nargs="+", help="extra multi-step rows per student with these sampler mid times"
-    )
+    add_alt_mid_times(parser)
     parser.add_argument("--num", type=int, default=500)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--device", default="cpu", help="where runs train and sample (cuda for the GPU size)")

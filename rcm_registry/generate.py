@@ -78,6 +78,11 @@ def compile_network(gen: LoadedRun, *, backend: str = "inductor", mode: str | No
 
     The first generation pays the compilation; ``mode='reduce-overhead'`` adds CUDA graphs on the GPU.
     """
+    if gen.inference.cuda_graphs:
+        raise UserError(
+            "--compile with inference.cuda_graphs / --cuda-graphs: choose one (the compiler cannot trace the "
+            "graph replay; --compile-mode reduce-overhead is the compiler's own CUDA graphs)"
+        )
     try:
         gen.net = torch.compile(gen.net, backend=backend, mode=mode, dynamic=False)  # type: ignore[assignment]
     except (RuntimeError, ValueError) as exc:  # unknown backend or mode

@@ -61,7 +61,8 @@ def add_weights_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """``--attention NAME`` and ``--fp8-linear``: the recipe's ``inference:`` options for the sampled network."""
+    """``--attention NAME``, ``--fp8-linear`` and ``--cuda-graphs``: the recipe's ``inference:`` options for
+    the sampled network."""
     p.add_argument(
         "--attention",
         default=None,
@@ -74,6 +75,13 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="run the transformer blocks' linear layers in FP8 e4m3 (default: the recipe's inference.fp8_linear)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=None,
+        help="replay the network's calls from CUDA graphs, each call shape captured once (CUDA only; default: "
+        "the recipe's inference.cuda_graphs)",
     )
 
 

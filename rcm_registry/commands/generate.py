@@ -133,6 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         weights=args.weights,
         attention=args.attention,
         fp8_linear=args.fp8_linear,
+        cuda_graphs=args.cuda_graphs,
     )
     shape = latent_shape(gen, int_list(args.shape, "--shape"), args.frames, args.height, args.width)
     if args.compile:
@@ -171,6 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 steps=total,
                 network_calls=result.network_calls,
                 compile=args.compile,
+                cuda_graphs=gen.inference.cuda_graphs,
                 offload_text_encoder=args.offload_text_encoder,
             )
             print(f"wrote {profile_json}")

@@ -60,6 +60,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         weights=args.weights,
         attention=args.attention,
         fp8_linear=args.fp8_linear,
+        cuda_graphs=args.cuda_graphs,
     )
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     result = draw(run, args.num, steps=args.steps, seed=args.seed, sampler=args.sampler, **overrides)

@@ -14,7 +14,13 @@ from torch import nn
 from rcm_registry.engine.checkpoint import Checkpoint, checkpoint_recipe, resolve_checkpoint, trained_weights
 from rcm_registry.engine.context import SampleContext
 from rcm_registry.engine.graph import build_network, build_with_weights, pick_device
-from rcm_registry.engine.inference import InferenceOptions, apply_after_loading, inference_options, with_attention
+from rcm_registry.engine.inference import (
+    InferenceOptions,
+    apply_after_loading,
+    check_device,
+    inference_options,
+    with_attention,
+)
 from rcm_registry.errors import UserError
 from rcm_registry.plugin_loading import registry
 from rcm_registry.protocols import Condition
@@ -91,14 +97,15 @@ def open_checkpoint(
     weights: str | None = None,
     attention: str | None = None,
     fp8_linear: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> LoadedRun:
     """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
     or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
     recipe's codecs named in ``codecs``.
 
     ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
-    for paths that differ on this machine. ``attention`` (a backend name) and ``fp8_linear`` override the
-    recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
+    for paths that differ on this machine. ``attention`` (a backend name), ``fp8_linear`` and ``cuda_graphs``
+    override the recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
 
     ``weights``: take the network's weights from this checkpoint instead, as ``networks.ROLE.weights: {path:
     weights}`` would (any format the network reads, e.g. the rCM release's ``.pt``; ``ema`` False is
@@ -117,7 +124,8 @@ def open_checkpoint(
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
-    options = inference_options(recipe, attention, fp8_linear)
+    options = inference_options(recipe, attention, fp8_linear, cuda_graphs)
+    check_device(options, dev)
     entry = recipe.networks[role]
     if options.attention is not None:
         entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, role))
@@ -129,7 +137,7 @@ def open_checkpoint(
     else:
         net, used_ema = build_with_weights(entry, role), ema
     net.to(dev).eval().requires_grad_(False)
-    apply_after_loading(net, options)
+    net = apply_after_loading(net, options)
     body = recipe.body
     return LoadedRun(
         recipe=recipe,

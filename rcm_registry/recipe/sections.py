@@ -138,6 +138,9 @@ class InferenceConfig:
     attention: s.AttentionSpec | None = None
     #: Run the linear layers of the network's transformer blocks in FP8 (e4m3, per-channel weight scales).
     fp8_linear: bool = False
+    #: Replay the network's calls from CUDA graphs, one captured per call signature
+    #: (:mod:`rcm_registry.engine.cuda_graphs`); CUDA only, exact: the replay runs the captured kernels.
+    cuda_graphs: bool = False
 
 
 @attrs.define

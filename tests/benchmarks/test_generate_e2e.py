@@ -48,4 +48,6 @@ def test_smoke_run_records_every_stage_and_option(smoke: Callable[..., Any]) -> 
         assert "text encoding (negative prompt)" in off and "text encoding (negative prompt, cached)" in on
         assert "text encoder offload" in options["offload text encoder"]["on"]["totals"]
         assert options["compile"]["on"]["totals"]["transformer"]["name"] == "transformer (4 calls)"
+        # CUDA graphs need a GPU: on the CPU their row says so instead of a time.
+        assert ["CUDA graphs", "transformer s", "", "n/a (CUDA only)"] in [list(r) for r in model["option rows"]]
     assert "vae decode 720p" in data["models"]["wan2.1-1.3b"]["options"]

@@ -86,7 +86,7 @@ def _tiny(name: str, attention: str, fp8: bool, state: dict[str, Tensor]) -> nn.
     net = rr.registry().build("network", name, size="tiny", attention={"use": attention})
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
-    apply_after_loading(net, InferenceOptions(fp8_linear=fp8))
+    net = apply_after_loading(net, InferenceOptions(fp8_linear=fp8))
     net.attention = _DtypeRecorder(net.attention)
     return net
 
