@@ -5,9 +5,9 @@
 
 Shapes (Wan2.1-T2V-1.3B at 480p, 81 frames: 21×30×52 = 32760 tokens, width 1536, FFN 8960, 12 heads of 128):
 
-* attention: ``int8_sage`` (``rcm_kernels.attention_int8.int8_attention``, quantisation included) against
-  ``F.scaled_dot_product_attention`` (flash) on B1 H12 N32760 D128 bf16, with the relative error of the INT8
-  output against SDPA's;
+* attention: ``int8_sage`` (``rcm_kernels.attention_int8.int8_attention``, quantisation included), with P·V
+  in bf16 and in FP8 (``pv: fp8``), against ``F.scaled_dot_product_attention`` (flash) on B1 H12 N32760 D128
+  bf16, with the relative error of each output against SDPA's;
 * linear: ``Fp8Linear`` (the fused quantisation kernel ``rcm_kernels.fp8_quantize`` into ``torch._scaled_mm``
   with the bias in its epilogue) against a bf16 ``nn.Linear`` at the FFN's two shapes and the attention
   projection, 32760 tokens; on CUDA also the layer's previous path (torch ``quantize_rows``, a padded copy of
@@ -17,8 +17,8 @@ Shapes (Wan2.1-T2V-1.3B at 480p, 81 frames: 21×30×52 = 32760 tokens, width 153
 * activation quantisation alone: torch ``quantize_rows`` plus the padding copy against the fused kernel, on
   32760 tokens of width 1536 and 8960, and whether the kernel's e4m3 bytes and scales equal the torch ones;
   and the kernel with each row held whole in registers instead of in chunks of 1024 (``whole_row_ms``);
-* one forward of the 1.3B network (random weights, bf16) with its own ``sdpa`` attention, with ``int8_sage``,
-  with FP8 linears, and with both.
+* one forward of the 1.3B network (random weights, bf16) with its own ``sdpa`` attention, with ``int8_sage``
+  (P·V in bf16, and in FP8), with FP8 linears, and with each ``int8_sage`` and FP8 linears together.
 
 Times are medians of CUDA-event timings (``--reps`` samples of back-to-back calls); TFLOP/s counts 2·M·K·N
 for a linear and 4·B·H·N²·D for attention. ``--smoke`` runs the same code on CPU at tiny shapes, timed with
@@ -101,10 +101,13 @@ def bench_attention(shape: tuple[int, int, int, int], dtype: torch.dtype, device
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(b, n, h, d, generator=gen, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
     int8 = registry().build("attention", "int8_sage")
+    int8_fp8pv = registry().build("attention", "int8_sage", pv="fp8")
     with torch.no_grad():
+        sdpa = F.scaled_dot_product_attention(q, k, v)
         sdpa_ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps, device)
         int8_ms = time_ms(lambda: int8(q, k, v), reps, device)
-        err = rel_err(int8(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        fp8pv_ms = time_ms(lambda: int8_fp8pv(q, k, v), reps, device)
+        err, fp8pv_err = rel_err(int8(q, k, v), sdpa), rel_err(int8_fp8pv(q, k, v), sdpa)
     flops = 4.0 * b * h * n * n * d
     return {
         "shape": list(shape),
@@ -114,6 +117,9 @@ def bench_attention(shape: tuple[int, int, int, int], dtype: torch.dtype, device
         "sdpa_tflops": flops / sdpa_ms / 1e9,
         "int8_tflops": flops / int8_ms / 1e9,
         "rel_err_vs_sdpa": err,
+        "int8_fp8pv_ms": fp8pv_ms,
+        "fp8pv_speedup": sdpa_ms / fp8pv_ms,
+        "fp8pv_rel_err_vs_sdpa": fp8pv_err,
     }
 
 
@@ -217,21 +223,25 @@ def bench_quantize(tokens: int, width: int, dtype: torch.dtype, device: torch.de
 
 
 def bench_network(size: dict[str, Any], dtype: torch.dtype, device: torch.device, reps: int) -> dict:
-    """One forward of the network with each option: own (sdpa), int8_sage, FP8 linears, both."""
+    """One forward of the network with each option: own (sdpa), int8_sage (P·V in bf16 and in FP8), FP8
+    linears, and each int8_sage with FP8 linears."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(size["latent"], generator=gen, device=device, dtype=dtype)
     text = torch.randn(size["text"], generator=gen, device=device, dtype=dtype)
     t = torch.tensor([500.0], device=device)
     results: dict[str, Any] = {}
     reference = None
+    fp8pv = {"use": "int8_sage", "pv": "fp8"}
     for name, attention, fp8 in (
-        ("sdpa", "sdpa", False),
-        ("int8_sage", "int8_sage", False),
-        ("fp8_linear", "sdpa", True),
-        ("int8_sage+fp8_linear", "int8_sage", True),
+        ("sdpa", {"use": "sdpa"}, False),
+        ("int8_sage", {"use": "int8_sage"}, False),
+        ("int8_sage_fp8pv", fp8pv, False),
+        ("fp8_linear", {"use": "sdpa"}, True),
+        ("int8_sage+fp8_linear", {"use": "int8_sage"}, True),
+        ("int8_sage_fp8pv+fp8_linear", fp8pv, True),
     ):
         torch.manual_seed(0)  # the same random weights for every option
-        net = registry().build("network", "wan2.1-t2v", **size["network"], attention={"use": attention})
+        net = registry().build("network", "wan2.1-t2v", **size["network"], attention=attention)
         net = net.to(device, dtype).eval().requires_grad_(False)
         if fp8:
             fp8_linear_blocks(net)

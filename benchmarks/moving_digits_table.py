@@ -76,10 +76,11 @@ COLUMNS = (
     ("video_fd_vs_full", "video FD vs own precision ↓"),
 )
 #: ``--lowprec`` choices: the row label and the inference options (attention backend, FP8 linears).
-LOWPREC = {
-    "int8_attention": ("int8 attention", "int8_sage", False),
-    "fp8_linear": ("fp8 linear", None, True),
-    "both": ("int8 attention + fp8 linear", "int8_sage", True),
+LOWPREC: dict[str, tuple[str, dict[str, Any]]] = {
+    "int8_attention": ("int8 attention", {"attention": "int8_sage"}),
+    "int8_fp8pv": ("int8 attention, fp8 P·V", {"overrides": ["inference.attention={use: int8_sage, pv: fp8}"]}),
+    "fp8_linear": ("fp8 linear", {"fp8_linear": True}),
+    "both": ("int8 attention + fp8 linear", {"attention": "int8_sage", "fp8_linear": True}),
 }
 #: Clips shown per picture row: classes 0, 1, 2, 3 with directions 0, 1, 2, 3 (conditions cycle that way).
 PICTURE_CLIPS = (0, 11, 22, 33)
@@ -204,9 +205,9 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, torch.
         sample_with_sdpa(run)
         full = measure(run, f"{name}, own precision", steps, steps)
         for choice in args.lowprec:
-            label, attention, fp8 = LOWPREC[choice]
-            run, _ = open_student(args, method, attention=attention, fp8_linear=fp8)
-            if attention is None:
+            label, options = LOWPREC[choice]
+            run, _ = open_student(args, method, **options)
+            if run.inference.attention is None:  # the network's own attention, sampled as above
                 sample_with_sdpa(run)
             measure(run, f"{name}, {label}", steps, steps, against=full)
     return table, pictures

@@ -10,6 +10,12 @@ The quantisation (Zhang et al., "SageAttention", ICLR 2025, the per-block varian
   multiplies one Q block by one K block and dequantises the INT32 product with two scalars.
 * Scores ``(q8·k8ᵀ)·s_q·s_k·scale`` go through FlashAttention's online softmax in fp32; P is rounded to V's
   dtype and multiplied by V (not quantised) with fp32 accumulation.
+* ``pv="fp8"`` (SageAttention2's P·V, for GPUs with FP8 tensor cores): V is quantised to e4m3 with one scale
+  per (batch, head, channel), amax over the sequence / 448, and stored transposed (the sequence contiguous,
+  as the FP8 dot takes its second operand); each tile's P, in [0, 1] against the running row maximum, is
+  scaled by 448 and rounded to e4m3, multiplied by V's tile in FP8 into a fresh fp32 tile, and added to the
+  fp32 accumulator (two levels, so no partial sum is held in the tensor cores' narrower accumulator for long);
+  the channel scales and 1/448 are applied once, with the softmax's normalisation.
 
 :func:`quantize_qk` does the quantisation (rcm_kernels.int8_quantize: one fused pass over Q and two over K,
 whose mean torch takes; the kernel reads its output), and :func:`int8_attention_reference` computes the same
@@ -28,6 +34,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from rcm_kernels.fp8_quantize import FP8, FP8_MAX
 from rcm_kernels.int8_quantize import quantize_blocks, quantize_blocks_reference, sequence_mean
 from rcm_kernels.triton_common import (
     check_attention_shapes,
@@ -37,6 +44,7 @@ from rcm_kernels.triton_common import (
     empty_bhsd,
     head_block,
     head_rows,
+    interpreter_active,
     load_rows,
     require_kernel_device,
     softmax_scale,
@@ -44,6 +52,10 @@ from rcm_kernels.triton_common import (
 from torch import Tensor
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: How P·V is multiplied: in V's dtype ("input") or both operands in FP8 e4m3 ("fp8").
+PV_MODES = ("input", "fp8")
+#: The compute capability whose tensor cores multiply FP8 (Ada, Hopper and later).
+FP8_CAPABILITY = (8, 9)
 #: Head dims the kernel takes; the INT8 dot needs at least 32 along D, so smaller heads are padded to 32.
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
@@ -86,6 +98,34 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError("attention over zero keys is undefined")
 
 
+def check_pv(pv: str, device: torch.device) -> None:
+    """Raise a ValueError naming the problem if P·V cannot be multiplied as ``pv`` says on ``device``."""
+    if pv not in PV_MODES:
+        raise ValueError(f"pv must be one of {', '.join(PV_MODES)}, got {pv!r}")
+    if pv == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < FP8_CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(
+            f"pv='fp8' needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]}+); "
+            f"{torch.cuda.get_device_name(device)} has {major}.{minor}: use pv='input'"
+        )
+
+
+def quantize_v_fp8(v: Tensor, block_n: int, block_d: int) -> tuple[Tensor, Tensor]:
+    """V in e4m3 with one fp32 scale per (batch, head, channel): amax over the sequence / 448 (1 for an
+    all-zero channel). Returns the e4m3 values transposed and zero-padded, (B, H, block_d, N') with N' = N
+    rounded up to whole blocks of ``block_n`` keys, and the scales, (B, H, block_d) (1 for padded channels)."""
+    b, h, n, d = v.shape
+    values = v.float()
+    amax = values.abs().amax(dim=2)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (values / scale[:, :, None, :]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    v8 = torch.zeros(b, h, block_d, triton.cdiv(n, block_n) * block_n, dtype=FP8, device=v.device)
+    v8[:, :, :d, :n] = q.transpose(-2, -1)
+    scales = torch.ones(b, h, block_d, dtype=torch.float32, device=v.device)
+    scales[:, :, :d] = scale
+    return v8, scales
+
+
 class QuantizedQK(NamedTuple):
     q8: Tensor
     q_scale: Tensor
@@ -117,13 +157,17 @@ def int8_attention_reference(
     block_m: int,
     block_n: int,
     smooth_k: bool = True,
+    pv: str = "input",
     compute: torch.dtype = torch.float64,
 ) -> Tensor:
     """The kernel's quantised attention in plain torch: exact softmax of the dequantised scores, in ``compute``.
 
-    Materialises the (Nq, Nk) scores (O(N²) memory). The result has v's dtype.
+    With ``pv="fp8"``, V as the kernel quantises it and P rounded to e4m3 after scaling by 448, P taken
+    against the row's final maximum (the kernel's tiles take it against the running one, so their roundings
+    differ in detail). Materialises the (Nq, Nk) scores (O(N²) memory). The result has v's dtype.
     """
     check_inputs(q, k, v)
+    check_pv(pv, q.device)
     n_q, n_k, d = q.shape[2], k.shape[2], q.shape[3]
     device = q.device.type
     # Autocast would run the products below in its dtype (bf16 on the CPU), where the integer products are
@@ -131,7 +175,7 @@ def int8_attention_reference(
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         with torch.autocast(device, enabled=False):
             return int8_attention_reference(
-                q, k, v, scale, block_m=block_m, block_n=block_n, smooth_k=smooth_k, compute=compute
+                q, k, v, scale, block_m=block_m, block_n=block_n, smooth_k=smooth_k, pv=pv, compute=compute
             )
     qq = quantize_qk(q, k, block_m, block_n, smooth_k=smooth_k, fused=False)
     # The integer products first (exact in fp32 and fp64), then the two scales and the softmax scale.
@@ -139,7 +183,26 @@ def int8_attention_reference(
     row_scale = qq.q_scale.to(compute).repeat_interleave(block_m, dim=-1)[..., :n_q]
     col_scale = qq.k_scale.to(compute).repeat_interleave(block_n, dim=-1)[..., :n_k]
     scores = ints * (row_scale[..., :, None] * col_scale[..., None, :]) * softmax_scale(scale, d)
-    return (torch.softmax(scores, dim=-1) @ v.to(compute)).to(v.dtype)
+    if pv == "input":
+        return (torch.softmax(scores, dim=-1) @ v.to(compute)).to(v.dtype)
+    p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+    p8 = (p * FP8_MAX).to(FP8).to(compute)
+    v8, v_scale = quantize_v_fp8(v, block_n, head_dim_block(d))
+    pv_sum = p8 @ v8[:, :, :d, :n_k].to(compute).transpose(-2, -1)
+    out = pv_sum * (v_scale[:, :, None, :d].to(compute) / FP8_MAX) / p.sum(dim=-1, keepdim=True)
+    return out.to(v.dtype)
+
+
+@triton.jit
+def _round_to_e4m3(x):
+    # x in [0, 448] to the nearest e4m3 value, ties to even, in fp32 arithmetic that is exact (only powers of two
+    # scale): for Triton's interpreter, whose fp32 → e4m3 cast truncates (it casts e4m3 values exactly). The
+    # spacing of e4m3 values is 2^(e−3) at exponent e, and the subnormals' 2^−9 below 2^−6.
+    bits = x.to(tl.uint32, bitcast=True)
+    e = tl.maximum(((bits >> 23) & 0xFF).to(tl.int32) - 127, -6)
+    spacing = ((e + 124).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    # 1.5·2²³ added and taken away rounds the quotient (below 16) to an integer, ties to even.
+    return ((x / spacing + 12582912.0) - 12582912.0) * spacing
 
 
 @triton.jit
@@ -165,6 +228,9 @@ def _int8_tile(
     MASK_D: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    ROUND_P: tl.constexpr,
 ):
     # One key block: the INT8 tile is loaded transposed (D, BLOCK_N) so the dot needs no register transpose.
     rows = start_n + offs_n
@@ -178,10 +244,20 @@ def _int8_tile(
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = load_rows(
-        V + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, rows, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
-    )
-    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, DOT_UPCAST)
+    if PV_FP8:
+        # V8 is (BLOCK_D, N') per head, the sequence contiguous and zero-padded: no masks. Its tile, transposed
+        # in place, is the FP8 dot's second operand with the reduced dim (keys) contiguous, as FP8 needs.
+        vt = tl.load(V + offs_d[:, None] * stride_vd + rows[None, :] * stride_vn)
+        p8 = p * FP8_MAX
+        if ROUND_P:
+            p8 = _round_to_e4m3(p8)
+        pv = tl.dot(p8.to(tl.float8e4nv, fp_downcast_rounding="rtne"), tl.trans(vt), out_dtype=tl.float32)
+        acc = acc * alpha[:, None] + pv
+    else:
+        v = load_rows(
+            V + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, rows, n_k, offs_d, HEAD_DIM, MASK_N, MASK_D
+        )
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, DOT_UPCAST)
     return acc, m_new, l_i
 
 
@@ -193,6 +269,7 @@ def _int8_attn_fwd_kernel(
     KS,
     V,
     Out,
+    VS,
     stride_vb,
     stride_vh,
     stride_vn,
@@ -213,6 +290,9 @@ def _int8_attn_fwd_kernel(
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    ROUND_P: tl.constexpr,
 ):
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
     pid_bh, b, h, offs_m = head_block(n_heads, BLOCK_M)
@@ -234,14 +314,18 @@ def _int8_attn_fwd_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, m_i, l_i = _int8_tile(
             acc, m_i, l_i, q, qk_scale, K8, KS, V, stride_vn, stride_vd, start_n, n_k, offs_n, offs_d,
-            HEAD_DIM, BLOCK_N, BLOCK_D, False, MASK_D, PRECISION, DOT_UPCAST,
+            HEAD_DIM, BLOCK_N, BLOCK_D, False, MASK_D, PRECISION, DOT_UPCAST, PV_FP8, FP8_MAX, ROUND_P,
         )  # fmt: skip
     if n_full < n_k:
         acc, m_i, l_i = _int8_tile(
             acc, m_i, l_i, q, qk_scale, K8, KS, V, stride_vn, stride_vd, n_full, n_k, offs_n, offs_d,
-            HEAD_DIM, BLOCK_N, BLOCK_D, True, MASK_D, PRECISION, DOT_UPCAST,
+            HEAD_DIM, BLOCK_N, BLOCK_D, True, MASK_D, PRECISION, DOT_UPCAST, PV_FP8, FP8_MAX, ROUND_P,
         )  # fmt: skip
-    o = acc / l_i[:, None]
+    if PV_FP8:  # V's channel scales and P's 448, with the softmax's normalisation
+        v_scale = tl.load(VS + bh * BLOCK_D + offs_d)
+        o = acc * (v_scale / FP8_MAX)[None, :] / l_i[:, None]
+    else:
+        o = acc / l_i[:, None]
     ptrs, mask = head_rows(Out, b, h, stride_ob, stride_oh, stride_om, stride_od, offs_m, n_q, offs_d, HEAD_DIM, MASK_D)
     tl.store(ptrs, o.to(Out.dtype.element_ty), mask=mask)
 
@@ -253,13 +337,16 @@ def int8_attention(
     scale: float | None = None,
     *,
     smooth_k: bool = True,
+    pv: str = "input",
     config: Int8LaunchConfig | None = None,
 ) -> Tensor:
-    """softmax(scale·QKᵀ)·V with Q and K quantised to INT8 per block (see the module docstring), no autograd.
+    """softmax(scale·QKᵀ)·V with Q and K quantised to INT8 per block (see the module docstring), no autograd;
+    ``pv="fp8"`` multiplies P·V in FP8 (compute capability 8.9+).
 
     The output has q's dtype and shape, as a (B, H, S, D) view of (B, S, H, D) memory.
     """
     check_inputs(q, k, v)
+    check_pv(pv, q.device)
     require_kernel_device(q, "INT8 attention", ", or use int8_attention_reference")
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -268,6 +355,12 @@ def int8_attention(
     if n_q == 0 or b * h == 0:
         return out
     qq = quantize_qk(q, k, cfg.block_m, cfg.block_n, smooth_k=smooth_k)
+    if pv == "fp8":
+        values, v_scale = quantize_v_fp8(v, cfg.block_n, head_dim_block(d))
+        # (B, H, BLOCK_D, N') read through V's (batch, head, key, channel) strides.
+        v_strides = (values.stride(0), values.stride(1), values.stride(3), values.stride(2))
+    else:
+        values, v_scale, v_strides = v, qq.q_scale, v.stride()  # v_scale: unread
     grid = (triton.cdiv(n_q, cfg.block_m), b * h)
     with device_context(q):
         _int8_attn_fwd_kernel[grid](
@@ -275,9 +368,10 @@ def int8_attention(
             qq.k8,
             qq.q_scale,
             qq.k_scale,
-            v,
+            values,
             out,
-            *v.stride(),
+            v_scale,
+            *v_strides,
             *out.stride(),
             h,
             n_q,
@@ -290,6 +384,9 @@ def int8_attention(
             BLOCK_N=cfg.block_n,
             BLOCK_D=head_dim_block(d),
             **dot_flags(v.dtype),
+            PV_FP8=pv == "fp8",
+            FP8_MAX=FP8_MAX,
+            ROUND_P=pv == "fp8" and interpreter_active(),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

@@ -4,6 +4,8 @@ K is smoothed (its mean over the sequence subtracted), Q and K are quantised to 
 of rows, QKᵀ runs as an INT8 dot with INT32 accumulation, the softmax in fp32 and P·V in V's dtype. It costs
 about 1 % relative error in the attention output on random inputs (tests/kernels/test_attention_int8.py);
 what it costs in samples is measured on the moving-digits benchmark (benchmarks/moving_digits_table.py).
+``pv: fp8`` multiplies P·V in FP8 too (SageAttention2's: V per channel and P in e4m3), for GPUs with FP8
+tensor cores (compute capability 8.9+): about 3.5 % relative error on random inputs.
 
 Where it runs: CUDA tensors go through the Triton kernel; tensors anywhere else go through the torch
 reference of the same quantisation (same blocks, exact softmax in fp32, O(N²) memory), so a recipe that
@@ -39,6 +41,8 @@ class InferenceOnlyError(rr.UserError, RuntimeError):
 class Int8SageAttentionConfig:
     #: Subtract K's mean over the sequence before quantising (SageAttention's smoothing; off only to compare).
     smooth_k: bool = True
+    #: How P·V is multiplied: ``input`` (in V's dtype) or ``fp8`` (e4m3 operands; compute capability 8.9+).
+    pv: str = attrs.field(default="input", validator=attrs.validators.in_(("input", "fp8")))
 
     def inference_only(self) -> str:
         """Validation refuses it on a network a phase trains (the kernel has no backward and no JVP)."""
@@ -87,7 +91,7 @@ class Int8SageAttention:
         kernels = _kernels()
         try:
             if q.is_cuda:
-                return kernels.int8_attention(q, k, v, scale, smooth_k=self.config.smooth_k)
+                return kernels.int8_attention(q, k, v, scale, smooth_k=self.config.smooth_k, pv=self.config.pv)
             cfg = kernels.default_config(q.shape[-1], torch.device("cuda"))
             return kernels.int8_attention_reference(
                 q,
@@ -97,13 +101,14 @@ class Int8SageAttention:
                 block_m=cfg.block_m,
                 block_n=cfg.block_n,
                 smooth_k=self.config.smooth_k,
+                pv=self.config.pv,
                 compute=torch.float32,
             )
         except (TypeError, ValueError) as exc:
             raise rr.UserError(f"attention backend 'int8_sage': {exc}") from None
 
     def __repr__(self) -> str:
-        return f"Int8SageAttention(smooth_k={self.config.smooth_k})"
+        return f"Int8SageAttention(smooth_k={self.config.smooth_k}, pv={self.config.pv})"
 
 
 COMPONENT = rr.Component(kind="attention", name="int8_sage", factory=Int8SageAttention, config=Int8SageAttentionConfig)

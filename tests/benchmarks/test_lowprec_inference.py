@@ -11,6 +11,8 @@ def test_the_smoke_run_reports_every_option(smoke: Callable[..., Any]) -> None:
     attention = results["attention"]
     assert attention["sdpa_ms"] > 0 and attention["int8_ms"] > 0
     assert 0 < attention["rel_err_vs_sdpa"] <= 2.5e-2
+    assert attention["int8_fp8pv_ms"] > 0
+    assert attention["rel_err_vs_sdpa"] < attention["fp8pv_rel_err_vs_sdpa"] <= 5e-2
     assert set(results["linear"]) == {"ffn up", "ffn down"}
     for entry in results["linear"].values():
         assert 0 < entry["rel_err_vs_bf16"] <= 5e-2
@@ -23,7 +25,8 @@ def test_the_smoke_run_reports_every_option(smoke: Callable[..., Any]) -> None:
     for entry in results["quantize"].values():
         assert entry["torch_ms"] > 0 and entry["kernel_ms"] is None
     network = results["network"]
-    assert set(network) == {"sdpa", "int8_sage", "fp8_linear", "int8_sage+fp8_linear"}
+    names = ("int8_sage", "int8_sage_fp8pv", "fp8_linear", "int8_sage+fp8_linear", "int8_sage_fp8pv+fp8_linear")
+    assert set(network) == {"sdpa", *names}
     assert network["sdpa"]["rel_err_vs_sdpa"] == 0
-    for name in ("int8_sage", "fp8_linear", "int8_sage+fp8_linear"):
+    for name in names:
         assert 0 < network[name]["rel_err_vs_sdpa"] <= 5e-2, name

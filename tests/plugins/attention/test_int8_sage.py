@@ -66,6 +66,22 @@ def test_smooth_k_is_passed_on() -> None:
     assert raw > 3 * smooth
 
 
+def test_pv_is_passed_on_and_checked() -> None:
+    # 150 keys: three of the kernel's 64-key blocks, the last a tail.
+    q, k, v = _qkv(130, 150, 64, seed=5)
+    exact = torch.softmax(q.double() @ k.double().transpose(-2, -1) / 8.0, -1) @ v.double()
+    fp8 = rr.registry().build("attention", "int8_sage", pv="fp8")
+    assert repr(fp8) == "Int8SageAttention(smooth_k=True, pv=fp8)"
+    cfg = K.default_config(64, torch.device("cuda"))
+    want = K.int8_attention_reference(q, k, v, block_m=cfg.block_m, block_n=cfg.block_n, pv="fp8")
+    got = fp8(q, k, v)
+    assert rel_err(got, want) <= 1e-5  # the CPU route is that reference
+    input_pv = rel_err(rr.registry().build("attention", "int8_sage")(q, k, v), exact)
+    assert 1.5 * input_pv < rel_err(got, exact) <= 5e-2
+    with pytest.raises(rr.UserError, match="pv"):
+        rr.registry().build("attention", "int8_sage", pv="fp4")
+
+
 def test_dual_tensors_are_refused() -> None:
     q, k, v = _qkv(8, 8, 64, seed=2)
     attn = rr.registry().build("attention", "int8_sage")
