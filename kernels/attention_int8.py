@@ -47,8 +47,10 @@ from rcm_kernels.triton_common import (
     interpreter_active,
     load_rows,
     require_kernel_device,
+    round_to_e4m3,
     softmax_scale,
 )
+from rcm_kernels.value_quantize import quantize_v_fp8, quantize_v_fp8_reference
 from torch import Tensor
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -108,22 +110,6 @@ def check_pv(pv: str, device: torch.device) -> None:
             f"pv='fp8' needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]}+); "
             f"{torch.cuda.get_device_name(device)} has {major}.{minor}: use pv='input'"
         )
-
-
-def quantize_v_fp8(v: Tensor, block_n: int, block_d: int) -> tuple[Tensor, Tensor]:
-    """V in e4m3 with one fp32 scale per (batch, head, channel): amax over the sequence / 448 (1 for an
-    all-zero channel). Returns the e4m3 values transposed and zero-padded, (B, H, block_d, N') with N' = N
-    rounded up to whole blocks of ``block_n`` keys, and the scales, (B, H, block_d) (1 for padded channels)."""
-    b, h, n, d = v.shape
-    values = v.float()
-    amax = values.abs().amax(dim=2)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    q = (values / scale[:, :, None, :]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    v8 = torch.zeros(b, h, block_d, triton.cdiv(n, block_n) * block_n, dtype=FP8, device=v.device)
-    v8[:, :, :d, :n] = q.transpose(-2, -1)
-    scales = torch.ones(b, h, block_d, dtype=torch.float32, device=v.device)
-    scales[:, :, :d] = scale
-    return v8, scales
 
 
 class QuantizedQK(NamedTuple):
@@ -187,22 +173,10 @@ def int8_attention_reference(
         return (torch.softmax(scores, dim=-1) @ v.to(compute)).to(v.dtype)
     p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
     p8 = (p * FP8_MAX).to(FP8).to(compute)
-    v8, v_scale = quantize_v_fp8(v, block_n, head_dim_block(d))
+    v8, v_scale = quantize_v_fp8_reference(v, block_n, head_dim_block(d))
     pv_sum = p8 @ v8[:, :, :d, :n_k].to(compute).transpose(-2, -1)
     out = pv_sum * (v_scale[:, :, None, :d].to(compute) / FP8_MAX) / p.sum(dim=-1, keepdim=True)
     return out.to(v.dtype)
-
-
-@triton.jit
-def _round_to_e4m3(x):
-    # x in [0, 448] to the nearest e4m3 value, ties to even, in fp32 arithmetic that is exact (only powers of two
-    # scale): for Triton's interpreter, whose fp32 → e4m3 cast truncates (it casts e4m3 values exactly). The
-    # spacing of e4m3 values is 2^(e−3) at exponent e, and the subnormals' 2^−9 below 2^−6.
-    bits = x.to(tl.uint32, bitcast=True)
-    e = tl.maximum(((bits >> 23) & 0xFF).to(tl.int32) - 127, -6)
-    spacing = ((e + 124).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
-    # 1.5·2²³ added and taken away rounds the quotient (below 16) to an integer, ties to even.
-    return ((x / spacing + 12582912.0) - 12582912.0) * spacing
 
 
 @triton.jit
@@ -250,7 +224,7 @@ def _int8_tile(
         vt = tl.load(V + offs_d[:, None] * stride_vd + rows[None, :] * stride_vn)
         p8 = p * FP8_MAX
         if ROUND_P:
-            p8 = _round_to_e4m3(p8)
+            p8 = round_to_e4m3(p8)
         pv = tl.dot(p8.to(tl.float8e4nv, fp_downcast_rounding="rtne"), tl.trans(vt), out_dtype=tl.float32)
         acc = acc * alpha[:, None] + pv
     else:

@@ -93,6 +93,20 @@ def group_vector(P, b, g, stride_b, D, offs, mask):
     return tl.load(P + b * stride_b + g * D + offs, mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def round_to_e4m3(x):
+    # |x| ≤ 448 to the nearest e4m3 value, ties to even, in fp32 arithmetic that is exact (only powers of two
+    # scale), sign kept (−0 too): for Triton's interpreter, whose fp32 → e4m3 cast truncates (it casts e4m3
+    # values exactly). e4m3 values are 2^(e−3) apart at exponent e, and the subnormals 2^−9 apart below 2^−6;
+    # 1.5·2²³ added and taken away rounds the quotient (below 16) to an integer, ties to even.
+    bits = x.to(tl.uint32, bitcast=True)
+    a = tl.abs(x)
+    e = tl.maximum(((a.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32) - 127, -6)
+    spacing = ((e + 124).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    r = ((a / spacing + 12582912.0) - 12582912.0) * spacing
+    return tl.where((bits >> 31) == 1, -r, r)
+
+
 def interpreter_active() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` when the kernels were defined)."""
     return type(dot).__name__ == "InterpretedFunction"
