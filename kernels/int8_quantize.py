@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, require_kernel_device
+from rcm_kernels.triton_common import device_context, load_head_block, require_kernel_device
 from torch import Tensor
 
 #: Largest INT8 magnitude (symmetric range: −128 is not used, so negation never overflows).
@@ -78,14 +78,9 @@ def _quantize_blocks_kernel(
     RECIPROCAL_SCALE: tl.constexpr, INT8_MAX: tl.constexpr, ROUNDING_SHIFT: tl.constexpr,
 ):  # fmt: skip
     # One program per (block of rows, batch·head): the whole block stays in registers between amax and store.
-    blk = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
-    rows = blk * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < n) & (cols[None, :] < HEAD_DIM)
-    ptrs = X + b * stride_xb + h * stride_xh + rows[:, None].to(tl.int64) * stride_xn + cols[None, :] * stride_xd
-    y = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    bh, rows, cols, mask, y = load_head_block(
+        X, n, n_heads, stride_xb, stride_xh, stride_xn, stride_xd, HEAD_DIM, BLOCK, BLOCK_D
+    )
     if SUBTRACT:
         m = tl.load(M + bh * HEAD_DIM + cols, mask=cols < HEAD_DIM, other=0.0)
         y = tl.where(mask, y - m[None, :], 0.0)  # padding stays zero, as the reference pads after subtracting
@@ -100,7 +95,7 @@ def _quantize_blocks_kernel(
     r = tl.minimum(tl.maximum(r, -INT8_MAX), INT8_MAX)
     # The output is whole blocks wide and long: no mask.
     tl.store(Q8 + (bh * n_pad + rows[:, None]) * BLOCK_D + cols[None, :], r.to(tl.int8))
-    tl.store(S + bh * (n_pad // BLOCK) + blk, scale)
+    tl.store(S + bh * (n_pad // BLOCK) + tl.program_id(0), scale)
 
 
 def quantize_blocks(x: Tensor, block: int, block_d: int, subtract: Tensor | None = None) -> tuple[Tensor, Tensor]:

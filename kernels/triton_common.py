@@ -94,6 +94,22 @@ def group_vector(P, b, g, stride_b, D, offs, mask):
 
 
 @triton.jit
+def load_head_block(
+    X, n, n_heads, stride_b, stride_h, stride_n, stride_d,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # The program's block of BLOCK rows of one (batch, head) of a strided (B, H, N, D) tensor, on the grid
+    # (blocks of rows, batch·head), in fp32 with zeros past N and D: (bh, rows, cols, mask, block).
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // n_heads, bh % n_heads
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n) & (cols[None, :] < HEAD_DIM)
+    ptrs = X + b * stride_b + h * stride_h + rows[:, None].to(tl.int64) * stride_n + cols[None, :] * stride_d
+    return bh, rows, cols, mask, tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def round_to_e4m3(x):
     # |x| ≤ 448 to the nearest e4m3 value, ties to even, in fp32 arithmetic that is exact (only powers of two
     # scale), sign kept (−0 too): for Triton's interpreter, whose fp32 → e4m3 cast truncates (it casts e4m3

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from rcm_kernels.fp8_quantize import FP8, FP8_MAX
-from rcm_kernels.triton_common import device_context, interpreter_active, require_kernel_device, round_to_e4m3
+from rcm_kernels.triton_common import (
+    device_context,
+    interpreter_active,
+    load_head_block,
+    require_kernel_device,
+    round_to_e4m3,
+)
 from torch import Tensor
 
 
@@ -64,14 +70,9 @@ def _quantize_v_kernel(
     ROUND: tl.constexpr,
 ):  # fmt: skip
     # One program per (block of keys, batch·head): a (BLOCK_N, BLOCK_D) tile in, its transpose out.
-    blk = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
-    rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < n) & (cols[None, :] < HEAD_DIM)
-    ptrs = V + b * stride_vb + h * stride_vh + rows[:, None].to(tl.int64) * stride_vn + cols[None, :] * stride_vd
-    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    bh, rows, cols, _, x = load_head_block(
+        V, n, n_heads, stride_vb, stride_vh, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_D
+    )
     scale = tl.load(S + bh * BLOCK_D + cols)
     q = tl.clamp(tl.math.div_rn(x, scale[None, :]), -FP8_MAX, FP8_MAX)
     if ROUND:
