@@ -1,6 +1,6 @@
 """The INT8 attention kernel's launch configurations against flash attention, at Wan2.1-1.3B's 480p shape.
 
-    python benchmarks/int8_attention_sweep.py [--json out.json] [--reps 10]
+    python benchmarks/int8_attention_sweep.py [--json out.json] [--reps 10] [--pv fp8]
 
 For each (block_m, block_n, num_warps, num_stages) of ``--configs`` (default: a grid around the kernel's
 default; the tiles are also its quantisation blocks, so each config is its own quantisation too):
@@ -8,7 +8,8 @@ default; the tiles are also its quantisation blocks, so each config is its own q
 quantisation alone (``quantize_qk``: the fused Triton pass the kernel uses, and the torch reference it
 replaced), and the output's relative L2 distance from SDPA's, against
 ``F.scaled_dot_product_attention`` (flash) on the same bf16 inputs. Medians of CUDA-event timings; a config
-the compiler or the GPU refuses (shared memory, registers) is reported as such, not fatal. CUDA only.
+the compiler or the GPU refuses (shared memory, registers) is reported as such, not fatal. ``--pv fp8``
+sweeps the kernel with P·V in FP8 (its V quantisation included in the end-to-end time). CUDA only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=4, default=[1, 12, 32760, 128], metavar=("B", "H", "N", "D"))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--configs", type=int, nargs=4, action="append", metavar=("BM", "BN", "WARPS", "STAGES"))
+    parser.add_argument("--pv", choices=["input", "fp8"], default="input", help="how the kernel multiplies P·V")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -62,8 +64,8 @@ def main() -> None:
             cfg = Int8LaunchConfig(bm, bn, warps, stages)
             row: dict[str, Any] = {"config": list(cfg)}
             try:
-                out = int8_attention(q, k, v, config=cfg)
-                row["ms"] = time_ms(lambda cfg=cfg: int8_attention(q, k, v, config=cfg), args.reps)
+                out = int8_attention(q, k, v, config=cfg, pv=args.pv)
+                row["ms"] = time_ms(lambda cfg=cfg: int8_attention(q, k, v, config=cfg, pv=args.pv), args.reps)
                 row["quantize_ms"] = time_ms(lambda cfg=cfg: quantize_qk(q, k, cfg.block_m, cfg.block_n), args.reps)
                 row["quantize_torch_ms"] = time_ms(
                     lambda cfg=cfg: quantize_qk(q, k, cfg.block_m, cfg.block_n, fused=False), args.reps
@@ -82,7 +84,10 @@ def main() -> None:
                 print(f"{cfg}: failed ({row['failed']})", flush=True)
                 torch.cuda.synchronize()
             rows.append(row)
-    result = {"device": torch.cuda.get_device_name(device), "shape": args.shape, "sdpa_ms": sdpa_ms, "rows": rows}
+    result = {
+        "device": torch.cuda.get_device_name(device), "shape": args.shape, "pv": args.pv, "sdpa_ms": sdpa_ms,
+        "rows": rows,
+    }  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
