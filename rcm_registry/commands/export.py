@@ -53,7 +53,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from rcm_registry.engine.sampling import open_checkpoint
     from rcm_registry.protocols import network_export
 
-    run = open_checkpoint(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu")
+    # The weights as trained: the recipe's inference options (FP8 linears, CUDA graphs) are for sampling.
+    run = open_checkpoint(Path(args.run_dir), role=args.network, ema=not args.no_ema, device="cpu", inference=False)
     export = network_export(run.net)
     if not callable(export):
         raise UserError(

@@ -98,6 +98,7 @@ def open_checkpoint(
     attention: str | None = None,
     fp8_linear: bool | None = None,
     cuda_graphs: bool | None = None,
+    inference: bool = True,
 ) -> LoadedRun:
     """Load network ``role`` (default: the recipe's output network) of a run directory's latest checkpoint,
     or of a checkpoint folder, with its EMA weights unless ``ema`` is False, on ``device``, and build the
@@ -105,7 +106,8 @@ def open_checkpoint(
 
     ``overrides`` are ``KEY=VALUE`` changes to the checkpoint's recipe (e.g. ``codecs.vae.path=/models/vae``)
     for paths that differ on this machine. ``attention`` (a backend name), ``fp8_linear`` and ``cuda_graphs``
-    override the recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`).
+    override the recipe's ``inference:`` section (:mod:`rcm_registry.engine.inference`); ``inference=False``
+    loads the network as it trained, without any of them (``rcm export``: weights, not sampling).
 
     ``weights``: take the network's weights from this checkpoint instead, as ``networks.ROLE.weights: {path:
     weights}`` would (any format the network reads, e.g. the rCM release's ``.pt``; ``ema`` False is
@@ -124,7 +126,7 @@ def open_checkpoint(
     dev = pick_device(device)
     if recipe.body.run.cpu_threads is not None:
         torch.set_num_threads(recipe.body.run.cpu_threads)
-    options = inference_options(recipe, attention, fp8_linear, cuda_graphs)
+    options = inference_options(recipe, attention, fp8_linear, cuda_graphs) if inference else InferenceOptions()
     check_device(options, dev)
     entry = recipe.networks[role]
     if options.attention is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from rcm_registry import registry
@@ -25,23 +26,28 @@ RECIPE = {
 }
 
 
-def fake_run(tmp_path: Path) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+def fake_run(tmp_path: Path, recipe: dict | None = None) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
     """A run directory whose checkpoint holds distinct raw and EMA weights for a tiny Wan student."""
     raw = registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
     ema = registry().build("network", "wan2.1-t2v", size="tiny", attention={"use": "math"})
     run_dir = tmp_path / "run"
     save_checkpoint(
         run_dir, 1, models={"student": raw.state_dict()}, emas={"student": ema.state_dict()},
-        optimizers={}, state={}, recipe=RECIPE, keep=1,
+        optimizers={}, state={}, recipe=recipe or RECIPE, keep=1,
     )  # fmt: skip
     return run_dir, raw, ema
 
 
-def test_export_diffusers_loads_back_with_equal_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "inference", [{}, {"fp8_linear": True, "cuda_graphs": True}], ids=["plain", "with sampling options"]
+)
+def test_export_diffusers_loads_back_with_equal_outputs(tmp_path: Path, inference: dict) -> None:
+    """The recipe's ``inference:`` options are for sampling: the export writes the weights as trained (and
+    does not refuse a CPU for the CUDA graphs it does not use)."""
     from diffusers import WanTransformer3DModel
     from rcm_plugins.common.diffusers_interop import from_pretrained_strict
 
-    run_dir, _, ema = fake_run(tmp_path)
+    run_dir, _, ema = fake_run(tmp_path, {**RECIPE, "inference": inference})
     out = tmp_path / "exported"
     result = run_cli("export", str(run_dir), "--format", "diffusers", "--dtype", "fp32", "--out", str(out))
     assert result.code == 0, result.err
