@@ -616,6 +616,20 @@ def network_export(net: object) -> Callable[..., Path] | None:
 
 
 @runtime_checkable
+class KeepsPrecision(Protocol):
+    """Optional on a network: the modules inside its ``blocks`` that FP8 inference (``inference.fp8_linear``)
+    leaves in their precision, e.g. layers a float32 path reads through ``.weight`` or whose inputs are one
+    row a sample (a modulation head of the time embedding), where FP8 saves no time and dequantising costs."""
+
+    def fp8_exempt(self) -> Iterable[Any]: ...
+
+
+def fp8_exempt(net: object) -> list[Any]:
+    """``net.fp8_exempt()`` (:class:`KeepsPrecision`), or nothing when the network names none."""
+    return list(net.fp8_exempt()) if isinstance(net, KeepsPrecision) else []
+
+
+@runtime_checkable
 class Closable(Protocol):
     """Optional on a :class:`Dataset`: release open files or worker processes.
 

@@ -452,6 +452,13 @@ class CosmosNetwork(CheckpointedBlocks, ExportableNetwork, nn.Module):
             if any(g > m for g, m in zip(grid, arch.max_grid, strict=True)):
                 raise ValueError(f"token grid {grid} exceeds the position tables {arch.max_grid} (max_size)")
 
+    def fp8_exempt(self) -> list[nn.Module]:
+        """The blocks' AdaLN-LoRA modulation heads stay in their precision under FP8 inference: they read one
+        time embedding a sample, in the float32 time path through their ``.weight`` (rcm_registry.protocols
+        .KeepsPrecision), so FP8 would only add a dequantisation every call."""
+        heads = ("adaln_modulation_self_attn", "adaln_modulation_cross_attn", "adaln_modulation_mlp")
+        return [getattr(block, head) for block in self.blocks for head in heads]
+
     def extra_repr(self) -> str:
         a = self.arch
         return (

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from rcm_registry.errors import UserError
+from rcm_registry.protocols import fp8_exempt
 
 FP8 = torch.float8_e4m3fn
 #: Largest finite e4m3 value.
@@ -213,10 +214,12 @@ def is_gelu_mlp(module: nn.Module) -> bool:
 
 def fp8_linear_blocks(net: nn.Module) -> int:
     """Swap every ``nn.Linear`` inside the network's ``blocks`` for an :class:`Fp8Linear`, in place; a
-    Linear → GELU (tanh) → Linear ``nn.Sequential`` becomes an :class:`Fp8GeluMlp` of two.
+    Linear → GELU (tanh) → Linear ``nn.Sequential`` becomes an :class:`Fp8GeluMlp` of two. What the network
+    names in ``fp8_exempt()`` (:class:`rcm_registry.protocols.KeepsPrecision`), with all it holds, stays.
 
     Returns how many were swapped; a UserError when the network has no ``blocks`` with linear layers.
     """
+    exempt = {id(m) for kept in fp8_exempt(net) for m in kept.modules()}
     swapped = 0
     for name, module in list(net.named_modules()):
         if name.rsplit(".", 1)[-1] != "blocks" or not isinstance(module, nn.ModuleList):
@@ -225,14 +228,14 @@ def fp8_linear_blocks(net: nn.Module) -> int:
         # linear left; each pass walks the tree as the one before left it.
         for parent in list(module.modules()):
             for child_name, child in list(parent.named_children()):
-                if is_gelu_mlp(child):
+                if id(child) not in exempt and is_gelu_mlp(child):
                     up, gelu, down = child
                     fp8 = Fp8GeluMlp(Fp8Linear.from_linear(up), gelu, Fp8Linear.from_linear(down))
                     setattr(parent, child_name, fp8)
                     swapped += 2
         for parent in list(module.modules()):
             for child_name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
+                if id(child) not in exempt and isinstance(child, nn.Linear):
                     setattr(parent, child_name, Fp8Linear.from_linear(child))
                     swapped += 1
     if not swapped:

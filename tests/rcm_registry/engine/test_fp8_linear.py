@@ -184,3 +184,16 @@ def test_the_fused_gelu_mlp_matches_the_unfused_fp8_module(dtype: torch.dtype) -
     assert rel_err(got, want) <= 1e-2  # the same FP8 products; the GELU's last bits only
     # Two FP8 products of about 3 % each (one layer: the test above) come to about 5 % (5.3 % on an H200).
     assert rel_err(got, exact) <= min(8e-2, rel_err(want, exact) + 1e-2)
+
+
+def test_what_a_network_names_as_exempt_keeps_its_precision() -> None:
+    # Cosmos' AdaLN-LoRA modulation heads read one time embedding a sample through the float32 time path,
+    # by their `.weight`: FP8 would dequantise them every call and save nothing.
+    net = rr.registry().build("network", "cosmos-predict2-t2i", size="tiny", attention={"use": "math"}).eval()
+    heads = net.fp8_exempt()
+    assert len(heads) == 3 * len(net.blocks)
+    kept = {id(m) for head in heads for m in head.modules() if isinstance(m, nn.Linear)}
+    others = [m for m in net.blocks.modules() if isinstance(m, nn.Linear) and id(m) not in kept]
+    assert fp8_linear_blocks(net) == len(others) > 0
+    assert sum(isinstance(m, nn.Linear) for m in net.blocks.modules()) == len(kept)
+    assert not any(isinstance(m, Fp8Linear) for head in heads for m in head.modules())
