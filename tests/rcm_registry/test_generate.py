@@ -292,6 +292,24 @@ def test_generate_speed_options_give_the_same_latents(world: dict[str, Path], tm
     torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
+def test_generate_refuses_cuda_graphs_without_cuda(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    result = run_cli("generate", str(world["run"]), "--prompt", "a fox", "--out", str(out), "--cuda-graphs")
+    assert result.code == 2 and "CUDA graphs need a CUDA device" in result.err and "Traceback" not in result.err
+    assert not out.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generate_with_cuda_graphs_gives_the_same_latents(world: dict[str, Path], tmp_path: Path) -> None:
+    def latents(name: str, *extra: str) -> torch.Tensor:
+        generate(world, tmp_path / name, "--steps", "4", "--no-progress", "--device", "cuda", *extra)
+        return load_file(str(tmp_path / name))["latents"]
+
+    assert torch.equal(latents("graphs.safetensors", "--cuda-graphs"), latents("eager.safetensors"))
+
+
 def test_generate_rejects_a_bad_compile_backend(world: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "x.safetensors"
     result = run_cli(
