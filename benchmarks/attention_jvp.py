@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 
 def _import_kernels() -> tuple[Any, Any]:
-    """rcm_kernels, installed or straight from the checkout's kernels/ folder."""
+    """rcm_kernels, installed or straight from the checkout's rcm_kernels/ folder."""
     try:
         import rcm_kernels  # noqa: F401
     except ImportError:
-        folder = Path(__file__).resolve().parents[1] / "kernels"
+        folder = Path(__file__).resolve().parents[1] / "rcm_kernels"
         spec = importlib.util.spec_from_file_location(
             "rcm_kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
         )

@@ -28,7 +28,7 @@ def packages_on_disk() -> set[str]:
 
 
 def test_package_dir_covers_the_source_folders() -> None:
-    assert sorted(SETUPTOOLS["package-dir"].values()) == ["kernels", "plugins", "rcm_registry"]
+    assert sorted(SETUPTOOLS["package-dir"].values()) == ["plugins", "rcm_kernels", "rcm_registry"]
 
 
 def test_packages_list_is_the_folders_with_an_init() -> None:
@@ -61,3 +61,20 @@ def test_the_test_extra_holds_every_optional_extra() -> None:
     test = set(extras["test"])
     for name, requirements in extras.items():
         assert sorted(set(requirements) - test) == [], f"extra {name!r} has requirements the test extra lacks"
+
+
+def test_no_folder_of_the_checkout_shadows_another_distributions_package() -> None:
+    # Wherever the checkout's root is on sys.path (`python -m` from it, this test run), each top-level folder
+    # with an __init__.py is importable under its own name, ahead of installed packages: a folder named like
+    # a package another distribution installs hides it (kernels/ hid Hugging Face's `kernels`, which
+    # transformers imports, once transformers came to depend on it).
+    import importlib.metadata
+
+    owners = importlib.metadata.packages_distributions()
+    ours = {"rcm-registry", "rcm_registry"}
+    folders = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert "rcm_registry" in folders
+    clashes = {name: owners[name] for name in folders if set(owners.get(name, [])) - ours}
+    assert not clashes, f"top-level folders named like other distributions' packages: {clashes}"
+    # And the folders' names say what they are imported as, except plugins/ (rcm_plugins: see pyproject.toml).
+    assert {name for name in folders if not name.startswith("rcm_")} <= {"plugins", "benchmarks", "tests"}

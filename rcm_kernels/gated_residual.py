@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
 from rcm_kernels.triton_common import (
     check_shape_like,
     device_context,
@@ -26,7 +28,6 @@ from rcm_kernels.triton_common import (
     token_groups,
     token_row_program,
 )
-from torch import Tensor
 
 
 @triton.jit

@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import check_shape_like, device_context
 from torch import Tensor
+
+from rcm_kernels.triton_common import check_shape_like, device_context
 
 
 @triton.jit

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
 from rcm_kernels.triton_common import (
     check_shape_like,
     device_context,
@@ -39,7 +41,6 @@ from rcm_kernels.triton_common import (
     token_groups,
     token_row_program,
 )
-from torch import Tensor
 
 
 @triton.jit

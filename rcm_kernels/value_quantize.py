@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import Tensor
+
 from rcm_kernels.fp8_quantize import FP8, FP8_MAX
 from rcm_kernels.triton_common import (
     device_context,
@@ -33,7 +35,6 @@ from rcm_kernels.triton_common import (
     require_kernel_device,
     round_to_e4m3,
 )
-from torch import Tensor
 
 
 def _check(v: Tensor, block_n: int, block_d: int) -> None:

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, load_head_block, require_kernel_device
 from torch import Tensor
+
+from rcm_kernels.triton_common import device_context, load_head_block, require_kernel_device
 
 #: Largest INT8 magnitude (symmetric range: −128 is not used, so negation never overflows).
 INT8_MAX = 127.0

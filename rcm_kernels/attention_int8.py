@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
 from rcm_kernels.fp8_quantize import FP8, FP8_MAX
 from rcm_kernels.int8_quantize import quantize_blocks, quantize_blocks_reference, sequence_mean
 from rcm_kernels.triton_common import (
@@ -51,7 +53,6 @@ from rcm_kernels.triton_common import (
     softmax_scale,
 )
 from rcm_kernels.value_quantize import quantize_v_fp8, quantize_v_fp8_reference
-from torch import Tensor
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: How P·V is multiplied: in V's dtype ("input") or both operands in FP8 e4m3 ("fp8").

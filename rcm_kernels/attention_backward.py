@@ -21,6 +21,9 @@ from typing import Any, NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
+
 from rcm_kernels.triton_common import (
     device_context,
     dot,
@@ -34,8 +37,6 @@ from rcm_kernels.triton_common import (
     load_rows,
     softmax_scale,
 )
-from torch import Tensor
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 class BackwardConfig(NamedTuple):

@@ -31,8 +31,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from rcm_kernels.triton_common import device_context, require_kernel_device
 from torch import Tensor
+
+from rcm_kernels.triton_common import device_context, require_kernel_device
 
 FP8 = torch.float8_e4m3fn
 #: Largest finite e4m3 value.

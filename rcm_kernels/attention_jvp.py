@@ -31,6 +31,9 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
+
 from rcm_kernels import attention_backward
 from rcm_kernels.triton_common import (
     ScratchAllocator,
@@ -48,8 +51,6 @@ from rcm_kernels.triton_common import (
     softmax_scale,
     tma_loads_possible,
 )
-from torch import Tensor
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
