@@ -360,8 +360,9 @@ class Bench:
                      fmt(off.totals()["transformer"]), fmt(on.totals()["transformer"])))  # fmt: skip
         rows.append(("torch.compile: the compiling call", "transformer s", "", fmt(first_call.totals()["transformer"])))
 
-        # (d) CUDA-graph replay of the same network (CUDA only: the rows say so elsewhere)
-        if self.device.type == "cuda":
+        # (d) CUDA-graph replay of the same network (CUDA only: on the CPU its row says so)
+        cuda = self.device.type == "cuda"
+        if cuda:
             from rcm_registry.engine.cuda_graphs import GraphedNetwork
 
             student.net = GraphedNetwork(eager)
@@ -380,7 +381,6 @@ class Bench:
             rows.append(("CUDA graphs", "transformer s", "", "n/a (CUDA only)"))
 
         # (e) low-precision inference (their quality cost: benchmarks/moving_digits_table.py --lowprec)
-        cuda = self.device.type == "cuda"
         lowprec = {"int8_sage attention": ("int8_sage", False, False), "FP8 linear": (None, True, False),
                    "int8_sage attention + FP8 linear": ("int8_sage", True, False)}  # fmt: skip
         if cuda:
@@ -401,7 +401,7 @@ class Bench:
                 student.net = eager
             opts[label] = on.as_dict()
             rows.append((label, "transformer s", fmt(off.totals()["transformer"]), fmt(on.totals()["transformer"])))
-            if self.device.type == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
 
         # All together: the options that make generation faster, on one process's fastest path. The text
