@@ -25,12 +25,13 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
        stages);
    (d) eager → ``torch.compile`` of the network (the compiling call timed on its own), and eager → CUDA-graph
        replay (``--cuda-graphs``; the capturing call timed on its own; CUDA only);
-   (e) the low-precision inference options: ``int8_sage`` attention, FP8 linears, both, and ``int8_sage`` with
-       CUDA graphs (after a warm-up generation each; each a copy of the network with the student's weights,
+   (e) the low-precision inference options: ``int8_sage`` attention (P·V in bf16, and in FP8), FP8 linears,
+       both, and ``int8_sage`` with CUDA graphs (after a warm-up generation each; each a copy of the network with the student's weights,
        the eager network parked on the CPU meanwhile, so that peak memory counts one network);
    and end to end with the options that make it faster together ("fastest exact set": bf16 channels-last
    chunked decode with cuDNN's algorithm search, the cached negative prompt), then with int8 attention, then
-   with FP8 linears on top, then int8 attention with CUDA graphs; the text encoder's offload (memory for
+   with FP8 linears on top (with P·V in bf16, then in FP8), then int8 attention with CUDA graphs, then
+   everything (FP8 P·V, FP8 linears, CUDA graphs); the text encoder's offload (memory for
    seconds) and ``torch.compile`` (no faster here) are left out of those rows.
 
 Prints markdown tables; ``--json`` writes every profile. Times are single runs (after the warm-up), with CUDA
@@ -221,11 +222,19 @@ class Bench:
     ) -> Any:
         """``base``'s weights in a network that samples with the ``attention`` backend and/or FP8 linears,
         replayed from CUDA graphs with ``graphs``, as ``rcm generate --attention NAME --fp8-linear
-        --cuda-graphs`` loads it."""
+        --cuda-graphs`` loads it. ``int8_sage_fp8pv`` is ``int8_sage`` with ``pv: fp8`` (the recipe's
+        ``inference.attention: {use: int8_sage, pv: fp8}``)."""
+        from rcm_registry import registry
         from rcm_registry.engine.graph import build_network
         from rcm_registry.engine.inference import apply_after_loading, inference_options, with_attention
+        from rcm_registry.schema import ComponentSpec
 
-        options = inference_options(recipe, attention, fp8, graphs)
+        fp8_pv = attention == "int8_sage_fp8pv"
+        options = inference_options(recipe, "int8_sage" if fp8_pv else attention, fp8, graphs)
+        if fp8_pv:
+            reg = registry()
+            spec = ComponentSpec(reg.get("attention", "int8_sage"), reg.config("attention", "int8_sage", pv="fp8"))
+            options = attrs.evolve(options, attention=spec)
         entry = recipe.networks["student"]
         if options.attention is not None:
             entry = attrs.evolve(entry, spec=with_attention(entry.spec, options.attention, "student"))
@@ -382,7 +391,9 @@ class Bench:
 
         # (e) low-precision inference (their quality cost: benchmarks/moving_digits_table.py --lowprec)
         lowprec = {"int8_sage attention": ("int8_sage", False, False), "FP8 linear": (None, True, False),
-                   "int8_sage attention + FP8 linear": ("int8_sage", True, False)}  # fmt: skip
+                   "int8_sage attention + FP8 linear": ("int8_sage", True, False),
+                   "int8_sage attention, FP8 P·V": ("int8_sage_fp8pv", False, False),
+                   "int8_sage attention, FP8 P·V + FP8 linear": ("int8_sage_fp8pv", True, False)}  # fmt: skip
         if cuda:
             lowprec["int8_sage attention + CUDA graphs"] = ("int8_sage", False, True)
         for label, (attention, fp8, graphs) in lowprec.items():
@@ -412,9 +423,12 @@ class Bench:
             ("fastest exact set", None, False, False),
             ("fastest set + int8_sage attention", "int8_sage", False, False),
             ("fastest set + int8_sage attention + FP8 linear", "int8_sage", True, False),
+            ("fastest set + int8_sage attention, FP8 P·V + FP8 linear", "int8_sage_fp8pv", True, False),
         ]
         if cuda:
             sets.append(("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True))
+            sets.append(("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs",
+                         "int8_sage_fp8pv", True, True))  # fmt: skip
         for label, attention, fp8, graphs in sets:
             copy_needed = bool(attention or fp8 or graphs)
             try:

@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from attention_jvp import time_ms
 
-#: (block_m, block_n, num_warps, num_stages): the default (128, 64, 4, 3) and its neighbours.
+#: (block_m, block_n, num_warps, num_stages): the defaults, (128, 64, 4, 3) and, with P·V in FP8,
+#: (64, 128, 4, 3), and their neighbours.
 CONFIGS = [
     (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 4),
-    (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),
+    (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 3), (64, 64, 4, 3),
+    (64, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 4), (64, 128, 8, 3), (64, 256, 4, 3), (32, 128, 4, 3),
     (128, 32, 4, 3), (256, 64, 8, 2),
 ]  # fmt: skip
 

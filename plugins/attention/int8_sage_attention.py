@@ -92,7 +92,7 @@ class Int8SageAttention:
         try:
             if q.is_cuda:
                 return kernels.int8_attention(q, k, v, scale, smooth_k=self.config.smooth_k, pv=self.config.pv)
-            cfg = kernels.default_config(q.shape[-1], torch.device("cuda"))
+            cfg = kernels.default_config(q.shape[-1], torch.device("cuda"), self.config.pv)
             return kernels.int8_attention_reference(
                 q,
                 k,

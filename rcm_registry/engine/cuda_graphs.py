@@ -5,13 +5,15 @@ sets the pace rather than the GPU's arithmetic (small latents, many small kernel
 the Triton kernels), replaying one captured graph per call signature removes that cost. Unlike
 ``torch.compile``'s ``reduce-overhead`` mode it captures the hand-written Triton kernels too (the INT8
 attention backend and the FP8 linears are graph breaks for the compiler), and it compiles nothing: the
-first call of a signature runs the network twice eagerly (a warm-up on a side stream, which also fills
-the network's caches and compiles the Triton kernels, then the capture), every later one replays.
+first call of a signature runs the network eagerly on a side stream (a warm-up, which also fills the
+network's caches and compiles the Triton kernels, then one call with torch's sync debug mode at "error"),
+then captures it; every later call replays.
 
-What a captured call must satisfy (the capture fails otherwise, and :class:`UserError` names the call):
-no host synchronisation (``.item()``, data-dependent shapes) and no host-to-device copies inside the
-network's forward. Non-tensor arguments are part of the signature: a new value is a new capture. The
-output is copied out of the graph's buffers, so a result stays valid when the next call replays.
+What a captured call must satisfy (:class:`UserError` names the call otherwise): no host synchronisation
+(``.item()``, data-dependent shapes) and no host-to-device copies inside the network's forward, both found
+by the checked eager call, so that their refusal leaves the process usable (a failed capture does not).
+Non-tensor arguments are part of the signature: a new value is a new capture. The output is copied out of
+the graph's buffers, so a result stays valid when the next call replays.
 """
 
 from __future__ import annotations
@@ -67,18 +69,41 @@ class CudaCapturer:
 
     def capture(self, call: Callable[[], Any], device: torch.device, warmup: int) -> tuple[Callable[[], None], Any]:
         with _on_side_stream(device), _autocast_without_cache():
-            for _ in range(warmup):
+            for _ in range(warmup):  # one-time work (caches, Triton compilation) may synchronise here
                 call()
+            _refuse_host_syncs(call)
         graph = torch.cuda.CUDAGraph()
-        try:  # the warm-up ran the same call eagerly: what fails here is what a capture does not allow
+        try:  # past the checked call, what fails is an operation a capture forbids without a sync: rare
             with _autocast_without_cache(), torch.cuda.graph(graph):
                 output = call()
         except RuntimeError as exc:
             raise UserError(
                 f"inference.cuda_graphs / --cuda-graphs: the network's call cannot be captured as a CUDA graph "
-                f"({exc}); sample without it"
+                f"({exc}); sample without it, in a new process: torch leaves a failed capture's random-number "
+                f"and allocator state behind"
             ) from None
         return graph.replay, output
+
+
+def _refuse_host_syncs(call: Callable[[], Any]) -> None:
+    """One more eager call, with every host synchronisation an error.
+
+    A capture that meets a synchronisation (``.item()``, ``float(tensor)``, a blocking copy) fails in a way
+    torch does not recover from: the CUDA generators stay registered with the dead capture and the allocator
+    keeps allocating into its pool, so every later random draw in the process fails. Found here, eagerly,
+    the refusal leaves the process as it was.
+    """
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call()
+    except RuntimeError as exc:
+        raise UserError(
+            f"inference.cuda_graphs / --cuda-graphs: the network's call synchronises with the host ({exc}), "
+            f"which a CUDA graph cannot replay; sample without it"
+        ) from None
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def _autocast_without_cache() -> contextlib.AbstractContextManager[Any]:

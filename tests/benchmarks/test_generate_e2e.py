@@ -32,12 +32,16 @@ def test_smoke_run_records_every_stage_and_option(smoke: Callable[..., Any]) -> 
         }  # fmt: skip
         # A failing option is reported in its row, not raised: every row must have run.
         assert not [row for row in model["option rows"] if "failed" in row[-1]], model["option rows"]
-        for lowprec in ("int8_sage attention", "FP8 linear", "int8_sage attention + FP8 linear"):
+        for lowprec in (
+            "int8_sage attention", "FP8 linear", "int8_sage attention + FP8 linear",
+            "int8_sage attention, FP8 P·V", "int8_sage attention, FP8 P·V + FP8 linear",
+        ):  # fmt: skip
             assert options[lowprec]["totals"]["transformer"]["name"] == "transformer (4 calls)"
         for fastest in (
             "fastest exact set",
             "fastest set + int8_sage attention",
             "fastest set + int8_sage attention + FP8 linear",
+            "fastest set + int8_sage attention, FP8 P·V + FP8 linear",
         ):
             totals = options[fastest]["on"]["totals"]
             assert totals["transformer"]["name"] == "transformer (4 calls)"

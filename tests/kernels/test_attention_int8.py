@@ -200,6 +200,20 @@ EXACT_FP8 = 5e-2
 SAME_FP8 = 3e-2
 
 
+def test_fp8_pv_defaults_to_its_own_blocks() -> None:
+    # FP8 P·V takes 64 query rows and 128 key rows by default, and the kernel quantises with those blocks:
+    # 200 keys are two 128-key blocks (a tail), four of the INT8 P·V's 64-key ones.
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert K.default_config(128, cuda, "fp8")[:2] == (64, 128) == K.default_config(128, cpu, "fp8")[:2]
+    assert K.default_config(128, cuda)[:2] == (128, 64)
+    q, k, v = inputs(1, 1, 130, 200, 64, dtype=torch.float32, seed=11, key_offset=2.0)
+    got = K.int8_attention(q, k, v, pv="fp8")
+    own = K.int8_attention_reference(q, k, v, block_m=64, block_n=128, pv="fp8")
+    other = K.int8_attention_reference(q, k, v, block_m=128, block_n=64, pv="fp8")
+    assert rel_err(got, own) <= SAME_FP8
+    assert rel_err(got, own) < rel_err(got, other)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", CASES, ids=lambda s: "x".join(map(str, s)))
 def test_fp8_pv_kernel_against_its_reference_and_exact_attention(shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -235,7 +249,7 @@ def test_fp8_pv_at_the_wan_shape() -> None:
     got = K.int8_attention(q, k, v, pv="fp8")
     assert torch.isfinite(got).all()
     assert rel_err(got, F.scaled_dot_product_attention(q, k, v)) <= EXACT_FP8
-    cfg = K.default_config(128, q.device)
+    cfg = K.default_config(128, q.device, "fp8")
     qs, ks, vs = (t[:, :1, :4096] for t in (q, k, v))
     want = K.int8_attention_reference(
         qs, ks, vs, block_m=cfg.block_m, block_n=cfg.block_n, pv="fp8", compute=torch.float32

@@ -72,7 +72,7 @@ def test_pv_is_passed_on_and_checked() -> None:
     exact = torch.softmax(q.double() @ k.double().transpose(-2, -1) / 8.0, -1) @ v.double()
     fp8 = rr.registry().build("attention", "int8_sage", pv="fp8")
     assert repr(fp8) == "Int8SageAttention(smooth_k=True, pv=fp8)"
-    cfg = K.default_config(64, torch.device("cuda"))
+    cfg = K.default_config(64, torch.device("cuda"), "fp8")
     want = K.int8_attention_reference(q, k, v, block_m=cfg.block_m, block_n=cfg.block_n, pv="fp8")
     got = fp8(q, k, v)
     assert rel_err(got, want) <= 1e-5  # the CPU route is that reference

@@ -44,8 +44,8 @@ def reseeded(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 
 def on_the_cpu(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draws on the CPU whatever the generator's device."""
-    return uniform(n, None if generator is None else torch.Generator().manual_seed(generator.initial_seed()))
+    """Draws from the generator, then moves them to the CPU whatever the generator's device."""
+    return uniform(n, generator).cpu()
 
 
 def checks(sampler: Sampler) -> set[str]:
