@@ -26,8 +26,9 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
    (d) eager → ``torch.compile`` of the network (the compiling call timed on its own), and eager → CUDA-graph
        replay (``--cuda-graphs``; the capturing call timed on its own; CUDA only);
    (e) the low-precision inference options: ``int8_sage`` attention (P·V in bf16, and in FP8), FP8 linears,
-       both, and ``int8_sage`` with CUDA graphs (after a warm-up generation each; each a copy of the network with the student's weights,
-       the eager network parked on the CPU meanwhile, so that peak memory counts one network);
+       both, and ``int8_sage`` with CUDA graphs (after a warm-up generation each; each a copy of the network
+       with the student's weights, the eager network parked on the CPU meanwhile, so that peak memory counts
+       one network);
    and end to end with the options that make it faster together ("fastest exact set": bf16 channels-last
    chunked decode with cuDNN's algorithm search, the cached negative prompt), then with int8 attention, then
    with FP8 linears on top (with P·V in bf16, then in FP8), then int8 attention with CUDA graphs, then

@@ -14,8 +14,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from rcm_kernels import attention_int8 as K
 from torch import Tensor
+
+from rcm_kernels import attention_int8 as K
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 #: Kernel vs reference of the same quantisation. bf16 is looser in the interpreter, which rounds fp32 to

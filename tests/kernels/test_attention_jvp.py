@@ -12,9 +12,10 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
+
 from rcm_kernels import attention_jvp as K
 from rcm_kernels.attention_backward import BackwardConfig, attention_backward
-from torch import Tensor
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Relative (Frobenius) error bounds vs float64. bf16 on CPU is looser than on the GPU because the

@@ -17,10 +17,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from rcm_kernels.fp8_quantize import FP8, FP8_MAX, launch_config, quantize_rows_fp8
-from rcm_kernels.triton_common import interpreter_active
 from torch import Tensor, nn
 
+from rcm_kernels.fp8_quantize import FP8, FP8_MAX, launch_config, quantize_rows_fp8
+from rcm_kernels.triton_common import interpreter_active
 from rcm_registry.engine.fp8_linear import Fp8Linear, quantize_rows
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

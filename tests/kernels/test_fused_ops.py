@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from rcm_kernels import gated_residual as GR
-from rcm_kernels import layer_norm_affine as LN
-from rcm_kernels import rms_norm_rope as RR
 from rcm_plugins.common import fused_ops as FO
 from torch import Tensor
 
 import rcm_registry as rr
+from rcm_kernels import gated_residual as GR
+from rcm_kernels import layer_norm_affine as LN
+from rcm_kernels import rms_norm_rope as RR
 from rcm_registry.jvp import jvp
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rcm_kernels import int8_quantize as Q
 from torch import Tensor
+
+from rcm_kernels import int8_quantize as Q
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMPLEMENTATIONS = {"fused": Q.quantize_blocks, "torch": Q.quantize_blocks_reference}

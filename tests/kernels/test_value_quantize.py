@@ -8,9 +8,10 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
 from rcm_kernels.triton_common import round_to_e4m3
 from rcm_kernels.value_quantize import quantize_v_fp8, quantize_v_fp8_reference
-from torch import Tensor
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 E4M3 = torch.float8_e4m3fn

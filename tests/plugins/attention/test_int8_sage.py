@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from rcm_kernels import attention_int8 as K
 from rcm_plugins.attention.int8_sage_attention import InferenceOnlyError
 from torch.autograd import forward_ad
 
 import rcm_registry as rr
+from rcm_kernels import attention_int8 as K
 from rcm_registry.protocols import head_dim_problem
 from rcm_registry.testing import AttentionContract
 from rcm_registry.testing.fixtures import rel_err
