@@ -17,7 +17,8 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
    4 steps (the recipe's ``trigflow_multistep``), after one warm-up generation: per-stage table each;
 2. each speed option off → on in the same process, on the 4-step student:
    (a) the VAE decode: diffusers' float32 frame-by-frame decode, then bf16 (``decode_dtype``), then bf16 in
-       chunks of latent frames (``decode_chunk_frames``); and a 720p decode (Wan: 81 × 720 × 1280) of each,
+       chunks of latent frames (``decode_chunk_frames``), then the tiny decoder (the ``taehv`` codec, random
+       weights of taew2_1's shape, whole and in chunks); and a 720p decode (Wan: 81 × 720 × 1280) of each,
        to show which fit (an out-of-memory error is reported, not raised); each variant timed after one
        warm-up decode of its own;
    (b) the negative-prompt embedding encoded every time → from the per-process cache;
@@ -32,7 +33,8 @@ word-level tokenizer stands in for the sentencepiece one: prompts are padded to 
    and end to end with the options that make it faster together ("fastest exact set": bf16 channels-last
    chunked decode with cuDNN's algorithm search, the cached negative prompt), then with int8 attention, then
    with FP8 linears on top (with P·V in bf16, then in FP8), then int8 attention with CUDA graphs, then
-   everything (FP8 P·V, FP8 linears, CUDA graphs); the text encoder's offload (memory for
+   everything (FP8 P·V, FP8 linears, CUDA graphs), and the exact set and everything with the tiny decoder
+   in the VAE's place (its quality is its own, not the VAE's); the text encoder's offload (memory for
    seconds) and ``torch.compile`` (no faster here) are left out of those rows.
 
 Prints markdown tables; ``--json`` writes every profile. Times are single runs (after the warm-up), with CUDA
@@ -201,9 +203,17 @@ class Bench:
         )
 
     def vae_codec(self, recipe: Any, base: Any, **options: Any) -> Any:
-        """The recipe's VAE codec around a copy of ``base`` (float32 weights), with ``options`` set."""
+        """The recipe's VAE codec around a copy of ``base`` (float32 weights), with ``options`` set; with
+        ``tiny_decoder=True`` the ``taehv`` codec instead (the taew2_1 decoder with random weights, bf16,
+        ``decode_chunk_frames`` from ``options``)."""
         from rcm_plugins.data._wan_vae import WanVideoCodec
 
+        if options.pop("tiny_decoder", False):
+            from rcm_plugins.data._tiny_video_decoder import TinyVideoDecoder
+            from rcm_plugins.data.taehv_codec import TaehvCodec, TaehvCodecConfig
+
+            config = TaehvCodecConfig(path="(random weights)", dtype="bf16", **options)
+            return TaehvCodec(config, decoder=TinyVideoDecoder(base.config.z_dim)).to(self.device)
         spec = recipe.body.codecs["vae"]
         config = attrs.evolve(spec.config, **options)
         return WanVideoCodec(config, "", spec.component.name, vae=copy.deepcopy(base)).to(self.device)
@@ -313,7 +323,11 @@ class Bench:
             f"bf16 in chunks of {self.chunk}": {"decode_dtype": "bf16", "decode_chunk_frames": self.chunk},
             f"bf16 in chunks of {self.chunk}, channels last": {**FAST_DECODE, "decode_cudnn_benchmark": False},
             f"bf16 in chunks of {self.chunk}, channels last, cuDNN benchmark": FAST_DECODE,
-        }
+            "tiny decoder (taehv), bf16": {"tiny_decoder": True},
+            f"tiny decoder (taehv), bf16 in chunks of {self.chunk}": {
+                "tiny_decoder": True, "decode_chunk_frames": self.chunk,
+            },
+        }  # fmt: skip
         decode: dict[str, Any] = {}
         latents = None
         for label, options in variants.items():
@@ -419,23 +433,35 @@ class Bench:
         # All together: the options that make generation faster, on one process's fastest path. The text
         # encoder's offload (a memory option: moving umT5-XXL costs seconds a generation) and torch.compile
         # (measured no faster for Wan, slower for Cosmos) stay out; their rows above say what they do.
+        # The last rows decode with the tiny decoder instead of the VAE (not exact: its quality is its own).
         fast_vae = self.vae_codec(recipe, base_vae, **FAST_DECODE, decode_chunk_frames=self.chunk)
+        tiny_vae = self.vae_codec(recipe, base_vae, tiny_decoder=True)
         sets = [
-            ("fastest exact set", None, False, False),
-            ("fastest set + int8_sage attention", "int8_sage", False, False),
-            ("fastest set + int8_sage attention + FP8 linear", "int8_sage", True, False),
-            ("fastest set + int8_sage attention, FP8 P·V + FP8 linear", "int8_sage_fp8pv", True, False),
+            ("fastest exact set", None, False, False, fast_vae),
+            ("fastest set + int8_sage attention", "int8_sage", False, False, fast_vae),
+            ("fastest set + int8_sage attention + FP8 linear", "int8_sage", True, False, fast_vae),
+            ("fastest set + int8_sage attention, FP8 P·V + FP8 linear", "int8_sage_fp8pv", True, False, fast_vae),
+            ("fastest set + tiny decoder", None, False, False, tiny_vae),
         ]
         if cuda:
-            sets.append(("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True))
-            sets.append(("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs",
-                         "int8_sage_fp8pv", True, True))  # fmt: skip
-        for label, attention, fp8, graphs in sets:
+            sets.append(("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True, fast_vae))
+            sets.append(
+                (
+                    "fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs",
+                    "int8_sage_fp8pv",
+                    True,
+                    True,
+                    fast_vae,
+                )
+            )
+            sets.append(("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs + tiny decoder",
+                         "int8_sage_fp8pv", True, True, tiny_vae))  # fmt: skip
+        for label, attention, fp8, graphs, decoder in sets:
             copy_needed = bool(attention or fp8 or graphs)
             try:
                 with self.parked(eager) if copy_needed else contextlib.nullcontext():
                     network = self.lowprec_network(recipe, eager, attention, fp8, graphs) if copy_needed else eager
-                    student.net, student.codecs["vae"] = network, fast_vae
+                    student.net, student.codecs["vae"] = network, decoder
                     self.generate(student, steps)  # warm-up: kernels' compilation, cuDNN's algorithm search
                     _, all_on = self.generate(student, steps)
             except Exception as exc:  # reported in the table

@@ -1,5 +1,5 @@
 """Data and codecs: the ``latent_shards`` and ``rcm_tar_shards`` datasets; the text encoders and VAEs of Wan2.1
-and Cosmos-Predict2.
+and Cosmos-Predict2, and the tiny video decoder for Wan latents.
 
 The codecs import diffusers/transformers only when built, so this area loads without the optional extras.
 """
@@ -16,6 +16,7 @@ def rcm_components() -> list[rr.Component]:
         latent_shards_dataset,
         rcm_tar_shards_dataset,
         t5_codec,
+        taehv_codec,
         umt5_codec,
         wan22_vae_codec,
         wan_vae_codec,
@@ -29,4 +30,5 @@ def rcm_components() -> list[rr.Component]:
         wan22_vae_codec.COMPONENT,
         t5_codec.COMPONENT,
         cosmos_vae_codec.COMPONENT,
+        taehv_codec.COMPONENT,
     ]

@@ -29,6 +29,7 @@ def test_smoke_run_records_every_stage_and_option(smoke: Callable[..., Any]) -> 
         assert set(options["vae decode"]) == {
             "fp32 frame by frame (diffusers)", "bf16 frame by frame", "bf16 in chunks of 4",
             "bf16 in chunks of 4, channels last", "bf16 in chunks of 4, channels last, cuDNN benchmark",
+            "tiny decoder (taehv), bf16", "tiny decoder (taehv), bf16 in chunks of 4",
         }  # fmt: skip
         # A failing option is reported in its row, not raised: every row must have run.
         assert not [row for row in model["option rows"] if "failed" in row[-1]], model["option rows"]
@@ -42,6 +43,7 @@ def test_smoke_run_records_every_stage_and_option(smoke: Callable[..., Any]) -> 
             "fastest set + int8_sage attention",
             "fastest set + int8_sage attention + FP8 linear",
             "fastest set + int8_sage attention, FP8 P·V + FP8 linear",
+            "fastest set + tiny decoder",
         ):
             totals = options[fastest]["on"]["totals"]
             assert totals["transformer"]["name"] == "transformer (4 calls)"

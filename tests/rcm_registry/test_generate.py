@@ -364,3 +364,23 @@ def test_generate_from_the_recipe_with_a_release_checkpoint(world: dict[str, Pat
         "--out", str(tmp_path / "x.safetensors"),
     )  # fmt: skip
     assert result.code == 2 and "data.path is not given" in result.err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_generate_decodes_with_the_tiny_video_decoder(world: dict[str, Path], tmp_path: Path) -> None:
+    # `--set codecs.vae.use=taehv`: the same latents, decoded by the tiny decoder (×4 frames, ×8 pixels).
+    from rcm_plugins.data._tiny_video_decoder import TinyVideoDecoder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "taew2_1.safetensors"
+    save_file({f"decoder.{k}": v for k, v in TinyVideoDecoder().decoder.state_dict().items()}, str(weights))
+    tiny = ("--set", "codecs.vae.use=taehv", "--set", f"codecs.vae.path={weights}")
+    generate(world, tmp_path / "vae.safetensors", "--steps", "2", "--seed", "3")
+    generate(world, tmp_path / "tiny.safetensors", "--steps", "2", "--seed", "3", *tiny)
+    latents = load_file(str(tmp_path / "tiny.safetensors"))["latents"]
+    assert torch.equal(latents, load_file(str(tmp_path / "vae.safetensors"))["latents"])
+    generate(world, tmp_path / "tiny.png", "--steps", "2", "--seed", "3", *tiny)
+    video = rr.registry().build("codec", "taehv", path=str(weights)).decode(latents[None])[0]
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    sheet = np.asarray(Image.open(tmp_path / "tiny.png"))
+    assert frames.shape == (9, 32, 32, 3) and sheet.shape == (96, 96, 3)  # 1 + 4·2 frames in a 3-column grid
+    assert np.array_equal(sheet[:32, :32], frames[0]) and np.array_equal(sheet[64:, 64:], frames[8])
