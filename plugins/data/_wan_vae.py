@@ -18,6 +18,7 @@ import attrs
 import torch
 from rcm_plugins.common.weights import CONFIG_NAME
 from rcm_plugins.data._t5_text import DTYPES, codec_config, require
+from rcm_plugins.data._video_geometry import CausalVideoGeometry
 from rcm_plugins.data._wan_vae_conv import frames_as_2d
 from rcm_plugins.data._wan_vae_decode import decode_in_chunks
 from torch import Tensor, nn
@@ -86,7 +87,7 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-class WanVideoCodec:
+class WanVideoCodec(CausalVideoGeometry):
     """Pixels (B, 3, T, H, W) in [−1, 1] ↔ normalised latents (B, C, 1 + (T − 1)/f_t, H/f_s, W/f_s)."""
 
     def __init__(self, config: WanVaeConfig, extra: str, name: str, *, vae: Any = None) -> None:
@@ -142,20 +143,6 @@ class WanVideoCodec:
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Latent (C, T, H, W) of a video; frames = 1 + k·f_t, height and width multiples of f_s."""
-        ft, fs = self.temporal_factor, self.spatial_factor
-        if frames < 1 or (frames - 1) % ft:
-            raise UserError(f"{self.name}: frames must be 1 + a multiple of {ft}, got {frames}")
-        if height % fs or width % fs:
-            raise UserError(f"{self.name}: height and width must be multiples of {fs}, got {height}×{width}")
-        return (self.latent_channels, (frames - 1) // ft + 1, height // fs, width // fs)
-
-    def pixel_shape(self, latent: tuple[int, ...]) -> tuple[int, int, int]:
-        """(frames, height, width) a latent of shape (C, T, H, W) decodes to."""
-        _, t, h, w = latent
-        return ((t - 1) * self.temporal_factor + 1, h * self.spatial_factor, w * self.spatial_factor)
 
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:

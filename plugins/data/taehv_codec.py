@@ -22,6 +22,7 @@ import torch
 from rcm_plugins.common.weights import read_state_dict
 from rcm_plugins.data._t5_text import DTYPES
 from rcm_plugins.data._tiny_video_decoder import SPACE_FACTOR, TIME_FACTOR, TinyVideoDecoder
+from rcm_plugins.data._video_geometry import CausalVideoGeometry
 from torch import Tensor
 
 import rcm_registry as rr
@@ -78,7 +79,7 @@ def decoder_geometry(path: str, weights: dict[str, Tensor] | None = None) -> tup
     return int(weights[FIRST].shape[1]), patch
 
 
-class TaehvCodec:
+class TaehvCodec(CausalVideoGeometry):
     """Normalised latents (B, C, 1 + k, H, W) → pixels (B, 3, 1 + 4k, 8pH, 8pW) in [−1, 1]; no encoder."""
 
     name = "taehv"
@@ -113,20 +114,6 @@ class TaehvCodec:
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Latent (C, T, H, W) of a video; frames = 1 + 4k, height and width multiples of the spatial factor."""
-        ft, fs = self.temporal_factor, self.spatial_factor
-        if frames < 1 or (frames - 1) % ft:
-            raise UserError(f"{self.name}: frames must be 1 + a multiple of {ft}, got {frames}")
-        if height % fs or width % fs:
-            raise UserError(f"{self.name}: height and width must be multiples of {fs}, got {height}×{width}")
-        return (self.latent_channels, (frames - 1) // ft + 1, height // fs, width // fs)
-
-    def pixel_shape(self, latent: tuple[int, ...]) -> tuple[int, int, int]:
-        """(frames, height, width) a latent of shape (C, T, H, W) decodes to."""
-        _, t, h, w = latent
-        return ((t - 1) * self.temporal_factor + 1, h * self.spatial_factor, w * self.spatial_factor)
 
     def encode(self, video: Tensor) -> Tensor:
         raise UserError(
