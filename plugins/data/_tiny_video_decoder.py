@@ -1,6 +1,6 @@
 """The decoder of the tiny video autoencoders for Wan latents (TAEHV's ``taew2_1`` and ``taew2_2``).
 
-A few million parameters of 2-D convolutions that decode the latents a video transformer samples straight
+About ten million parameters of 2-D convolutions that decode the latents a video transformer samples straight
 to frames, far cheaper than the full causal 3-D VAE decoder, at some cost in quality (fine detail). Its
 layers, in the order and with the indices of the published state dicts (``decoder.{i}.…``):
 

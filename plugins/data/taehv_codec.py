@@ -3,7 +3,7 @@
 A decode-only codec for ``codecs.vae`` when sampling: the normalised latents a Wan2.1, Wan2.2-A14B
 (``taew2_1``, 16 channels; Cosmos-Predict2's are the same Wan2.1 VAE latents, normalised alike) or
 Wan2.2-TI2V-5B (``taew2_2``, 48 channels, 2×2 patches) transformer samples,
-decoded by a few million parameters of 2-D convolutions instead of the full causal 3-D VAE decoder
+decoded by about ten million parameters of 2-D convolutions instead of the full causal 3-D VAE decoder
 (``rcm_plugins.data._tiny_video_decoder``): much faster and lighter, less faithful in fine detail. The
 latents go in as the transformer samples them (these decoders were trained on the normalised latents, so
 no per-channel mean and std are applied). The weights file (``.safetensors``, or ``.pth`` read with
