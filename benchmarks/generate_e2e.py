@@ -444,18 +444,13 @@ class Bench:
             ("fastest set + tiny decoder", None, False, False, tiny_vae),
         ]
         if cuda:
-            sets.append(("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True, fast_vae))
-            sets.append(
-                (
-                    "fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs",
-                    "int8_sage_fp8pv",
-                    True,
-                    True,
-                    fast_vae,
-                )
-            )
-            sets.append(("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs + tiny decoder",
-                         "int8_sage_fp8pv", True, True, tiny_vae))  # fmt: skip
+            sets += [
+                ("fastest set + int8_sage attention + CUDA graphs", "int8_sage", False, True, fast_vae),
+                ("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs",
+                 "int8_sage_fp8pv", True, True, fast_vae),
+                ("fastest set + int8_sage attention, FP8 P·V + FP8 linear + CUDA graphs + tiny decoder",
+                 "int8_sage_fp8pv", True, True, tiny_vae),
+            ]  # fmt: skip
         for label, attention, fp8, graphs, decoder in sets:
             copy_needed = bool(attention or fp8 or graphs)
             try:

@@ -32,11 +32,11 @@ from torch import Tensor, nn
 WIDTHS = (256, 128, 64, 64)
 #: Temporal strides of the three temporal-grow layers (the Wan decoders': frames ×1, ×2, ×2).
 TIME_STRIDES = (1, 2, 2)
-#: Frames the decoder makes before the first one that matches the VAE's first frame.
-WARMUP_FRAMES = 2 ** sum(s == 2 for s in TIME_STRIDES) - 1
 #: Frames per latent frame, and pixels per latent pixel before the pixel shuffle.
 TIME_FACTOR = 2 ** sum(s == 2 for s in TIME_STRIDES)
 SPACE_FACTOR = 2 ** len(TIME_STRIDES)
+#: Frames the decoder makes before the first one that matches the VAE's first frame.
+WARMUP_FRAMES = TIME_FACTOR - 1
 
 
 def _conv(n_in: int, n_out: int, *, bias: bool = True) -> nn.Conv2d:
